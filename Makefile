@@ -1,0 +1,32 @@
+# The two commands of the README:  `make run`  (the experiment)  and  `make test`.
+# Both create .venv and install everything on first use; later calls reuse it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is installed first and on its own: pinned here so pip never picks a multi-GB build by
+# accident (on this project's CI machines 2.13.0 is a local CPU wheel). Override with
+# `make TORCH_SPEC=torch==2.5.1 ...` to match your CUDA.
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: run test lint setup clean-venv
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) flows/laminar.py $(ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

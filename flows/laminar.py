@@ -1,0 +1,145 @@
+"""The laminar flow: article -> tokens -> activations -> one SAE per (model, layer) -> report.
+
+The flow only wires tasks; each task lives in its own module under tasks/. Run it with
+`python flows/laminar.py --help`, or from a Prefect deployment (the `config` parameter is the
+same typed model that builds the CLI)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.config import Config, LaminarError, config_from_args
+from tasks.extract import describe_model, extract_activations
+from tasks.report import write_report
+from tasks.scrape import fetch_page, parse_page
+from tasks.store import check_writable
+from tasks.tokens import tokenize
+from tasks.train import train_sae
+
+
+class LayerFailedError(Exception):
+    """Some (model, layer) trainings failed; the report covers the rest."""
+
+
+def run_name(task: Any, args: tuple[Any, ...]) -> str:
+    """The task run's name, as Prefect formats it from the task's parameters."""
+    params = inspect.signature(task.fn).bind(*args).arguments
+    return task.task_run_name.format(**params)
+
+
+class Runner:
+    """Calls tasks with the run's cache settings and tallies their final states."""
+
+    def __init__(self, cfg: Config):
+        self.options = {
+            "result_storage": cfg.root / ".cache" / "results",
+            "persist_result": True,
+            "result_serializer": "json",
+            "refresh_cache": cfg.refresh,
+        }
+        self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
+
+    def __call__(self, task: Any, *args: Any) -> Any:
+        state = task.with_options(**self.options)(*args, return_state=True)
+        self.states[run_name(task, args)] = state.name
+        return state.result()
+
+    def submit(self, task: Any, *args: Any) -> tuple[str, Any]:
+        return run_name(task, args), task.with_options(**self.options).submit(*args)
+
+    def gather(self, futures: list[tuple[str, Any]]) -> tuple[list[Any], list[str]]:
+        """Wait for every future (a failure must not stop the others), split results and errors."""
+        wait([f for _, f in futures])
+        results, failed = [], []
+        for name, future in futures:
+            self.states[name] = future.state.name
+            if future.state.is_completed():
+                results.append(future.result())
+            else:
+                failed.append(f"{name}: {future.state.message}")
+        return results, failed
+
+    def tally(self) -> dict[str, int]:
+        return dict(Counter(self.states.values()))
+
+
+# One training at a time saturates a GPU (or all CPU cores); the flow thread meanwhile extracts
+# the next model, so extraction and training overlap.
+@flow(name="laminar", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
+    """Profile SAE density and loss across the depth of each model."""
+    cfg = config
+    check_writable(cfg.root)
+    run = Runner(cfg)
+    models = [describe_model(cfg, m) for m in cfg.models]
+    page = run(fetch_page, cfg)
+    text = run(parse_page, cfg, page)
+    tokens = {}
+    for m in models:
+        if m["tokenizer"] not in tokens:
+            tokens[m["tokenizer"]] = run(tokenize, cfg, text, m["model"], m["tokenizer"])
+    extractions, futures = [], []
+    for m in models:
+        ext = run(
+            extract_activations,
+            cfg,
+            m["model"],
+            m["name"],
+            m["fingerprint"],
+            tokens[m["tokenizer"]],
+        )
+        extractions.append(ext)
+        futures += [run.submit(train_sae, cfg, m["name"], f["layer"], f) for f in ext["files"]]
+    results, failed = run.gather(futures)
+    report = run(write_report, cfg, page, list(tokens.values()), extractions, results, failed)
+    summary = {"report": report["dir"], "failed": failed, "tasks": run.states}
+    print(f"laminar: report in {report['dir']}; tasks {run.tally()}")
+    if failed:
+        raise LayerFailedError(
+            f"{len(failed)} layer(s) failed and are missing from the report in {report['dir']}: "
+            + "; ".join(failed)
+            + ". Rerun the same command to retry only those."
+        )
+    return summary
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs every task/flow exception with its traceback; for a LaminarError (bad input,
+    a fixable condition) the one-sentence message is the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LaminarError | LayerFailedError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
+        handler.addFilter(_NoTracebackForUserErrors())
+    try:
+        cfg = config_from_args(argv)
+        summary = laminar(cfg)
+    except (LaminarError, LayerFailedError) as exc:
+        print(f"laminar: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, LaminarError) else 1
+    print(f"report: {Path(summary['report']) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The one config model: it drives the CLI, the Prefect parameter form, the cache keys and the
+metadata recorded with every output. Add a field here and it appears in all four."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
+
+
+class LaminarError(Exception):
+    """A failure the user can fix: its message is one sentence naming the input and the fix."""
+
+
+class Config(BaseModel):
+    """Settings of one laminar run. Every field is a CLI flag (`--n-seqs` for `n_seqs`) and a
+    field of the Prefect parameter form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(
+        default=["gpt2", "gpt2-large"],
+        min_length=1,
+        description="Hugging Face model ids or local model folders, one profile each.",
+    )
+    layers: str = Field(
+        default="all",
+        description="Layers to profile: 'all' or a list such as '0,3,5-7' (checked per model).",
+    )
+    url: str = Field(default=LED_URL, description="Article to scrape (a Wikipedia page).")
+    text: Literal["text", "html"] = Field(
+        default="text",
+        description="'text': the article body's text; 'html': the raw HTML slice from the "
+        'mw-body-content marker to id="References", as the original course tokenized it.',
+    )
+    hook: str = Field(
+        default="mlp.hook_pre",
+        description="Hook inside each block to read (mlp.hook_pre = MLP first linear output, "
+        "before GELU).",
+    )
+    n_seqs: int = Field(default=10, gt=0, description="Sequences per batch.")
+    seq_len: int = Field(default=1024, gt=1, description="Tokens per sequence.")
+    sampling: Literal["random", "first"] = Field(
+        default="random",
+        description="'random': seeded non-overlapping windows; 'first': the first "
+        "n_seqs*seq_len tokens, as the course did.",
+    )
+    keep_first_token: bool = Field(
+        default=False,
+        description="Keep position 0 of each sequence (an attention-sink outlier; dropped by "
+        "default).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for window sampling and SAE init.")
+    epochs: int = Field(default=75, gt=0, description="SAE training steps (each full-batch).")
+    lr: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
+    l1: float = Field(default=1.0, ge=0, description="Weight of mean|z| in the loss.")
+    expansion: int = Field(default=2, gt=0, description="Latent width as a multiple of d.")
+    topk_frac: float = Field(
+        default=1 / 3,
+        ge=0,
+        le=1,
+        description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where to run: 'auto' takes CUDA when present."
+    )
+    extract_batch: int = Field(
+        default=2, gt=0, description="Sequences per forward pass during extraction."
+    )
+    artifacts_dir: str = Field(
+        default="artifacts", description="Where every output and cache record is written."
+    )
+    refresh: bool = Field(default=False, description="Ignore caches and recompute everything.")
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: str) -> str:
+        parse_layer_spec(value, n_layers=None)
+        return value.strip()
+
+    def short_names(self) -> list[str]:
+        return [short_name(m) for m in self.models]
+
+    def subset(self, *fields: str) -> dict[str, Any]:
+        """The named fields, for a cache key: only what a task's output depends on."""
+        return {f: getattr(self, f) for f in fields}
+
+    def digest(self) -> str:
+        """Hash of every field that changes results (refresh and artifacts_dir do not)."""
+        return stable_hash(self.model_dump(exclude={"refresh", "artifacts_dir"}))
+
+    @property
+    def root(self) -> Path:
+        return Path(self.artifacts_dir).expanduser().resolve()
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LaminarError(
+            "--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto."
+        )
+    return device
+
+
+def short_name(model: str) -> str:
+    """'gpt2-large' for a hub id, the folder's name for a local folder."""
+    return Path(model.rstrip("/")).name if Path(model).exists() else model.split("/")[-1]
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_SPEC = re.compile(r"^\d+(-\d+)?$")
+
+
+def parse_layer_spec(spec: str, n_layers: int | None) -> list[int]:
+    """'0,3,5-7' -> [0, 3, 5, 6, 7]; 'all' -> range(n_layers). With n_layers=None only the
+    syntax is checked (the layer count is known once the model is loaded)."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return list(range(n_layers)) if n_layers is not None else []
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not _SPEC.match(part):
+            raise LaminarError(
+                f"--layers '{spec}' is malformed at '{part}': use 'all' or numbers and "
+                "ranges such as '0,3,5-7'."
+            )
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if a > b:
+            raise LaminarError(
+                f"--layers range '{part}' runs backwards: write it low to high, e.g. '{b}-{a}'."
+            )
+        layers.update(range(a, b + 1))
+    if n_layers is not None and max(layers) >= n_layers:
+        raise LaminarError(
+            f"--layers '{spec}' asks for layer {max(layers)} but the model has {n_layers} "
+            f"layers (0-{n_layers - 1}): pick layers in that range or use 'all'."
+        )
+    return sorted(layers)
+
+
+# ---------------------------------------------------------------- CLI built from the model
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python flows/laminar.py",
+        description="The laminar profile: train one SAE per layer of each model and report "
+        "density and loss against depth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, field in Config.model_fields.items():
+        kwargs: dict[str, Any] = {"help": field.description, "default": field.default}
+        annotation = field.annotation
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif name == "models":
+            kwargs["nargs"] = "+"
+        elif getattr(annotation, "__origin__", None) is Literal:
+            kwargs["choices"] = list(annotation.__args__)
+        parser.add_argument(_flag(name), **kwargs)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    """Parse the command line into a Config; a bad value raises LaminarError naming the flag."""
+    args = vars(build_parser().parse_args(argv))
+    try:
+        return Config(**args)
+    except ValidationError as exc:
+        raise LaminarError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "config"
+    if isinstance(err.get("ctx", {}).get("error"), LaminarError):
+        return str(err["ctx"]["error"])
+    return f"{_flag(field)} {err.get('input')!r} is invalid: {err['msg'].lower()}."

@@ -1,0 +1,195 @@
+"""Extract: one forward pass of a model over the batch, hooking every requested layer at once,
+streaming each layer's activations into its own Parquet file.
+
+Memory holds one chunk of sequences at one layer at a time: each hook writes its (chunk, pos, d)
+slice as a row group and lets it go, so GPT-2 large never materialises 36 layers x 10k tokens."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from prefect import task
+
+from tasks import cache, store
+from tasks.config import (
+    Config,
+    LaminarError,
+    parse_layer_spec,
+    resolve_device,
+    short_name,
+    stable_hash,
+)
+from tasks.tokens import read_batch
+
+log = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: str) -> str:
+    """Identity of the weights for cache keys: the hub id, or for a local folder its config and
+    the names, sizes and mtimes of its files (cheap, and changes when weights are replaced)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return stable_hash({"hub": model})
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    config = folder / "config.json"
+    return stable_hash({"config": config.read_text() if config.exists() else "", "files": stats})
+
+
+def check_local_folder(model: str) -> None:
+    folder = Path(model)
+    if folder.exists() and not (folder / "config.json").exists():
+        raise LaminarError(
+            f"--models '{model}' is a local path without config.json, so not a model folder: "
+            "pass a folder saved with save_pretrained() or a hub id such as gpt2."
+        )
+
+
+def load_model(model: str, device: str) -> Any:
+    """TransformerLens 4 bridge around the Hugging Face model, in eval mode."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    check_local_folder(model)
+    try:
+        bridge = TransformerBridge.boot_transformers(model, device=device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LaminarError(
+            f"--models '{model}' could not be loaded ({type(exc).__name__}): check the id; "
+            "if the hub is unreachable, pass a local folder or set HF_HUB_OFFLINE=1 with the "
+            "model in the local Hugging Face cache."
+        ) from exc
+    bridge.eval()
+    return bridge
+
+
+def hook_names(bridge: Any, hook: str, layers: list[int]) -> dict[int, str]:
+    names = {layer: f"blocks.{layer}.{hook}" for layer in layers}
+    if names[layers[0]] not in bridge.hook_dict:
+        valid = sorted({n.split(".", 2)[2] for n in bridge.hook_dict if n.startswith("blocks.0.")})
+        raise LaminarError(
+            f"--hook '{hook}' is not a hook of this model's blocks: use one of {', '.join(valid)}."
+        )
+    return names
+
+
+class LayerWriters:
+    """One Parquet writer per layer, opened on first use, renamed into place only on success."""
+
+    def __init__(self, out_dir: Path, metadata: dict[str, str], stack: contextlib.ExitStack):
+        self.out_dir, self.metadata, self.stack = out_dir, metadata, stack
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def path(self, layer: int) -> Path:
+        return self.out_dir / f"L{layer:02d}.parquet"
+
+    def write(self, layer: int, rows: tuple[np.ndarray, ...], acts: np.ndarray) -> None:
+        if layer not in self.writers:
+            tmp = self.stack.enter_context(store.atomic_path(self.path(layer)))
+            meta = {**self.metadata, "layer": str(layer), "d": str(acts.shape[1])}
+            schema = store.activation_schema(acts.shape[1], meta)
+            writer = pq.ParquetWriter(tmp, schema, compression="none", use_dictionary=False)
+            self.stack.callback(writer.close)  # closes before the rename (LIFO)
+            self.writers[layer] = writer
+        self.writers[layer].write_table(store.activation_table(*rows, acts))
+
+
+def _row_columns(start: int, chunk: np.ndarray, first: int) -> tuple[np.ndarray, ...]:
+    """seq, pos and token_id of each row a hook writes for this chunk (chunk, seq_len)."""
+    pos = np.arange(first, chunk.shape[1])
+    seq = np.repeat(np.arange(start, start + len(chunk)), len(pos))
+    return seq, np.tile(pos, len(chunk)), chunk[:, first:].ravel()
+
+
+def _capture(
+    act: torch.Tensor, hook: Any, *, layer: int, first: int, rows: tuple, out: LayerWriters
+) -> None:
+    # act: (chunk, seq_len, d). Drop position 0 unless kept, flatten to (chunk*(seq_len-first), d).
+    # Non-finite values are written as they are: the layer's training task rejects them, so
+    # one broken layer fails alone, named, while the others go on.
+    x = act[:, first:, :].detach().float().reshape(-1, act.shape[-1]).cpu().numpy()
+    out.write(layer, rows, x)
+
+
+@task(
+    name="extract",
+    task_run_name="extract {name}",
+    cache_policy=cache.ContentKey(
+        fields=("layers", "hook", "keep_first_token"), modules=(store,), exclude=("model",)
+    ),
+)
+def extract_activations(
+    cfg: Config, model: str, name: str, fingerprint: str, tokens: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the batch through `model` once and write one activation file per requested layer."""
+    bridge = load_model(model, resolve_device(cfg.device))
+    n_layers = bridge.cfg.n_layers
+    layers = parse_layer_spec(cfg.layers, n_layers)
+    names = hook_names(bridge, cfg.hook, layers)
+    batch = read_batch(tokens["tokens"])  # (n_seqs, seq_len)
+    first = 0 if cfg.keep_first_token else 1
+    sha = tokens["tokens"]["sha256"]
+    out_dir = (
+        cfg.root
+        / "activations"
+        / f"{name}-{fingerprint[:8]}"
+        / cfg.hook
+        / (f"{sha[:16]}{'-pos0' if first == 0 else ''}")
+    )
+    meta = {
+        "model": model,
+        "hook": cfg.hook,
+        "tokens_sha256": sha,
+        "keep_first_token": str(cfg.keep_first_token),
+    }
+    device = next(bridge.parameters()).device
+    with contextlib.ExitStack() as stack:
+        out = LayerWriters(out_dir, meta, stack)
+        for start in range(0, len(batch), cfg.extract_batch):
+            chunk = batch[start : start + cfg.extract_batch]
+            rows = _row_columns(start, chunk, first)
+            hooks = [
+                (hn, functools.partial(_capture, layer=layer, first=first, rows=rows, out=out))
+                for layer, hn in names.items()
+            ]
+            with torch.inference_mode():
+                bridge.run_with_hooks(
+                    torch.from_numpy(chunk).to(device),
+                    fwd_hooks=hooks,
+                    return_type=None,
+                    stop_at_layer=max(layers) + 1,  # blocks past the last hooked one never run
+                )
+    files = [{"layer": layer, **store.file_record(out.path(layer))} for layer in layers]
+    log.info("%s: wrote %d activation files under %s", name, len(files), out_dir)
+    return {"model": model, "name": name, "n_layers": n_layers, "files": files}
+
+
+def describe_model(cfg: Config, model: str) -> dict[str, Any]:
+    """Cheap facts about a model, checked before any heavy work: its short name, weight and
+    tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
+    from transformers import AutoConfig
+
+    from tasks.tokens import load_tokenizer, tokenizer_fingerprint
+
+    check_local_folder(model)
+    tokenizer = load_tokenizer(model)
+    try:
+        n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LaminarError(
+            f"--models '{model}': its config could not be read ({type(exc).__name__}); pass a "
+            "decoder model such as gpt2 or a folder saved with save_pretrained()."
+        ) from exc
+    return {
+        "model": model,
+        "name": short_name(model),
+        "fingerprint": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "layers": parse_layer_spec(cfg.layers, n_layers),
+    }

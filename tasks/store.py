@@ -1,0 +1,133 @@
+"""Files on disk: atomic writes, content hashes and the Parquet layout of activations.
+
+Every file is written under a temporary name and renamed into place, so a killed run never
+leaves a file that a later run trusts. Each task returns a small record of what it wrote
+(path, size, sha256); the cache policy checks those records before replaying a result."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.config import LaminarError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What a task promises about a file it wrote; `verify` checks it later."""
+    return {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def verify(record: dict[str, Any], *, hash_check: bool = False) -> bool:
+    """True when the file is still there with the recorded size (and hash, if asked)."""
+    path = Path(record["path"])
+    try:
+        if path.stat().st_size != record["size"]:
+            return False
+    except OSError:
+        return False
+    return not hash_check or sha256_file(path) == record["sha256"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, before any work, when the artifacts dir cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LaminarError(
+            f"--artifacts-dir '{root}' is not writable ({exc.strerror}): choose a folder you "
+            "can write to."
+        ) from None
+
+
+# ------------------------------------------------------------------- activations as Parquet
+
+
+def activation_table(
+    seq: np.ndarray, pos: np.ndarray, token_id: np.ndarray, acts: np.ndarray
+) -> pa.Table:
+    """acts (rows, d) float32 -> columns seq, pos, token_id, activation (fixed_size_list[d]).
+    The list column wraps the flat buffer without copying row by row."""
+    d = acts.shape[1]
+    flat = pa.array(np.ascontiguousarray(acts, dtype=np.float32).reshape(-1))
+    return pa.table(
+        {
+            "seq": pa.array(seq, pa.int32()),
+            "pos": pa.array(pos, pa.int32()),
+            "token_id": pa.array(token_id, pa.int32()),
+            "activation": pa.FixedSizeListArray.from_arrays(flat, d),
+        }
+    )
+
+
+def activation_schema(d: int, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [
+            ("seq", pa.int32()),
+            ("pos", pa.int32()),
+            ("token_id", pa.int32()),
+            ("activation", pa.list_(pa.float32(), d)),
+        ],
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
+
+
+def read_activations(record: dict[str, Any]) -> np.ndarray:
+    """(rows, d) float32 from an activation file, straight from Arrow's buffer (no per-row
+    Python objects). A file that does not match its record is never read as data."""
+    path = Path(record["path"])
+    if not verify(record):
+        raise LaminarError(
+            f"activation file '{path}' is missing or truncated: rerun the same command to "
+            "rebuild it."
+        )
+    try:
+        table = pq.read_table(path, columns=["activation"])
+    except (OSError, pa.ArrowException) as exc:
+        raise LaminarError(
+            f"activation file '{path}' cannot be read ({exc}): delete it and rerun."
+        ) from None
+    col = table.column("activation").combine_chunks()
+    d = col.type.list_size
+    return col.values.to_numpy(zero_copy_only=False).reshape(-1, d)

@@ -1,0 +1,105 @@
+"""Tokenize the article and sample the batch: n_seqs windows of seq_len tokens.
+
+One batch serves every model with the same tokenizer (gpt2 and gpt2-large share one), so the
+activations of both models are measured on identical tokens."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from tasks import cache
+from tasks.config import Config, LaminarError
+from tasks.store import atomic_path, file_record
+
+
+def load_tokenizer(model: str) -> Any:
+    """The model's own tokenizer, from a local folder or the Hugging Face hub."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        local = Path(model).exists()
+        hint = (
+            "the folder holds no tokenizer files (tokenizer.json or vocab.json + merges.txt)"
+            if local
+            else "it is not a model id the hub knows, or the hub cannot be reached: check the "
+            "id, the network, or pass a local model folder"
+        )
+        raise LaminarError(f"--models '{model}': cannot load its tokenizer; {hint}.") from exc
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of the vocabulary and merges: equal for tokenizers that split text identically."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.model.__getstate__()).hexdigest()
+
+
+def sample_windows(n_tokens: int, n_seqs: int, seq_len: int, how: str, seed: int) -> np.ndarray:
+    """Start offsets of n_seqs non-overlapping windows of seq_len tokens, ascending.
+
+    'random' spreads the slack S = n_tokens - n_seqs*seq_len over the n_seqs+1 gaps: n_seqs
+    sorted draws from 0..S (stars and bars) give every non-overlapping placement a chance."""
+    slack = n_tokens - n_seqs * seq_len
+    if slack < 0:
+        raise LaminarError(
+            f"the article has {n_tokens} tokens but --n-seqs {n_seqs} x --seq-len {seq_len} "
+            f"needs {n_seqs * seq_len}: lower --n-seqs or --seq-len, or pick a longer --url."
+        )
+    gaps = np.zeros(n_seqs, dtype=np.int64)
+    if how == "random":
+        gaps = np.sort(np.random.default_rng(seed).integers(0, slack + 1, size=n_seqs))
+    return gaps + np.arange(n_seqs, dtype=np.int64) * seq_len
+
+
+def token_batch(ids: list[int], cfg: Config) -> np.ndarray:
+    """(n_seqs, seq_len) int32 batch cut from the token stream."""
+    stream = np.asarray(ids, dtype=np.int32)
+    starts = sample_windows(len(stream), cfg.n_seqs, cfg.seq_len, cfg.sampling, cfg.seed)
+    return np.stack([stream[s : s + cfg.seq_len] for s in starts])
+
+
+def write_batch(batch: np.ndarray, path: Path) -> None:
+    n, length = batch.shape
+    table = pa.table(
+        {
+            "seq": pa.array(np.repeat(np.arange(n), length), pa.int32()),
+            "pos": pa.array(np.tile(np.arange(length), n), pa.int32()),
+            "token_id": pa.array(batch.reshape(-1), pa.int32()),
+        }
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_batch(record: dict[str, Any]) -> np.ndarray:
+    """(n_seqs, seq_len) int64 token ids from a batch file written by `tokenize`."""
+    table = pq.read_table(record["path"])
+    n = int(pa.compute.max(table["seq"]).as_py()) + 1
+    return table["token_id"].to_numpy().astype(np.int64).reshape(n, -1)
+
+
+@task(
+    name="tokenize",
+    task_run_name="tokenize {tokenizer_of}",
+    cache_policy=cache.ContentKey(
+        fields=("n_seqs", "seq_len", "sampling", "seed"), exclude=("tokenizer_of",)
+    ),
+)
+def tokenize(
+    cfg: Config, text: dict[str, Any], tokenizer_of: str, fingerprint: str
+) -> dict[str, Any]:
+    """Tokenize the text with `tokenizer_of`'s tokenizer and persist the sampled batch."""
+    tokenizer = load_tokenizer(tokenizer_of)
+    ids = tokenizer(Path(text["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)
+    batch = token_batch(ids["input_ids"], cfg)
+    key = f"{fingerprint[:12]}-{text['text']['sha256'][:12]}-{cfg.sampling}-s{cfg.seed}"
+    path = cfg.root / "tokens" / f"{key}-{cfg.n_seqs}x{cfg.seq_len}.parquet"
+    write_batch(batch, path)
+    return {"tokens": file_record(path), "n_article_tokens": len(ids["input_ids"])}

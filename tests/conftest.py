@@ -1,0 +1,150 @@
+"""Shared test fixtures: a small random-weight GPT-2 folder with the real GPT-2 tokenizer, a
+Wikipedia-shaped article served from a loopback HTTP server, and an isolated Prefect home."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_DIR = ROOT.parent / "shared" / "gpt2-tokenizer"
+
+# Prefect: a private home per test session, telemetry off, a start-up timeout that covers the
+# first SQLite migration on a slow machine. Set before anything imports prefect.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+SENTENCES = [
+    "A light-emitting diode is a semiconductor device that emits light when current flows.",
+    "Electrons recombine with electron holes, releasing energy in the form of photons.",
+    "The colour of the light is determined by the energy band gap of the semiconductor.",
+    "White light is obtained by using multiple semiconductors or a layer of phosphor.",
+    "Early LEDs emitted low-intensity infrared light and were used in remote controls.",
+    "Modern LEDs are available across the visible, ultraviolet, and infrared wavelengths.",
+]
+
+
+def article_prose(n_paragraphs: int) -> list[str]:
+    return [
+        " ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(4)) + f" Paragraph {i}."
+        for i in range(n_paragraphs)
+    ]
+
+
+def wiki_page(paragraphs: list[str], revision: int = 1234567) -> str:
+    """Markup shaped like a Vector-2022 Wikipedia article, chrome included."""
+    body = "\n".join(
+        f'<p>{p}<sup id="cite_ref-{i}" class="reference"><a href="#cite_note-{i}">[{i}]</a>'
+        "</sup></p>"
+        for i, p in enumerate(paragraphs)
+    )
+    return f"""<!DOCTYPE html><html><head><title>Light-emitting diode - Wikipedia</title>
+<script>RLCONF={{"wgPageName":"Light-emitting_diode","wgRevisionId":{revision}}};</script>
+<style>.mw-body {{ color: black; }}</style></head><body>
+<header class="vector-header">Main menu Search Donate Create account</header>
+<nav id="mw-navigation">Navigation Contents Current events</nav>
+<main id="content" class="mw-body"><h1 id="firstHeading">Light-emitting diode</h1>
+<div id="bodyContent" class="vector-body">
+<div id="siteSub" class="noprint">From Wikipedia, the free encyclopedia</div>
+<div id="mw-content-text" class="mw-body-content"><div class="mw-content-ltr mw-parser-output">
+<style data-mw-deduplicate="TemplateStyles:r1">.hatnote{{font-style:italic}}</style>
+<div class="mw-heading mw-heading2"><h2 id="History">History</h2><span class="mw-editsection">
+[<a href="/w/index.php?action=edit&amp;section=1">edit</a>]</span></div>
+{body}
+<script>console.log("inline script inside the body");</script>
+<div class="mw-heading mw-heading2"><h2 id="References">References</h2><span class="mw-editsection">
+[<a href="/w/index.php?action=edit&amp;section=9">edit</a>]</span></div>
+<div class="reflist"><ol class="references"><li id="cite_note-0">Reference text ONE.</li></ol></div>
+<div class="navbox">Navbox: Electronic components</div>
+</div></div></div></main>
+<footer id="footer">This page was last edited today. Privacy policy</footer>
+</body></html>"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, body = self.routes.get(self.path, (404, b"not found"))
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class ArticleServer:
+    """A loopback HTTP server; `routes` maps a path to (status, body)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, bytes]] = {}
+        handler = type("Handler", (_Handler,), {"routes": self.routes})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def article_server() -> Iterator[ArticleServer]:
+    server = ArticleServer()
+    server.routes["/wiki/Light-emitting_diode"] = (200, wiki_page(article_prose(40)).encode())
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    if not (TOKENIZER_DIR / "vocab.json").exists():
+        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
+    return TOKENIZER_DIR
+
+
+def gpt2_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+    import tokenizers
+    import transformers
+
+    tok = tokenizers.Tokenizer(
+        tokenizers.models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    )
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A random-weight GPT-2 (3 layers, d_model 64, d_mlp 256) saved as a local model folder."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=4, n_positions=128)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    gpt2_tokenizer(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+# A private Prefect home for the whole test session (its SQLite DB and ephemeral server).
+os.environ["PREFECT_HOME"] = str(Path(__import__("tempfile").mkdtemp(prefix="laminar-prefect-")))

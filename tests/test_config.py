@@ -1,0 +1,96 @@
+"""The config model drives the CLI: every field is a flag, values are validated with one
+clear sentence, layer specs parse as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import (
+    Config,
+    LaminarError,
+    build_parser,
+    config_from_args,
+    parse_layer_spec,
+    short_name,
+)
+
+
+def test_every_field_is_a_flag_with_its_default_in_help() -> None:
+    text = build_parser().format_help()
+    for name, field in Config.model_fields.items():
+        assert "--" + name.replace("_", "-") in text
+        assert " ".join(field.description.split()[:3]) in " ".join(text.split())
+    assert "gpt2-large" in text and "mlp.hook_pre" in text
+
+
+def test_defaults_are_the_course_experiment() -> None:
+    cfg = config_from_args([])
+    assert cfg.models == ["gpt2", "gpt2-large"]
+    assert (cfg.n_seqs, cfg.seq_len, cfg.epochs, cfg.lr, cfg.l1) == (10, 1024, 75, 1e-4, 1.0)
+    assert (cfg.expansion, cfg.topk_frac, cfg.hook) == (2, 1 / 3, "mlp.hook_pre")
+    assert cfg.url == "https://en.wikipedia.org/wiki/Light-emitting_diode"
+
+
+def test_flags_parse_into_typed_fields() -> None:
+    cfg = config_from_args(
+        [
+            "--models",
+            "a",
+            "b",
+            "--layers",
+            "0,2-3",
+            "--n-seqs",
+            "3",
+            "--lr",
+            "0.01",
+            "--keep-first-token",
+            "--sampling",
+            "first",
+            "--topk-frac",
+            "0",
+        ]
+    )
+    assert cfg.models == ["a", "b"] and cfg.n_seqs == 3 and cfg.lr == 0.01
+    assert cfg.keep_first_token and cfg.sampling == "first" and cfg.topk_frac == 0.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "n", "expected"),
+    [("all", 4, [0, 1, 2, 3]), ("0,3,5-7", 12, [0, 3, 5, 6, 7]), (" 2 , 1 ", 3, [1, 2])],
+)
+def test_layer_spec(spec: str, n: int, expected: list[int]) -> None:
+    assert parse_layer_spec(spec, n) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--layers", "3-1"], ["3-1", "backwards"]),
+        (["--layers", "a,b"], ["malformed", "'a'"]),
+        (["--epochs", "0"], ["--epochs", "0"]),
+        (["--lr", "-1"], ["--lr", "-1"]),
+        (["--n-seqs", "x"], ["--n-seqs", "'x'"]),
+    ],
+)
+def test_bad_values_name_the_flag(argv: list[str], words: list[str]) -> None:
+    with pytest.raises(LaminarError) as err:
+        config_from_args(argv)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_layer_out_of_range_names_the_count() -> None:
+    with pytest.raises(LaminarError, match="has 12 layers"):
+        parse_layer_spec("40", 12)
+
+
+def test_digest_ignores_refresh_and_location_only() -> None:
+    a = Config()
+    assert a.digest() == Config(refresh=True, artifacts_dir="/elsewhere").digest()
+    assert a.digest() != Config(epochs=5).digest()
+
+
+def test_short_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert short_name("openai-community/gpt2-large") == "gpt2-large"
+    (tmp_path / "my-model").mkdir()
+    assert short_name(str(tmp_path / "my-model") + "/") == "my-model"

@@ -1,0 +1,150 @@
+"""The whole flow, end to end, on a small local model and a loopback article: a first run
+computes every task, a second executes none, and a failed layer is the only one recomputed."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, ArticleServer
+
+from flows.laminar import LayerFailedError, laminar
+from tasks.config import Config
+
+
+def quick_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: object) -> Config:
+    return Config(
+        models=[str(tiny_model)],
+        url=server.url("/wiki/Light-emitting_diode"),
+        n_seqs=4,
+        seq_len=32,
+        epochs=3,
+        device="cpu",
+        artifacts_dir=str(root),
+        **kw,
+    )
+
+
+def read_metrics(report_dir: str) -> list[dict[str, str]]:
+    with open(Path(report_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_first_run_computes_and_rerun_executes_nothing(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = quick_config(tiny_model, article_server, tmp_path)
+    first = laminar(cfg)
+    names = [
+        "fetch",
+        "parse text",
+        "tokenize",
+        "extract tiny-gpt2",
+        "sae tiny-gpt2 L0",
+        "sae tiny-gpt2 L1",
+        "sae tiny-gpt2 L2",
+        "report",
+    ]
+    assert [n.split(" /")[0].split(" http")[0] for n in first["tasks"]] == names
+    assert set(first["tasks"].values()) == {"Completed"}
+    rows = read_metrics(first["report"])
+    assert [(r["model"], int(r["layer"]), float(r["rel_depth"])) for r in rows] == [
+        ("tiny-gpt2", 0, 0.0),
+        ("tiny-gpt2", 1, 0.5),
+        ("tiny-gpt2", 2, 1.0),
+    ]
+    for r in rows:
+        assert 0 < float(r["density_pct"]) <= 100 * (512 // 3) / 512 + 1e-9
+        assert float(r["final_loss"]) > float(r["final_mse"]) > 0
+        assert r["n_tokens"] == str(4 * 31) and r["d"] == "256" and r["latent"] == "512"
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+
+    second = laminar(cfg)
+    assert set(second["tasks"].values()) == {"Cached"}, second["tasks"]
+    assert second["tasks"].keys() == first["tasks"].keys()
+    assert read_metrics(second["report"]) == rows
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")} == files
+    for f in ["report.md", "laminar.png", "metrics.parquet", "loss_curves.parquet"]:
+        assert (Path(second["report"]) / f).stat().st_size > 0
+
+
+def test_failed_layer_is_reported_and_alone_recomputed(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    laminar(quick_config(tiny_model, article_server, tmp_path, layers="0"))
+    [l0_json] = (tmp_path / "sae").rglob("L00/*.json")
+    blocker = l0_json.parent.parent / "L02"
+    blocker.write_text("a file where layer 2's output folder belongs")  # a real disk fault
+
+    cfg = quick_config(tiny_model, article_server, tmp_path)
+    with pytest.raises(LayerFailedError, match="sae tiny-gpt2 L2") as err:
+        laminar(cfg)
+    assert "Rerun the same command" in str(err.value)
+    [report] = [p for p in (tmp_path / "reports").iterdir() if p.name == cfg.digest()[:12]]
+    assert [r["layer"] for r in read_metrics(str(report))] == ["0", "1"]
+    assert "sae tiny-gpt2 L2" in (report / "report.md").read_text()
+
+    blocker.unlink()
+    rerun = laminar(cfg)
+    executed = sorted(n for n, s in rerun["tasks"].items() if s != "Cached")
+    assert executed == ["report", "sae tiny-gpt2 L2"], rerun["tasks"]
+    assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "laminar.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_runs_and_rejects_bad_input_in_one_sentence(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    common = [
+        "--models",
+        str(tiny_model),
+        "--url",
+        article_server.url("/wiki/Light-emitting_diode"),
+        "--n-seqs",
+        "2",
+        "--seq-len",
+        "16",
+        "--epochs",
+        "2",
+        "--artifacts-dir",
+        str(tmp_path),
+    ]
+    ok = run_cli(*common, "--layers", "1", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "report: " in ok.stdout and "sae tiny-gpt2 L1" in ok.stdout + ok.stderr
+
+    bad = run_cli(*common, "--layers", "7", cwd=tmp_path)
+    assert bad.returncode == 2
+    said = [line for line in bad.stderr.splitlines() if line.startswith("laminar: ")]
+    assert said == [
+        "laminar: --layers '7' asks for layer 7 but the model has 3 layers (0-2): pick layers "
+        "in that range or use 'all'."
+    ]
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_help_lists_every_option() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "laminar.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0
+    for name in Config.model_fields:
+        assert "--" + name.replace("_", "-") in out.stdout

@@ -1,0 +1,95 @@
+"""The SAE: metrics on a case checked by hand, and training identical to the course's loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks import sae
+
+
+def hand_sae() -> sae.TiedSAE:
+    model = sae.TiedSAE(2, 4, k=1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    return model
+
+
+def test_metrics_by_hand() -> None:
+    # Token 1: x W^T = [2, 1, -2, -1] -> ReLU [2, 1, 0, 0] -> top-1 [2, 0, 0, 0] -> x̂ = [2, 0].
+    # Token 2: [0, -3, 0, 3] -> [0, 0, 0, 3] -> x̂ = [0, -3].  Squared errors 0, 1, 0, 0.
+    x = torch.tensor([[2.0, 1.0], [0.0, -3.0]])
+    m = sae.metrics(hand_sae(), x)
+    assert m["final_mse"] == pytest.approx(0.25)
+    assert m["density_pct"] == pytest.approx(25.0)  # 2 of 8 latent entries
+    assert m["l0"] == pytest.approx(1.0)
+    assert m["dead_pct"] == pytest.approx(50.0)  # latents 1 and 2 never fire
+    assert m["fvu"] == pytest.approx(0.25 / 2.5)  # var about mean [1, -1]: (1+4+1+4)/4
+    # freq [.5, 0, 0, .5] -> [1, 0, 0, 1]; magnitude [2, 0, 0, 3] -> [2/3, 0, 0, 1].
+    assert m["density_activation"] == pytest.approx((2 / 3 + 1) / 4)
+
+
+def test_loss_by_hand() -> None:
+    x = torch.tensor([[2.0, 1.0], [0.0, -3.0]])
+    x_hat, z = hand_sae()(x)
+    assert sae.sae_loss(x, x_hat, z, l1=1.0).item() == pytest.approx(0.25 + 5 / 8)
+
+
+def test_topk_keeps_ties_and_zero_disables() -> None:
+    model = hand_sae()
+    model.k = 2
+    z = model.encode(torch.tensor([[1.0, 1.0]]))  # ReLU [1, 1, 0, 0]: both tie at the 2nd
+    assert z.tolist() == [[1.0, 1.0, 0.0, 0.0]]
+    model.k = 0
+    assert model.encode(torch.tensor([[3.0, -1.0]])).tolist() == [[3.0, 0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("latent", [6, 512, 1536, 6144, 10240])
+def test_k_is_the_course_third(latent: int) -> None:
+    assert sae.topk_k(latent, 1 / 3) == latent // 3
+
+
+class CourseSAE(torch.nn.Module):
+    """The course's SAE, written the straightforward way."""
+
+    def __init__(self, d: int, m: int):
+        super().__init__()
+        self.encoder = torch.nn.Linear(d, m, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.relu(self.encoder(x))
+        kth = torch.topk(z, z.shape[1] // 3, dim=1).values[:, -1:]
+        z = torch.where(z >= kth, z, torch.zeros_like(z))
+        return z @ self.encoder.weight, z
+
+
+def test_training_matches_the_course_loop() -> None:
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
+    ours = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=20, lr=1e-2, l1=1.0, seed=3)
+    ref = CourseSAE(16, 32)
+    with torch.no_grad():
+        fresh = sae.TiedSAE(16, 32, 10, torch.Generator().manual_seed(3))
+        ref.encoder.weight.copy_(fresh.weight)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    ref_losses = []
+    for _ in range(20):
+        x_hat, z = ref(x)
+        loss = torch.nn.functional.mse_loss(x_hat, x) + z.abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref_losses.append(loss.item())
+    assert ours.losses == pytest.approx(ref_losses, rel=1e-5)
+    assert ours.losses[-1] < ours.losses[0]
+    with torch.no_grad():
+        assert (ref(x)[1] != 0).float().mean().item() * 100 == pytest.approx(
+            sae.metrics(ours.sae, x)["density_pct"], rel=1e-6
+        )
+
+
+def test_same_seed_same_sae() -> None:
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    a = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
+    b = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
+    c = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=5)
+    assert torch.equal(a.sae.weight, b.sae.weight) and not torch.equal(a.sae.weight, c.sae.weight)

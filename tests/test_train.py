@@ -1,0 +1,46 @@
+"""Training task: non-finite input or loss fails the layer with its name; metrics and curve
+are written beside the activations' layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect.logging import disable_run_logger
+
+from tasks.config import Config, LaminarError
+from tasks.store import activation_table, file_record
+from tasks.train import train_layer, train_sae
+
+
+def test_nan_activations_fail_by_name() -> None:
+    x = np.ones((10, 4), dtype=np.float32)
+    x[3, 2] = np.nan
+    with pytest.raises(LaminarError, match="gpt2 L7: activations contain NaN"):
+        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L7")
+
+
+def test_overflowing_loss_fails_by_name() -> None:
+    x = np.full((10, 4), 1e25, dtype=np.float32)
+    with pytest.raises(LaminarError, match=r"gpt2 L1: the SAE loss became (inf|nan) at epoch 0"):
+        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L1")
+
+
+def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(40, 8)).astype(np.float32)
+    path = tmp_path / "activations" / "m-1234" / "mlp.hook_pre" / "abc" / "L03.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(activation_table(np.zeros(40), np.arange(40), np.zeros(40), acts), path)
+    cfg = Config(artifacts_dir=str(tmp_path), epochs=4, device="cpu")
+    with disable_run_logger():
+        out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)})
+    assert out["n_tokens"] == 40 and out["latent"] == 16 and out["k"] == 5
+    assert len(out["loss_curve"]) == 4 and out["final_loss"] == out["loss_curve"][-1]
+    saved = json.loads(Path(out["json"]["path"]).read_text())
+    assert Path(out["json"]["path"]).parent == tmp_path / "sae/m-1234/mlp.hook_pre/abc/L03"
+    assert saved["density_pct"] == out["density_pct"] and saved["settings"]["epochs"] == 4
