@@ -148,3 +148,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
 
 # A private Prefect home for the whole test session (its SQLite DB and ephemeral server).
 os.environ["PREFECT_HOME"] = str(Path(__import__("tempfile").mkdtemp(prefix="laminar-prefect-")))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Prefect stops its ephemeral server at interpreter exit and logs that to a console stream
+    # pytest has already closed; don't print a "Logging error" traceback for it.
+    import logging
+
+    logging.raiseExceptions = False

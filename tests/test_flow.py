@@ -71,6 +71,14 @@ def test_first_run_computes_and_rerun_executes_nothing(
     for f in ["report.md", "laminar.png", "metrics.parquet", "loss_curves.parquet"]:
         assert (Path(second["report"]) / f).stat().st_size > 0
 
+    # Another --epochs retrains the SAEs and reuses the article, tokens and activations.
+    third = laminar(cfg.model_copy(update={"epochs": 4}))
+    executed = sorted(n for n, s in third["tasks"].items() if s != "Cached")
+    assert executed == ["report", "sae tiny-gpt2 L0", "sae tiny-gpt2 L1", "sae tiny-gpt2 L2"]
+    assert {
+        p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet") if "reports" not in p.parts
+    } == {p: t for p, t in files.items() if "reports" not in p.parts}
+
 
 def test_failed_layer_is_reported_and_alone_recomputed(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
