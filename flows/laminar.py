@@ -23,7 +23,8 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.config import Config, LaminarError, config_from_args
+from tasks.cache import ProcessLockManager
+from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import describe_model, extract_activations
 from tasks.report import write_report
 from tasks.scrape import fetch_page, parse_page
@@ -52,15 +53,24 @@ class Runner:
             "result_serializer": "json",
             "refresh_cache": cfg.refresh,
         }
+        # Two runs on one artifacts dir: the second waits on the first's lock, then reads
+        # its result as Cached instead of computing the same thing again.
+        self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
 
+    def bind(self, task: Any) -> Any:
+        policy = task.cache_policy.configure(
+            lock_manager=self.locks, isolation_level="SERIALIZABLE"
+        )
+        return task.with_options(cache_policy=policy, **self.options)
+
     def __call__(self, task: Any, *args: Any) -> Any:
-        state = task.with_options(**self.options)(*args, return_state=True)
+        state = self.bind(task)(*args, return_state=True)
         self.states[run_name(task, args)] = state.name
         return state.result()
 
     def submit(self, task: Any, *args: Any) -> tuple[str, Any]:
-        return run_name(task, args), task.with_options(**self.options).submit(*args)
+        return run_name(task, args), self.bind(task).submit(*args)
 
     def gather(self, futures: list[tuple[str, Any]]) -> tuple[list[Any], list[str]]:
         """Wait for every future (a failure must not stop the others), split results and errors."""
@@ -84,9 +94,8 @@ class Runner:
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
     cfg = config
-    check_writable(cfg.root)
+    models = preflight(cfg)
     run = Runner(cfg)
-    models = [describe_model(cfg, m) for m in cfg.models]
     page = run(fetch_page, cfg)
     text = run(parse_page, cfg, page)
     tokens = {}
@@ -118,6 +127,14 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     return summary
 
 
+def preflight(cfg: Config) -> list[dict[str, Any]]:
+    """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
+    the artifacts dir is writable, the device exists, every model and its layers resolve."""
+    check_writable(cfg.root)
+    resolve_device(cfg.device)
+    return [describe_model(cfg, m) for m in cfg.models]
+
+
 class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs every task/flow exception with its traceback; for a LaminarError (bad input,
     a fixable condition) the one-sentence message is the whole story."""
@@ -130,9 +147,11 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
-        handler.addFilter(_NoTracebackForUserErrors())
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
+            handler.addFilter(_NoTracebackForUserErrors())
     try:
         cfg = config_from_args(argv)
+        preflight(cfg)  # before Prefect's server starts: bad input fails in seconds
         summary = laminar(cfg)
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)

@@ -15,21 +15,24 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.config import Config, stable_hash
-from tasks.store import verify
+from tasks.store import pid_alive, verify
 
 log = logging.getLogger(__name__)
 
 
-def _source_digest(modules: tuple[ModuleType, ...]) -> str:
-    return stable_hash([inspect.getsource(m) for m in modules])
+def _source_digest(modules: tuple[str, ...]) -> str:
+    return stable_hash([inspect.getsource(sys.modules[m]) for m in modules])
 
 
 def _file_records(obj: Any) -> list[dict[str, Any]]:
@@ -65,7 +68,7 @@ class ContentKey(CachePolicy):
     """Key = config fields + module sources + input records (see the module docstring)."""
 
     fields: tuple[str, ...] = ()
-    modules: tuple[ModuleType, ...] = ()
+    modules: tuple[str, ...] = ()  # module names (the policy is deep-copied by Prefect)
     exclude: tuple[str, ...] = field(default=())
 
     def compute_key(
@@ -76,8 +79,7 @@ class ContentKey(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         parts: dict[str, Any] = {"task": task_ctx.task.name}
-        own = inspect.getmodule(task_ctx.task.fn)
-        parts["source"] = _source_digest((own, *self.modules) if own else self.modules)
+        parts["source"] = _source_digest((task_ctx.task.fn.__module__, *self.modules))
         for name, value in sorted(inputs.items()):
             if name in self.exclude:
                 continue
@@ -87,3 +89,30 @@ class ContentKey(CachePolicy):
         if isinstance(storage, str | Path):
             _drop_if_stale(Path(storage) / key)
         return key
+
+
+class ProcessLockManager(FileSystemLockManager):
+    """Prefect's file locks, plus the holder's pid: a lock whose process died (kill -9) is
+    released instead of making every later run wait for it forever."""
+
+    host = socket.gethostname()
+
+    def acquire_lock(self, key: str, holder: str, *args: Any, **kwargs: Any) -> bool:
+        acquired = super().acquire_lock(key, holder, *args, **kwargs)
+        if acquired:
+            path = Path(self._lock_path_for_key(key))
+            info = json.loads(path.read_bytes())
+            path.write_text(json.dumps({**info, "pid": os.getpid(), "host": self.host}))
+        return acquired
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        if not super().is_locked(key, use_cache=use_cache):
+            return False
+        info = self._get_lock_info(key, use_cache=False) or {}
+        pid = info.get("pid")
+        if info.get("host") == self.host and isinstance(pid, int) and not pid_alive(pid):
+            log.warning("releasing the lock on %s left by process %s, which is gone", key, pid)
+            Path(self._lock_path_for_key(key)).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return True

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
+# Fields that change how a run executes, never what it computes: kept out of result hashes.
+EXECUTION_FIELDS = frozenset({"refresh", "artifacts_dir", "fetch_timeout", "extract_batch"})
 
 
 class LaminarError(Exception):
@@ -44,6 +46,9 @@ class Config(BaseModel):
         default="mlp.hook_pre",
         description="Hook inside each block to read (mlp.hook_pre = MLP first linear output, "
         "before GELU).",
+    )
+    fetch_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for the article server to answer."
     )
     n_seqs: int = Field(default=10, gt=0, description="Sequences per batch.")
     seq_len: int = Field(default=1024, gt=1, description="Tokens per sequence.")
@@ -93,8 +98,8 @@ class Config(BaseModel):
         return {f: getattr(self, f) for f in fields}
 
     def digest(self) -> str:
-        """Hash of every field that changes results (refresh and artifacts_dir do not)."""
-        return stable_hash(self.model_dump(exclude={"refresh", "artifacts_dir"}))
+        """Hash of every field that changes results (not the EXECUTION_FIELDS)."""
+        return stable_hash(self.model_dump(exclude=set(EXECUTION_FIELDS)))
 
     @property
     def root(self) -> Path:
@@ -194,6 +199,4 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 def describe_validation_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "config"
-    if isinstance(err.get("ctx", {}).get("error"), LaminarError):
-        return str(err["ctx"]["error"])
-    return f"{_flag(field)} {err.get('input')!r} is invalid: {err['msg'].lower()}."
+    return f"{_flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}."

@@ -26,7 +26,7 @@ from tasks.config import (
     short_name,
     stable_hash,
 )
-from tasks.tokens import read_batch
+from tasks.tokens import load_tokenizer, model_load_error, read_batch, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ def load_model(model: str, device: str) -> Any:
     try:
         bridge = TransformerBridge.boot_transformers(model, device=device)
     except (OSError, ValueError, KeyError) as exc:
-        raise LaminarError(
-            f"--models '{model}' could not be loaded ({type(exc).__name__}): check the id; "
-            "if the hub is unreachable, pass a local folder or set HF_HUB_OFFLINE=1 with the "
-            "model in the local Hugging Face cache."
-        ) from exc
+        raise model_load_error(model, exc, "weights") from exc
     bridge.eval()
     return bridge
 
@@ -121,7 +117,7 @@ def _capture(
     name="extract",
     task_run_name="extract {name}",
     cache_policy=cache.ContentKey(
-        fields=("layers", "hook", "keep_first_token"), modules=(store,), exclude=("model",)
+        fields=("layers", "hook", "keep_first_token"), modules=("tasks.store",), exclude=("model",)
     ),
 )
 def extract_activations(
@@ -149,6 +145,7 @@ def extract_activations(
         "keep_first_token": str(cfg.keep_first_token),
     }
     device = next(bridge.parameters()).device
+    store.sweep_temporaries(out_dir)
     with contextlib.ExitStack() as stack:
         out = LayerWriters(out_dir, meta, stack)
         for start in range(0, len(batch), cfg.extract_batch):
@@ -175,17 +172,12 @@ def describe_model(cfg: Config, model: str) -> dict[str, Any]:
     tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
     from transformers import AutoConfig
 
-    from tasks.tokens import load_tokenizer, tokenizer_fingerprint
-
     check_local_folder(model)
     tokenizer = load_tokenizer(model)
     try:
         n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
     except (OSError, ValueError, AttributeError) as exc:
-        raise LaminarError(
-            f"--models '{model}': its config could not be read ({type(exc).__name__}); pass a "
-            "decoder model such as gpt2 or a folder saved with save_pretrained()."
-        ) from exc
+        raise model_load_error(model, exc, "config") from exc
     return {
         "model": model,
         "name": short_name(model),

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from prefect import task
 
 from tasks import cache
-from tasks.config import Config
+from tasks.config import EXECUTION_FIELDS, Config
 from tasks.store import atomic_path, file_record, write_bytes
 
 COLUMNS = [
@@ -105,7 +105,9 @@ def markdown(cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: li
 @task(
     name="report",
     task_run_name="report",
-    cache_policy=cache.ContentKey(fields=tuple(f for f in Config.model_fields if f != "refresh")),
+    cache_policy=cache.ContentKey(
+        fields=tuple(f for f in Config.model_fields if f not in EXECUTION_FIELDS)
+    ),
 )
 def write_report(
     cfg: Config,

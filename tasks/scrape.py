@@ -23,7 +23,6 @@ from tasks.store import file_record, write_bytes, write_json
 USER_AGENT = (
     f"laminar/0.1 (SAE laminar-profile research pipeline; python-requests {requests.__version__})"
 )
-TIMEOUT_S = (10, 60)  # (connect, read)
 _REVISION = re.compile(r'"wgRevisionId"\s*:\s*(\d+)')
 _REFERENCES_ID = re.compile(r"^references$", re.IGNORECASE)
 
@@ -42,10 +41,10 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def download(url: str) -> bytes:
+def download(url: str, timeout: float = 30.0) -> bytes:
     """GET `url`; transient failures raise TransientFetchError, the rest LaminarError."""
     try:
-        resp = requests.get(url, headers={"User-Agent": USER_AGENT}, timeout=TIMEOUT_S)
+        resp = requests.get(url, headers={"User-Agent": USER_AGENT}, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise TransientFetchError(
             f"--url '{url}' could not be fetched ({type(exc).__name__}): check the network "
@@ -74,7 +73,7 @@ def download(url: str) -> bytes:
 )
 def fetch_page(cfg: Config) -> dict[str, Any]:
     """Download the article once; later runs replay this record (use --refresh to re-fetch)."""
-    html = download(cfg.url)
+    html = download(cfg.url, cfg.fetch_timeout)
     sha = hashlib.sha256(html).hexdigest()
     path = cfg.root / "pages" / f"{sha[:16]}.html"
     write_bytes(path, html)
@@ -98,10 +97,14 @@ def _body(soup: BeautifulSoup, url: str) -> tuple[Tag, Tag]:
         ref = body.find(id=_REFERENCES_ID)
         if ref is not None:
             return body, ref
-    what = "a References heading" if soup.select(".mw-body-content") else "an mw-body-content"
+    what = (
+        "References heading in its mw-body-content element"
+        if soup.select(".mw-body-content")
+        else "mw-body-content element"
+    )
     raise LaminarError(
-        f"the page at '{url}' has no {what} element, so it is not a Wikipedia article "
-        "laminar can read: check --url."
+        f"the page at '{url}' has no {what}, so it is not a Wikipedia article laminar can "
+        "read: check --url."
     )
 
 

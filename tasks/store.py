@@ -58,6 +58,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def sweep_temporaries(folder: Path) -> None:
+    """Delete temporaries that a killed run left in `folder` (their writer's pid is gone)."""
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -115,12 +133,14 @@ def activation_schema(d: int, metadata: dict[str, str]) -> pa.Schema:
 
 def read_activations(record: dict[str, Any]) -> np.ndarray:
     """(rows, d) float32 from an activation file, straight from Arrow's buffer (no per-row
-    Python objects). A file that does not match its record is never read as data."""
+    Python objects). A file that does not match its record (size and sha256) is never read as
+    data: it is deleted, so the next run's cache check rebuilds it."""
     path = Path(record["path"])
-    if not verify(record):
+    if not verify(record, hash_check=True):
+        path.unlink(missing_ok=True)
         raise LaminarError(
-            f"activation file '{path}' is missing or truncated: rerun the same command to "
-            "rebuild it."
+            f"activation file '{path}' is missing or changed since it was written (removed): "
+            "rerun the same command to rebuild it."
         )
     try:
         table = pq.read_table(path, columns=["activation"])

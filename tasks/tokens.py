@@ -19,6 +19,28 @@ from tasks.config import Config, LaminarError
 from tasks.store import atomic_path, file_record
 
 
+def model_load_error(model: str, exc: BaseException, what: str) -> LaminarError:
+    """One sentence for why `model` (a hub id or folder) could not be loaded, and the fix."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(type(e).__name__)
+        e = e.__cause__ or e.__context__
+    if Path(model).exists():
+        why = f"the folder has no usable {what} files; save the model with save_pretrained()"
+    elif "HFValidationError" in chain:
+        why = "it is neither a local folder nor a valid hub id (like gpt2 or org/name)"
+    elif "RepositoryNotFoundError" in chain or "GatedRepoError" in chain:
+        why = "the hub has no such model (or it is private): check the id"
+    elif "LocalEntryNotFoundError" in chain or "ConnectError" in chain:
+        why = (
+            "the Hugging Face hub cannot be reached and the model is not in the local cache: "
+            "connect once to download it, or pass a local model folder"
+        )
+    else:
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return LaminarError(f"--models '{model}': cannot load its {what}; {why}.")
+
+
 def load_tokenizer(model: str) -> Any:
     """The model's own tokenizer, from a local folder or the Hugging Face hub."""
     from transformers import AutoTokenizer
@@ -26,14 +48,7 @@ def load_tokenizer(model: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        local = Path(model).exists()
-        hint = (
-            "the folder holds no tokenizer files (tokenizer.json or vocab.json + merges.txt)"
-            if local
-            else "it is not a model id the hub knows, or the hub cannot be reached: check the "
-            "id, the network, or pass a local model folder"
-        )
-        raise LaminarError(f"--models '{model}': cannot load its tokenizer; {hint}.") from exc
+        raise model_load_error(model, exc, "tokenizer") from exc
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

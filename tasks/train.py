@@ -71,7 +71,7 @@ def write_layer_json(
 @task(
     name="sae",
     task_run_name="sae {name} L{layer}",
-    cache_policy=cache.ContentKey(fields=SAE_FIELDS, modules=(sae, store)),
+    cache_policy=cache.ContentKey(fields=SAE_FIELDS, modules=("tasks.sae", "tasks.store")),
     retries=0,  # training is deterministic: a retry would fail the same way
 )
 def train_sae(cfg: Config, name: str, layer: int, acts: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,28 +70,42 @@ def wiki_page(paragraphs: list[str], revision: int = 1234567) -> str:
 </body></html>"""
 
 
+Response = tuple[int, bytes] | tuple[int, bytes, float]  # status, body[, seconds to stall]
+
+
 class _Handler(BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
+    routes: ClassVar[dict[str, Response | list[Response]]] = {}
+    hits: ClassVar[dict[str, int]] = {}
 
     def do_GET(self) -> None:
-        status, body = self.routes.get(self.path, (404, b"not found"))
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        route = self.routes.get(self.path, (404, b"not found"))
+        status, body, *stall = route[min(n, len(route)) - 1] if isinstance(route, list) else route
+        if stall:
+            time.sleep(stall[0])
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the client gave up (a timeout test)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 class ArticleServer:
-    """A loopback HTTP server; `routes` maps a path to (status, body)."""
+    """A loopback HTTP server. `routes` maps a path to a response, or to a list of responses
+    served in turn (the last one repeats); `hits` counts requests per path."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes]] = {}
-        handler = type("Handler", (_Handler,), {"routes": self.routes})
+        self.routes: dict[str, Response | list[Response]] = {}
+        self.hits: dict[str, int] = {}
+        handler = type("Handler", (_Handler,), {"routes": self.routes, "hits": self.hits})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -105,7 +120,7 @@ class ArticleServer:
 @pytest.fixture(scope="session")
 def article_server() -> Iterator[ArticleServer]:
     server = ArticleServer()
-    server.routes["/wiki/Light-emitting_diode"] = (200, wiki_page(article_prose(40)).encode())
+    server.routes["/wiki/Light-emitting_diode"] = (200, wiki_page(article_prose(100)).encode())
     yield server
     server.close()
 
@@ -132,18 +147,22 @@ def gpt2_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
-    """A random-weight GPT-2 (3 layers, d_model 64, d_mlp 256) saved as a local model folder."""
+def make_model(folder: Path, tokenizer_dir: Path, seed: int = 0, **config: int) -> Path:
+    """A random-weight GPT-2-architecture model with the real GPT-2 tokenizer, saved locally."""
     import torch
     import transformers
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "tiny-gpt2"
-    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=4, n_positions=128)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    torch.manual_seed(seed)
+    shape = {"n_layer": 3, "n_embd": 64, "n_head": 4, "n_positions": 128, **config}
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).save_pretrained(folder)
     gpt2_tokenizer(tokenizer_dir).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """3 layers, d_model 64, d_mlp 256."""
+    return make_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", tokenizer_dir)
 
 
 # A private Prefect home for the whole test session (its SQLite DB and ephemeral server).

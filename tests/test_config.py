@@ -69,7 +69,7 @@ def test_layer_spec(spec: str, n: int, expected: list[int]) -> None:
         (["--layers", "a,b"], ["malformed", "'a'"]),
         (["--epochs", "0"], ["--epochs", "0"]),
         (["--lr", "-1"], ["--lr", "-1"]),
-        (["--n-seqs", "x"], ["--n-seqs", "'x'"]),
+        (["--n-seqs", "x"], ["--n-seqs x is invalid"]),
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], words: list[str]) -> None:

@@ -51,7 +51,7 @@ def test_page_without_body_or_references_is_rejected() -> None:
     with pytest.raises(LaminarError, match="mw-body-content"):
         body_text("<html><body><p>hello</p></body></html>", "http://x/")
     no_refs = wiki_page(article_prose(1)).replace('id="References"', 'id="Notes"')
-    with pytest.raises(LaminarError, match="References heading"):
+    with pytest.raises(LaminarError, match="no References heading in its mw-body-content"):
         body_text(no_refs, "http://x/")
 
 

@@ -156,3 +156,80 @@ def test_cli_help_lists_every_option() -> None:
     assert out.returncode == 0
     for name in Config.model_fields:
         assert "--" + name.replace("_", "-") in out.stdout
+
+
+BAD_INPUT = [
+    (["--models", "not a model!!"], "neither a local folder nor a valid hub id"),
+    (["--models", "gpt2"], "the Hugging Face hub cannot be reached"),
+    (["--models", "{empty}"], "is a local path without config.json, so not a model folder"),
+    (["--layers", "3-1"], "--layers range '3-1' runs backwards"),
+    (["--layers", "40"], "--layers '40' asks for layer 40 but the model has 3 layers"),
+    (["--layers", "x"], "--layers 'x' is malformed"),
+    (["--hook", "mlp.nope"], "--hook 'mlp.nope' is not a hook of this model's blocks: use one of"),
+    (["--n-seqs", "1000"], "needs 32000: lower --n-seqs or --seq-len"),
+    (["--epochs", "0"], "--epochs 0 is invalid: input should be greater than 0."),
+    (["--lr", "0"], "--lr 0 is invalid: input should be greater than 0."),
+    (["--seq-len", "-5"], "--seq-len -5 is invalid: input should be greater than 1."),
+    (["--expansion", "0"], "--expansion 0 is invalid"),
+    (["--topk-frac", "2"], "--topk-frac 2 is invalid: input should be less than or equal to 1."),
+    (["--device", "cuda"], "--device cuda was asked for but torch sees no CUDA GPU"),
+    (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)"),
+    (["--url", "{url}/missing"], "answered HTTP 404: check the article's address."),
+    (
+        ["--url", "{url}/no-body"],
+        "has no mw-body-content element, so it is not a Wikipedia article",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_sentence_and_exit_2(
+    args: list[str],
+    words: str,
+    tmp_path: Path,
+    tiny_model: Path,
+    article_server: ArticleServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    from flows.laminar import main
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    article_server.routes["/no-body"] = (200, b"<html><body><p>Not an article</p></body></html>")
+    fill = {
+        "{empty}": str(tmp_path / "empty"),
+        "{file}": str(tmp_path / "file"),
+        "{url}": article_server.url(""),
+    }
+    for k, v in fill.items():
+        args = [a.replace(k, v) for a in args]
+    base = [
+        "--models",
+        str(tiny_model),
+        "--url",
+        article_server.url("/wiki/Light-emitting_diode"),
+        "--n-seqs",
+        "2",
+        "--seq-len",
+        "32",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--artifacts-dir",
+        str(tmp_path / "art"),
+    ]
+    overridden = {a for a in args if a.startswith("--")}
+    keep = [
+        x
+        for i, x in enumerate(base)
+        if not ((x in overridden) or (i > 0 and base[i - 1] in overridden))
+    ]
+    assert main(keep + args) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("laminar: ")]
+    assert len(said) == 1 and words in said[0], said
+    assert said[0].endswith(".")

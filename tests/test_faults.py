@@ -1,0 +1,287 @@
+"""Faults injected for real: SIGKILL mid-run, truncated and deleted files, an article server
+that fails or stalls, two runs at once, changed settings. Finished work is never recomputed,
+lost or read when corrupt."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT, ArticleServer, make_model, wiki_page
+
+from flows.laminar import Runner, laminar
+from tasks.config import Config
+from tasks.scrape import fetch_page
+
+pytestmark = pytest.mark.faults
+ARTICLE = "/wiki/Light-emitting_diode"
+
+
+def config(model: Path, server: ArticleServer, root: Path, **kw: object) -> Config:
+    base = {"n_seqs": 4, "seq_len": 32, "epochs": 3, "device": "cpu"}
+    return Config(
+        models=[str(model)], url=server.url(ARTICLE), artifacts_dir=str(root), **{**base, **kw}
+    )
+
+
+def executed(summary: dict) -> list[str]:
+    return sorted(n.split(" http")[0] for n, s in summary["tasks"].items() if s != "Cached")
+
+
+def metrics(report_dir: str | Path) -> list[dict[str, str]]:
+    with open(Path(report_dir) / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def cli_args(cfg: Config) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "flows" / "laminar.py"),
+        "--models",
+        *cfg.models,
+        "--url",
+        cfg.url,
+        "--n-seqs",
+        str(cfg.n_seqs),
+        "--seq-len",
+        str(cfg.seq_len),
+        "--epochs",
+        str(cfg.epochs),
+        "--device",
+        "cpu",
+        "--artifacts-dir",
+        cfg.artifacts_dir,
+        "--extract-batch",
+        str(cfg.extract_batch),
+    ]
+
+
+def spawn(cfg: Config, home: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        cli_args(cfg), env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def kill_when(proc: subprocess.Popen[str], ready: callable, limit_s: float = 240) -> bool:
+    """SIGKILL `proc` as soon as `ready()` holds; False if it ended first."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """4 layers, d_model 128: slow enough to be killed in the middle of its work."""
+    folder = tmp_path_factory.mktemp("models") / "slow-gpt2"
+    return make_model(folder, tokenizer_dir, n_layer=4, n_embd=128, n_positions=256)
+
+
+# ------------------------------------------------------------------------------ kill -9
+
+
+def test_sigkill_during_training_resumes_without_recomputing(
+    tmp_path: Path, slow_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(slow_model, article_server, tmp_path / "a", epochs=80, seq_len=64)
+    proc = spawn(cfg, tmp_path / "home")
+    killed = kill_when(proc, lambda: any((tmp_path / "a" / "sae").rglob("L01/*.json")))
+    assert killed, "the run ended before it could be killed"
+    [l0] = (tmp_path / "a" / "sae").rglob("L00/*.json")
+    l0_mtime = l0.stat().st_mtime_ns
+
+    resumed = laminar(cfg)
+    assert resumed["tasks"]["sae slow-gpt2 L0"] == "Cached"
+    assert resumed["tasks"]["sae slow-gpt2 L3"] == "Completed"
+    assert l0.stat().st_mtime_ns == l0_mtime
+    reference = laminar(cfg.model_copy(update={"artifacts_dir": str(tmp_path / "b")}))
+    assert metrics(resumed["report"]) == metrics(reference["report"])
+
+
+def test_sigkill_while_writing_activations_leaves_no_torn_file(
+    tmp_path: Path, slow_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(slow_model, article_server, tmp_path, n_seqs=24, seq_len=128, extract_batch=1)
+    acts = tmp_path / "activations"
+    proc = spawn(cfg, tmp_path / "home")
+    assert kill_when(proc, lambda: any(acts.rglob(".L0*.tmp"))), "never caught mid-write"
+    for final in acts.rglob("L*.parquet"):  # a file in place is whole, never torn
+        assert pq.read_metadata(final).num_rows == 24 * 127
+
+    resumed = laminar(cfg)
+    assert resumed["tasks"]["extract slow-gpt2"] == "Completed"
+    assert not list(acts.rglob("*.tmp")), "the killed run's temporaries were swept"
+    assert [int(r["layer"]) for r in metrics(resumed["report"])] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------- corrupt or missing files
+
+
+def test_truncated_deleted_and_garbled_files_are_rebuilt(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(tiny_model, article_server, tmp_path)
+    first = laminar(cfg)
+    l1, l2 = sorted((tmp_path / "activations").rglob("L0[12].parquet"))
+    good = l1.read_bytes()
+    l1.write_bytes(good[: len(good) // 2])  # truncated
+    l2.unlink()  # deleted
+    [tokens] = (tmp_path / "tokens").glob("*.parquet")
+    tokens.unlink()
+    [record] = (tmp_path / ".cache" / "results").glob("parse-*")
+    record.write_text("{ not json")  # a garbled cache record
+
+    second = laminar(cfg)
+    assert executed(second) == ["extract tiny-gpt2", "parse text", "tokenize " + str(tiny_model)]
+    assert l1.read_bytes() == good and l2.exists()
+    assert metrics(second["report"]) == metrics(first["report"])
+
+
+def test_same_size_corruption_is_never_trained_on(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(tiny_model, article_server, tmp_path, layers="0")
+    laminar(cfg)
+    [l0] = (tmp_path / "activations").rglob("L00.parquet")
+    data = bytearray(l0.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    l0.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="changed since it was written"):
+        laminar(cfg.model_copy(update={"epochs": 4}))  # needs the file: training reads it
+    assert not l0.exists()  # removed, so the next run rebuilds it
+    rebuilt = laminar(cfg.model_copy(update={"epochs": 4}))
+    assert executed(rebuilt) == ["extract tiny-gpt2", "report", "sae tiny-gpt2 L0"]
+
+
+# ------------------------------------------------------------------------ network faults
+
+
+def fetch(cfg: Config) -> dict:
+    """The fetch task as the flow runs it, with retries but no waiting between them."""
+    from prefect import flow
+
+    @flow
+    def fetch_only(cfg: Config) -> dict:
+        return Runner(cfg)(fetch_page.with_options(retry_delay_seconds=0), cfg)
+
+    return fetch_only(cfg)
+
+
+@pytest.mark.parametrize(
+    ("route", "hits", "words"),
+    [
+        ((503, b"busy"), 4, "answered HTTP 503 after retries"),
+        ((404, b"gone"), 1, "answered HTTP 404: check the article's address"),
+        ((200, b"x", 3.0), 4, "could not be fetched (ReadTimeout)"),
+    ],
+)
+def test_fetch_failures_retry_only_when_it_can_help(
+    tmp_path: Path, article_server: ArticleServer, route: tuple, hits: int, words: str
+) -> None:
+    path = f"/fault/{route[0]}-{len(route)}"
+    article_server.routes[path] = route
+    cfg = Config(url=article_server.url(path), artifacts_dir=str(tmp_path), fetch_timeout=0.3)
+    with pytest.raises(Exception, match=words.replace("(", r"\(").replace(")", r"\)")):
+        fetch(cfg)
+    assert article_server.hits[path] == hits
+    assert not list((tmp_path / "pages").glob("*.html")) if (tmp_path / "pages").exists() else True
+
+
+def test_server_down_is_retried_then_explained(tmp_path: Path) -> None:
+    cfg = Config(url="http://127.0.0.1:9/wiki/x", artifacts_dir=str(tmp_path))
+    with pytest.raises(Exception, match=r"could not be fetched \(ConnectionError\)"):
+        fetch(cfg)
+
+
+def test_transient_error_then_success(tmp_path: Path, article_server: ArticleServer) -> None:
+    page = wiki_page(["Some prose."]).encode()
+    article_server.routes["/flaky"] = [(500, b"oops"), (502, b"oops"), (200, page)]
+    meta = fetch(Config(url=article_server.url("/flaky"), artifacts_dir=str(tmp_path)))
+    assert Path(meta["html"]["path"]).read_bytes() == page
+    assert article_server.hits["/flaky"] == 3
+
+
+def test_cached_page_survives_a_later_outage(tmp_path: Path, article_server: ArticleServer) -> None:
+    page = wiki_page(["Prose of the day."]).encode()
+    article_server.routes["/outage"] = (200, page)
+    cfg = Config(url=article_server.url("/outage"), artifacts_dir=str(tmp_path))
+    first = fetch(cfg)
+    article_server.routes["/outage"] = (500, b"<html>error page</html>")
+    assert fetch(cfg) == first  # replayed from the cache: no request made
+    with pytest.raises(Exception, match="HTTP 500"):
+        fetch(cfg.model_copy(update={"refresh": True}))
+    assert Path(first["html"]["path"]).read_bytes() == page  # never overwritten by the error
+    assert [p.read_bytes() for p in (tmp_path / "pages").glob("*.html")] == [page]
+
+
+# ------------------------------------------------------------------------ two runs at once
+
+
+def test_two_runs_at_once_share_work_and_agree(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(tiny_model, article_server, tmp_path / "art", epochs=200)
+    procs = [spawn(cfg, tmp_path / f"home{i}") for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    done = [
+        line
+        for out in outs
+        for line in out.splitlines()
+        if "Task run 'sae tiny-gpt2" in line and "Finished in state Completed()" in line
+    ]
+    assert len(done) == 3, "each layer trained once across both runs"
+    reports = [
+        line.split("report: ")[1]
+        for out in outs
+        for line in out.splitlines()
+        if line.startswith("report: ")
+    ]
+    assert len(reports) == 2 and metrics(Path(reports[0]).parent) == metrics(
+        Path(reports[1]).parent
+    )
+    assert not list((tmp_path / "art").rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------- changing a setting
+
+
+def test_each_setting_recomputes_what_depends_on_it(
+    tmp_path: Path, tiny_model: Path, tokenizer_dir: Path, article_server: ArticleServer
+) -> None:
+    cfg = config(tiny_model, article_server, tmp_path)
+    laminar(cfg)
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "activations").rglob("*.parquet")}
+
+    reseeded = laminar(cfg.model_copy(update={"seed": 1}))
+    assert "fetch" not in executed(reseeded) and "parse text" not in executed(reseeded)
+    assert {"extract tiny-gpt2", "tokenize " + str(tiny_model)} <= set(executed(reseeded))
+
+    other = make_model(tmp_path / "other-gpt2", tokenizer_dir, seed=1, n_layer=2)
+    laminar(cfg.model_copy(update={"models": [str(other)]}))
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # the first model's files untouched
+
+    refreshed = laminar(cfg.model_copy(update={"refresh": True}))
+    assert set(refreshed["tasks"].values()) == {"Completed"}
+
+
+def test_layer_json_is_json_and_names_its_inputs(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    laminar(config(tiny_model, article_server, tmp_path, layers="2"))
+    [saved] = (tmp_path / "sae").rglob("L02/*.json")
+    row = json.loads(saved.read_text())
+    assert row["layer"] == 2 and row["activations"]["path"].endswith("L02.parquet")
