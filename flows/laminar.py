@@ -10,6 +10,8 @@ import inspect
 import logging
 import os
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,15 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 # No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.cache import ProcessLockManager
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import describe_model, extract_activations
-from tasks.report import write_report
+from tasks.report import publish, write_report
 from tasks.scrape import fetch_page, parse_page
 from tasks.store import check_writable
 from tasks.tokens import tokenize
@@ -43,6 +46,46 @@ def run_name(task: Any, args: tuple[Any, ...]) -> str:
     return task.task_run_name.format(**params)
 
 
+class Progress:
+    """After each layer: how many of the model's layers are done and the time left for it."""
+
+    def __init__(self) -> None:
+        self.logger = get_run_logger()
+        self.lock = threading.Lock()
+        self.total: Counter[str] = Counter()
+        self.done: Counter[str] = Counter()
+        self.started: dict[str, float] = {}
+        # A progress bar on the flow run's page in the Prefect UI: % of SAE runs finished.
+        self.artifact = create_progress_artifact(0.0, description="SAE runs finished")
+
+    def hooks(self, model: str) -> dict[str, list[Any]]:
+        self.total[model] += 1
+
+        def running(*_: Any) -> None:
+            with self.lock:
+                self.started.setdefault(model, time.monotonic())
+
+        def finished(task: Any, task_run: Any, state: Any) -> None:
+            with self.lock:
+                self.done[model] += 1
+                done, total = self.done[model], self.total[model]
+                spent = time.monotonic() - self.started.get(model, time.monotonic())
+                overall = 100.0 * sum(self.done.values()) / sum(self.total.values())
+            left = spent / done * (total - done)
+            update_progress_artifact(self.artifact, overall)
+            self.logger.info(
+                "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
+                model,
+                done,
+                total,
+                task_run.name,
+                state.name,
+                left,
+            )
+
+        return {"on_running": [running], "on_completion": [finished], "on_failure": [finished]}
+
+
 class Runner:
     """Calls tasks with the run's cache settings and tallies their final states."""
 
@@ -57,6 +100,7 @@ class Runner:
         # its result as Cached instead of computing the same thing again.
         self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
+        self.progress = Progress()
 
     def bind(self, task: Any) -> Any:
         policy = task.cache_policy.configure(
@@ -69,8 +113,10 @@ class Runner:
         self.states[run_name(task, args)] = state.name
         return state.result()
 
-    def submit(self, task: Any, *args: Any) -> tuple[str, Any]:
-        return run_name(task, args), self.bind(task).submit(*args)
+    def submit(self, task: Any, *args: Any, model: str) -> tuple[str, Any]:
+        """Submit one of `model`'s layer tasks to the task runner (the fan-out)."""
+        bound = self.bind(task).with_options(**self.progress.hooks(model))
+        return run_name(task, args), bound.submit(*args)
 
     def gather(self, futures: list[tuple[str, Any]]) -> tuple[list[Any], list[str]]:
         """Wait for every future (a failure must not stop the others), split results and errors."""
@@ -113,9 +159,14 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             tokens[m["tokenizer"]],
         )
         extractions.append(ext)
-        futures += [run.submit(train_sae, cfg, m["name"], f["layer"], f) for f in ext["files"]]
+        futures += [
+            run.submit(train_sae, cfg, m["name"], f["layer"], f, seed, label, model=m["name"])
+            for f in ext["files"]
+            for seed, label in sae_labels(cfg, m["name"], f["layer"])
+        ]
     results, failed = run.gather(futures)
     report = run(write_report, cfg, page, list(tokens.values()), extractions, results, failed)
+    publish(report)
     summary = {"report": report["dir"], "failed": failed, "tasks": run.states}
     print(f"laminar: report in {report['dir']}; tasks {run.tally()}")
     if failed:
@@ -125,6 +176,12 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             + ". Rerun the same command to retry only those."
         )
     return summary
+
+
+def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
+    """(seed, task label) per SAE seed: 'gpt2 L3', or 'gpt2 L3 s1' when there are several."""
+    many = len(cfg.sae_seeds) > 1
+    return [(s, f"{name} L{layer}" + (f" s{s}" if many else "")) for s in cfg.sae_seeds]
 
 
 def preflight(cfg: Config) -> list[dict[str, Any]]:

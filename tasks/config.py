@@ -62,7 +62,13 @@ class Config(BaseModel):
         description="Keep position 0 of each sequence (an attention-sink outlier; dropped by "
         "default).",
     )
-    seed: int = Field(default=0, ge=0, description="Seed for window sampling and SAE init.")
+    seed: int = Field(default=0, ge=0, description="Seed for sampling the token windows.")
+    sae_seeds: list[int] = Field(
+        default=[0],
+        min_length=1,
+        description="SAE initialisation seeds: each layer's SAE is trained once per seed and "
+        "the report shows mean ± sd.",
+    )
     epochs: int = Field(default=75, gt=0, description="SAE training steps (each full-batch).")
     lr: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
     l1: float = Field(default=1.0, ge=0, description="Weight of mean|z| in the loss.")
@@ -73,11 +79,18 @@ class Config(BaseModel):
         le=1,
         description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
     )
+    precision: Literal["fp32", "tf32"] = Field(
+        default="fp32",
+        description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
+        "cores (several times faster, small differences: see the benchmark).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to run: 'auto' takes CUDA when present."
     )
     extract_batch: int = Field(
-        default=2, gt=0, description="Sequences per forward pass during extraction."
+        default=1,
+        gt=0,
+        description="Sequences per forward pass during extraction (memory grows with it).",
     )
     artifacts_dir: str = Field(
         default="artifacts", description="Where every output and cache record is written."
@@ -179,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         annotation = field.annotation
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif name == "models":
+        elif name in ("models", "sae_seeds"):
             kwargs["nargs"] = "+"
         elif getattr(annotation, "__origin__", None) is Literal:
             kwargs["choices"] = list(annotation.__args__)

@@ -1,8 +1,10 @@
-"""Report: the metrics table, the laminar-profile figure and a short report.md."""
+"""Report: the metrics tables, the figures, report.md with the claims judged, and the same
+table and report as Prefect artifacts under stable keys (so the UI keeps their history)."""
 
 from __future__ import annotations
 
-import io
+import csv
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -10,69 +12,71 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import cache
+from tasks import cache, figures
 from tasks.config import EXECUTION_FIELDS, Config
+from tasks.stats import claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes
+from tasks.train import FREQ_BINS
 
+SPREAD = ["density_pct", "final_loss", "final_mse", "fvu", "l0", "dead_pct", "density_activation"]
+INPUTS = ["x_mean_norm", "x_var", "x_neg_frac"]
 COLUMNS = [
     "model",
     "layer",
     "n_layers",
     "rel_depth",
-    "density_pct",
-    "final_loss",
-    "final_mse",
-    "fvu",
-    "l0",
-    "dead_pct",
-    "density_activation",
+    "n_seeds",
+    *SPREAD,
     "seconds",
     "device",
     "n_tokens",
     "d",
     "latent",
     "k",
+    *INPUTS,
+    *(f"{c}_sd" for c in SPREAD),
 ]
-PANELS = [
-    ("final_loss", "final loss (MSE + l1·mean|z|)"),
-    ("density_pct", "density (% non-zero latents)"),
-    ("density_activation", "density × activation (scaled)"),
-]
+TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
 
 
 def metric_rows(results: list[dict[str, Any]], n_layers: dict[str, int]) -> list[dict[str, Any]]:
-    """One row per (model, layer), sorted, with relative depth layer / (n_layers - 1)."""
+    """One row per (model, layer): the mean over SAE seeds, `<metric>_sd` their spread (0 for
+    one seed), relative depth = layer / (n_layers - 1)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["name"], r["layer"]), []).append(r)
     rows = []
-    for r in sorted(results, key=lambda r: (r["name"], r["layer"])):
-        n = n_layers[r["name"]]
-        row = {**r, "model": r["name"], "n_layers": n, "rel_depth": r["layer"] / max(n - 1, 1)}
+    for (name, layer), runs in sorted(groups.items()):
+        n = n_layers[name]
+        row = {
+            **runs[0],
+            "model": name,
+            "n_layers": n,
+            "rel_depth": layer / max(n - 1, 1),
+            "n_seeds": len(runs),
+            "seconds": sum(r["seconds"] for r in runs),
+        }
+        for col in SPREAD:
+            vals = [r[col] for r in runs]
+            row[col] = statistics.fmean(vals)
+            row[f"{col}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append({c: row[c] for c in COLUMNS})
     return rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.2))
-    for ax, (col, title) in zip(axes, PANELS, strict=True):
-        for model in dict.fromkeys(r["model"] for r in rows):
-            pts = [r for r in rows if r["model"] == model]
-            ax.plot([r["rel_depth"] for r in pts], [r[col] for r in pts], "o-", ms=3, label=model)
-        ax.set(title=title, xlabel="relative depth (layer / (n_layers − 1))", xlim=(-0.03, 1.03))
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
+    table = pa.Table.from_pylist(rows)
+    with atomic_path(folder / f"{stem}.parquet") as tmp:
+        pq.write_table(table, tmp)
+    with atomic_path(folder / f"{stem}.csv") as tmp:
+        pacsv.write_csv(table, tmp)
 
 
-def markdown(cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: list[str]) -> str:
+def markdown(
+    cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: list[str], images: list[str]
+) -> str:
     lines = [
         "# laminar profile",
         "",
@@ -81,18 +85,23 @@ def markdown(cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: li
         f"({cfg.sampling}, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
         f"{'kept' if cfg.keep_first_token else 'dropped'}.",
         "",
-        f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, "
-        f"Adam lr {cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} full-batch epochs.",
+        f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
+        f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} full-batch epochs, {cfg.precision}, seeds "
+        f"{cfg.sae_seeds} (± is the sd over seeds).",
         "",
-        "![laminar profile](laminar.png)",
+        *(claims_markdown(claims(rows)) if rows else []),
+        *(f"![{Path(i).stem}]({i})" for i in images),
         "",
-        "| model | layer | rel. depth | density % | final loss | MSE | FVU | L0 | dead % | s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | layer | rel. depth | density % | final loss | MSE | FVU | L0 | dead % | "
+        "‖x‖ | var x | x<0 | s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['model']} | {r['layer']} | {r['rel_depth']:.3f} | {r['density_pct']:.2f} | "
-        f"{r['final_loss']:.5g} | {r['final_mse']:.5g} | {r['fvu']:.3f} | {r['l0']:.1f} | "
-        f"{r['dead_pct']:.1f} | {r['seconds']:.1f} |"
+        f"| {r['model']} | {r['layer']} | {r['rel_depth']:.3f} | {r['density_pct']:.2f} ± "
+        f"{r['density_pct_sd']:.2f} | {r['final_loss']:.5g} ± {r['final_loss_sd']:.2g} | "
+        f"{r['final_mse']:.5g} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['dead_pct']:.1f} | "
+        f"{r['x_mean_norm']:.3g} | {r['x_var']:.3g} | {r['x_neg_frac']:.3f} | "
+        f"{r['seconds']:.1f} |"
         for r in rows
     ]
     if failed:
@@ -102,11 +111,38 @@ def markdown(cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: li
     return "\n".join(lines)
 
 
+def draw(rows: list[dict], results: list[dict], n_layers: dict[str, int], out: Path) -> list[str]:
+    """Every figure of the report; returns their file names in report order."""
+    if not rows:
+        return []
+    figures.profile_overlay(rows, out / "laminar.png")
+    names = ["laminar.png"]
+    first_seed = [r for r in results if r["sae_seed"] == min(x["sae_seed"] for x in results)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in first_seed if r["name"] == model]
+        figures.course_panels(rows, model, out / f"{model}-panels.png")
+        figures.loss_curves(
+            [{"model": model, "layer": r["layer"], "loss": r["loss_curve"]} for r in mine],
+            model,
+            n_layers[model],
+            out / f"{model}-loss.png",
+        )
+        figures.density_heatmap(
+            {r["layer"]: r["freq_hist"] for r in mine},
+            FREQ_BINS.tolist(),
+            model,
+            out / f"{model}-density.png",
+        )
+        names += [f"{model}-panels.png", f"{model}-loss.png", f"{model}-density.png"]
+    return names
+
+
 @task(
     name="report",
     task_run_name="report",
     cache_policy=cache.ContentKey(
-        fields=tuple(f for f in Config.model_fields if f not in EXECUTION_FIELDS)
+        fields=tuple(f for f in Config.model_fields if f not in EXECUTION_FIELDS),
+        modules=("tasks.figures", "tasks.stats"),
     ),
 )
 def write_report(
@@ -117,25 +153,42 @@ def write_report(
     results: list[dict[str, Any]],
     failed: list[str],
 ) -> dict[str, Any]:
-    """Write metrics.csv, metrics.parquet, loss_curves.parquet, laminar.png and report.md."""
+    """Write the tables, figures and report.md; publish the table and report to Prefect."""
     out = cfg.root / "reports" / cfg.digest()[:12]
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in COLUMNS})
-    with atomic_path(out / "metrics.parquet") as tmp:
-        pq.write_table(table, tmp)
-    with atomic_path(out / "metrics.csv") as tmp:
-        pacsv.write_csv(table, tmp)
+    by_seed = sorted(
+        ({c: r[c] for c in ["name", "layer", "sae_seed", *SPREAD, "seconds"]} for r in results),
+        key=lambda r: (r["name"], r["layer"], r["sae_seed"]),
+    )
     curves = [
-        {"model": r["name"], "layer": r["layer"], "epoch": i, "loss": v}
+        {"model": r["name"], "layer": r["layer"], "sae_seed": r["sae_seed"], "epoch": i, "loss": v}
         for r in results
         for i, v in enumerate(r["loss_curve"])
     ]
-    with atomic_path(out / "loss_curves.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(curves) if curves else pa.table({}), tmp)
-    if rows:
-        plot(rows, out / "laminar.png")
-    write_bytes(out / "report.md", markdown(cfg, page, tokens[0], rows, failed).encode())
-    files = ["metrics.csv", "metrics.parquet", "loss_curves.parquet", "report.md"]
-    files += ["laminar.png"] if rows else []
-    return {"dir": str(out), "files": [file_record(out / f) for f in files], "failed": failed}
+    tables = {"metrics": rows, "metrics_by_seed": by_seed, "loss_curves": curves}
+    for stem, table in tables.items():
+        if table:
+            _write_table(table, out, stem)
+    images = draw(rows, results, n_layers, out)
+    md = markdown(cfg, page, tokens[0], rows, failed, images)
+    write_bytes(out / "report.md", md.encode())
+    names = [f"{s}.{x}" for s, t in tables.items() if t for x in ("csv", "parquet")]
+    files = [file_record(out / f) for f in [*names, *images, "report.md"]]
+    return {"dir": str(out), "files": files, "failed": failed}
+
+
+def publish(report: dict[str, Any]) -> None:
+    """The table and report.md as artifacts of the current flow run, under stable keys (the
+    Prefect UI keeps their history); also on a rerun whose report task was Cached."""
+    out = Path(report["dir"])
+    rows = []
+    if (out / "metrics.csv").exists():
+        with open(out / "metrics.csv") as f:
+            rows = [{c: r[c] for c in COLUMNS[:12]} for r in csv.DictReader(f)]
+    create_table_artifact(key=TABLE_KEY, table=rows, description=f"laminar metrics in {out}")
+    create_markdown_artifact(
+        key=REPORT_KEY,
+        markdown=(out / "report.md").read_text().replace("](", f"]({out}/"),
+        description=f"laminar report: {out / 'report.md'}",
+    )

@@ -16,10 +16,21 @@ from prefect.logging import get_run_logger
 from tasks import cache, sae, store
 from tasks.config import Config, LaminarError, resolve_device, stable_hash
 
-SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac", "seed")
+SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
+RESULT_FIELDS = (*SAE_FIELDS, "precision")  # with the seed, what a layer's numbers depend on
+FREQ_BINS = np.linspace(-6, 0, 25)  # log10 firing frequency of a latent, for the heatmap
 
 
-def train_layer(x_np: np.ndarray, cfg: Config, label: str) -> dict[str, Any]:
+def input_stats(x: torch.Tensor) -> dict[str, float]:
+    """What the SAE is fed: mean row norm, variance about the mean, share of negatives."""
+    return {
+        "x_mean_norm": x.norm(dim=1).mean().item(),
+        "x_var": (x - x.mean(dim=0)).pow(2).mean().item(),
+        "x_neg_frac": (x < 0).float().mean().item(),
+    }
+
+
+def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dict[str, Any]:
     """Train on one layer's activations (N, d) and return its metrics and loss curve."""
     if not np.isfinite(x_np).all():
         raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
@@ -28,7 +39,8 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str) -> dict[str, Any]:
     with warnings.catch_warnings():  # Arrow's buffer is read-only; nothing writes to x
         warnings.simplefilter("ignore", UserWarning)
         x = torch.from_numpy(x_np).to(device)
-    result = sae.train(x, **cfg.subset(*SAE_FIELDS))
+    with sae.matmul_precision(cfg.precision):
+        result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed)
     losses = result.losses
     if not all(math.isfinite(v) for v in losses):
         bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
@@ -36,7 +48,11 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str) -> dict[str, Any]:
             f"{label}: the SAE loss became {losses[bad]} at epoch {bad}; try a lower --lr."
         )
     out = sae.metrics(result.sae, x)
+    freq = out.pop("latent_freq")
+    live = freq[freq > 0]
     out.update(
+        input_stats(x),
+        freq_hist=np.histogram(np.log10(live), FREQ_BINS)[0].tolist() if len(live) else [],
         final_loss=losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
@@ -50,13 +66,13 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str) -> dict[str, Any]:
 
 
 def write_layer_json(
-    cfg: Config, acts: dict[str, Any], row: dict[str, Any], label: str
+    cfg: Config, acts: dict[str, Any], row: dict[str, Any], label: str, seed: int
 ) -> dict[str, Any]:
     """Metrics and loss curve as JSON beside the activations' layout:
     activations/<model>/<hook>/<tokens>/L03.parquet -> sae/<model>/<hook>/<tokens>/L03/<key>.json
     where <key> hashes the SAE settings, so other settings never overwrite this file."""
     rel = Path(acts["path"]).relative_to(cfg.root / "activations")
-    settings = cfg.subset(*SAE_FIELDS)
+    settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
     path = cfg.root / "sae" / rel.parent / rel.stem / f"{stable_hash(settings)[:16]}.json"
     try:
         store.write_json(path, {**row, "settings": settings, "activations": acts})
@@ -70,15 +86,21 @@ def write_layer_json(
 
 @task(
     name="sae",
-    task_run_name="sae {name} L{layer}",
-    cache_policy=cache.ContentKey(fields=SAE_FIELDS, modules=("tasks.sae", "tasks.store")),
+    task_run_name="sae {label}",
+    cache_policy=cache.ContentKey(
+        fields=RESULT_FIELDS, modules=("tasks.sae", "tasks.store"), exclude=("label",)
+    ),
     retries=0,  # training is deterministic: a retry would fail the same way
 )
-def train_sae(cfg: Config, name: str, layer: int, acts: dict[str, Any]) -> dict[str, Any]:
-    """Train the layer's SAE; the result is one metrics row (plus its loss curve)."""
-    label = f"{name} L{layer}"
-    out = train_layer(store.read_activations(acts), cfg, label)
-    record = write_layer_json(cfg, acts, {"model": name, "layer": layer, **out}, label)
+def train_sae(
+    cfg: Config, name: str, layer: int, acts: dict[str, Any], sae_seed: int, label: str
+) -> dict[str, Any]:
+    """Train the layer's SAE from seed `sae_seed`; the result is one metrics row (plus its loss
+    curve and latent-frequency histogram). `label` names the run: 'gpt2 L3' (or 'gpt2 L3 s1'
+    when several seeds are trained)."""
+    out = train_layer(store.read_activations(acts), cfg, label, sae_seed)
+    row = {"model": name, "layer": layer, "sae_seed": sae_seed, **out}
+    record = write_layer_json(cfg, acts, row, label, sae_seed)
     get_run_logger().info(
         "%-16s %7.1fs  density %6.2f%%  loss %.5g  fvu %.3f",
         label,
@@ -87,4 +109,11 @@ def train_sae(cfg: Config, name: str, layer: int, acts: dict[str, Any]) -> dict[
         out["final_loss"],
         out["fvu"],
     )
-    return {"name": name, "layer": layer, "activations": acts, "json": record, **out}
+    return {
+        "name": name,
+        "sae_seed": sae_seed,
+        "layer": layer,
+        "activations": acts,
+        "json": record,
+        **out,
+    }

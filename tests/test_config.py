@@ -94,3 +94,11 @@ def test_short_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert short_name("openai-community/gpt2-large") == "gpt2-large"
     (tmp_path / "my-model").mkdir()
     assert short_name(str(tmp_path / "my-model") + "/") == "my-model"
+
+
+def test_readme_documents_every_option() -> None:
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for name in Config.model_fields:
+        assert f"`--{name.replace('_', '-')}`" in readme, name

@@ -4,6 +4,7 @@ lost or read when corrupt."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -65,22 +66,33 @@ def cli_args(cfg: Config) -> list[str]:
 
 
 def spawn(cfg: Config, home: Path) -> subprocess.Popen[str]:
+    """The CLI in a session of its own, so a kill takes its whole process group (its ephemeral
+    Prefect server too), as killing the terminal's job would."""
     env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        cli_args(cfg), env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cli_args(cfg),
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
 def kill_when(proc: subprocess.Popen[str], ready: callable, limit_s: float = 240) -> bool:
-    """SIGKILL `proc` as soon as `ready()` holds; False if it ended first."""
+    """SIGKILL `proc`'s process group as soon as `ready()` holds; False if it ended first."""
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.002)
-    return False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.002)
+        return False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the run outlives the test
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,29 @@ def quick_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: obje
     )
 
 
+def latest_artifacts() -> tuple[list[dict], object]:
+    """The newest table and markdown artifacts under laminar's keys, read through the API."""
+    import json
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.report import REPORT_KEY, TABLE_KEY
+
+    with get_client(sync_client=True) as client:
+        found = [
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )[0]
+            for key in (TABLE_KEY, REPORT_KEY)
+        ]
+    table = found[0].data if isinstance(found[0].data, list) else json.loads(found[0].data)
+    return table, found[1]
+
+
 def read_metrics(report_dir: str) -> list[dict[str, str]]:
     with open(Path(report_dir) / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -62,6 +85,9 @@ def test_first_run_computes_and_rerun_executes_nothing(
         assert float(r["final_loss"]) > float(r["final_mse"]) > 0
         assert r["n_tokens"] == str(4 * 31) and r["d"] == "256" and r["latent"] == "512"
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+    table, report = latest_artifacts()
+    assert [row["layer"] for row in table] == ["0", "1", "2"]
+    assert first["report"] in report.description and "# laminar profile" in report.data
 
     second = laminar(cfg)
     assert set(second["tasks"].values()) == {"Cached"}, second["tasks"]

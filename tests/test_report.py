@@ -1,4 +1,5 @@
-"""Report: one row per (model, layer) with relative depth; the files a person reads."""
+"""Report: one row per (model, layer) with relative depth and the spread over seeds; the files
+a person reads; the claims judged in report.md."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import csv
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
+from prefect.logging import disable_run_logger
 
 from tasks.config import Config
 from tasks.report import COLUMNS, metric_rows, write_report
 
 
-def result(name: str, layer: int, density: float) -> dict:
+def result(name: str, layer: int, density: float, seed: int = 0) -> dict:
     return {
         "name": name,
         "layer": layer,
+        "sae_seed": seed,
         "density_pct": density,
         "final_loss": 1.5 - density / 100,
         "final_mse": 0.5,
@@ -28,44 +32,61 @@ def result(name: str, layer: int, density: float) -> dict:
         "d": 4,
         "latent": 8,
         "k": 2,
+        "x_mean_norm": 2.0,
+        "x_var": 1.0,
+        "x_neg_frac": 0.5,
         "loss_curve": [2.0, 1.0 + layer],
+        "freq_hist": [0] * 23 + [8],
     }
 
 
-def test_rows_are_sorted_with_relative_depth() -> None:
-    rows = metric_rows(
-        [result("big", 35, 30), result("small", 11, 20), result("small", 0, 10)],
-        {"small": 12, "big": 36},
-    )
-    assert [(r["model"], r["layer"], r["rel_depth"]) for r in rows] == [
-        ("big", 35, 1.0),
-        ("small", 0, 0.0),
-        ("small", 11, 1.0),
+def test_rows_are_sorted_with_relative_depth_and_seed_spread() -> None:
+    results = [
+        result("big", 35, 30),
+        result("small", 11, 20),
+        result("small", 0, 10),
+        result("small", 0, 14, seed=1),
     ]
-    assert list(rows[0]) == COLUMNS
+    rows = metric_rows(results, {"small": 12, "big": 36})
+    assert [(r["model"], r["layer"], r["rel_depth"], r["n_seeds"]) for r in rows] == [
+        ("big", 35, 1.0, 1),
+        ("small", 0, 0.0, 2),
+        ("small", 11, 1.0, 1),
+    ]
+    assert rows[1]["density_pct"] == 12.0
+    assert rows[1]["density_pct_sd"] == pytest.approx(2**0.5 * 2)  # sd of (10, 14)
+    assert rows[0]["density_pct_sd"] == 0.0 and list(rows[0]) == COLUMNS
 
 
 def test_report_files(tmp_path: Path) -> None:
     cfg = Config(artifacts_dir=str(tmp_path))
     page = {"url": "http://x/wiki/LED", "revision_id": 42, "fetched_at": "2026-01-01T00:00:00"}
-    tokens = [{"n_article_tokens": 12345}]
-    ext = [{"name": "m", "n_layers": 3}]
-    out = write_report.fn(
-        cfg, page, tokens, ext, [result("m", 2, 40), result("m", 0, 20)], ["sae m L1: boom"]
-    )
+    with disable_run_logger():
+        out = write_report.fn(
+            cfg,
+            page,
+            [{"n_article_tokens": 12345}],
+            [{"name": "m", "n_layers": 5}],
+            [result("m", layer, 10 + 5 * layer) for layer in (4, 0, 1, 2)],
+            ["sae m L3: boom"],
+        )
     folder = Path(out["dir"])
     with open(folder / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["layer"], float(r["rel_depth"]), float(r["density_pct"])) for r in rows] == [
-        ("0", 0.0, 20.0),
-        ("2", 1.0, 40.0),
+        ("0", 0.0, 10.0),
+        ("1", 0.25, 15.0),
+        ("2", 0.5, 20.0),
+        ("4", 1.0, 30.0),
     ]
-    assert pq.read_table(folder / "metrics.parquet").num_rows == 2
+    assert pq.read_table(folder / "metrics.parquet").num_rows == 4
+    assert pq.read_table(folder / "metrics_by_seed.parquet").num_rows == 4
     curves = pq.read_table(folder / "loss_curves.parquet").to_pylist()
-    assert {"model": "m", "layer": 2, "epoch": 1, "loss": 3.0} in curves and len(curves) == 4
+    assert {"model": "m", "layer": 2, "sae_seed": 0, "epoch": 1, "loss": 3.0} in curves
     md = (folder / "report.md").read_text()
-    assert "revision 42" in md and "12345 tokens" in md and "- sae m L1: boom" in md
-    assert "| m | 2 | 1.000 | 40.00 |" in md
-    png = (folder / "laminar.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert {Path(f["path"]).name for f in out["files"]} >= {"metrics.csv", "report.md"}
+    assert "revision 42" in md and "12345 tokens" in md and "- sae m L3: boom" in md
+    assert "| m | 4 | 1.000 | 30.00 ± 0.00 |" in md
+    assert "**m** — density rises with depth: **holds**" in md
+    for png in ["laminar.png", "m-panels.png", "m-loss.png", "m-density.png"]:
+        assert f"]({png})" in md
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

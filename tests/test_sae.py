@@ -93,3 +93,18 @@ def test_same_seed_same_sae() -> None:
     b = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
     c = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=5)
     assert torch.equal(a.sae.weight, b.sae.weight) and not torch.equal(a.sae.weight, c.sae.weight)
+
+
+@pytest.mark.parametrize("k", [0, 5, 32])
+def test_hand_gradient_equals_autograd(k: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 16, generator=g)
+    model = sae.TiedSAE(16, 32, k, g)
+    loss = sae.loss_and_grad(model, x, l1=0.7)
+    hand = model.weight.grad.clone()
+    model.weight.grad = None
+    x_hat, z = model(x)
+    ref = sae.sae_loss(x, x_hat, z, l1=0.7)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)

@@ -38,9 +38,14 @@ def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
     pq.write_table(activation_table(np.zeros(40), np.arange(40), np.zeros(40), acts), path)
     cfg = Config(artifacts_dir=str(tmp_path), epochs=4, device="cpu")
     with disable_run_logger():
-        out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)})
+        out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)}, 7, "m L3 s7")
     assert out["n_tokens"] == 40 and out["latent"] == 16 and out["k"] == 5
     assert len(out["loss_curve"]) == 4 and out["final_loss"] == out["loss_curve"][-1]
     saved = json.loads(Path(out["json"]["path"]).read_text())
     assert Path(out["json"]["path"]).parent == tmp_path / "sae/m-1234/mlp.hook_pre/abc/L03"
     assert saved["density_pct"] == out["density_pct"] and saved["settings"]["epochs"] == 4
+    assert saved["settings"]["sae_seed"] == 7 and sum(out["freq_hist"]) == 16 * (
+        1 - out["dead_pct"] / 100
+    )
+    assert out["x_neg_frac"] == pytest.approx(float((acts < 0).mean()))
+    assert out["x_var"] == pytest.approx(float(((acts - acts.mean(0)) ** 2).mean()), rel=1e-5)

@@ -1,0 +1,119 @@
+"""Put finished laminar runs side by side: one figure and one table.
+
+    python flows/compare.py artifacts/reports/<a> artifacts/reports/<b> [--labels pre post]
+
+Each argument is a report folder (it holds metrics.csv). The figure overlays density, final
+loss and FVU against relative depth, one line per (run, model); the table has one row per
+(model, layer) with each run's values and the difference (second minus first)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.config import LaminarError
+from tasks.store import write_bytes
+
+METRICS = ["density_pct", "final_loss", "fvu"]
+
+
+def read_run(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        raise LaminarError(f"'{folder}' holds no metrics.csv: pass a laminar report folder.")
+    with open(path) as f:
+        return [
+            {
+                **r,
+                "layer": int(r["layer"]),
+                "rel_depth": float(r["rel_depth"]),
+                **{m: float(r[m]) for m in METRICS},
+            }
+            for r in csv.DictReader(f)
+        ]
+
+
+def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (model, layer) present in every run, with each run's metrics and deltas."""
+    labels = list(runs)
+    keyed = {lab: {(r["model"], r["layer"]): r for r in rows} for lab, rows in runs.items()}
+    common = sorted(set.intersection(*(set(k) for k in keyed.values())))
+    rows = []
+    for model, layer in common:
+        row: dict[str, Any] = {
+            "model": model,
+            "layer": layer,
+            "rel_depth": keyed[labels[0]][(model, layer)]["rel_depth"],
+        }
+        for m in METRICS:
+            for lab in labels:
+                row[f"{m} [{lab}]"] = keyed[lab][(model, layer)][m]
+            if len(labels) == 2:
+                row[f"{m} Δ"] = row[f"{m} [{labels[1]}]"] - row[f"{m} [{labels[0]}]"]
+        rows.append(row)
+    return rows
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 4.2))
+    for ax, m in zip(axes, METRICS, strict=True):
+        for (lab, rows), style in zip(runs.items(), ["o-", "s--", "^:", "d-."], strict=False):
+            for model in dict.fromkeys(r["model"] for r in rows):
+                pts = [r for r in rows if r["model"] == model]
+                ax.plot(
+                    [r["rel_depth"] for r in pts],
+                    [r[m] for r in pts],
+                    style,
+                    ms=3,
+                    label=f"{model} [{lab}]",
+                )
+        ax.set(title=m, xlabel="relative depth")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report folders, 2 or more")
+    parser.add_argument("--labels", nargs="+", help="names of the runs (default: folder names)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/compare"))
+    args = parser.parse_args(argv)
+    try:
+        labels = args.labels or [p.name for p in args.reports]
+        if len(args.reports) < 2 or len(labels) != len(args.reports):
+            raise LaminarError("give at least two report folders and one --labels per folder.")
+        runs = {lab: read_run(p) for lab, p in zip(labels, args.reports, strict=True)}
+        rows = side_by_side(runs)
+        if not rows:
+            raise LaminarError("the runs share no (model, layer): compare runs of one model.")
+    except LaminarError as exc:
+        print(f"compare: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(runs, args.out / "compare.png")
+    lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
+    write_bytes(args.out / "compare.csv", ("\n".join(lines) + "\n").encode())
+    print(f"compare: {args.out / 'compare.png'} and {args.out / 'compare.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The report's figures, as PNG bytes written atomically. Rows are the report's per-(model,
+layer) rows (means over SAE seeds, with `<metric>_sd`)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from tasks.store import write_bytes
+
+PANELS = [
+    ("final_loss", "final loss (MSE + l1·mean|z|)"),
+    ("density_pct", "density (% non-zero latents)"),
+    ("density_activation", "density × activation (min-max scaled)"),
+]
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def _models(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in rows))
+
+
+def profile_overlay(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every model on one relative-depth axis, one panel per metric, ± sd over seeds."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.2))
+    for ax, (col, title) in zip(axes, PANELS, strict=True):
+        for model in _models(rows):
+            pts = [r for r in rows if r["model"] == model]
+            x = [r["rel_depth"] for r in pts]
+            y = [r[col] for r in pts]
+            sd = [r.get(f"{col}_sd", 0.0) for r in pts]
+            (line,) = ax.plot(x, y, "o-", ms=3, label=model)
+            lo = [a - b for a, b in zip(y, sd, strict=True)]
+            hi = [a + b for a, b in zip(y, sd, strict=True)]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set(title=title, xlabel="relative depth = layer / (n_layers − 1)", xlim=(-0.03, 1.03))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    _save(fig, path)
+
+
+def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
+    """The course's three panels for one model, against the layer index."""
+    pts = [r for r in rows if r["model"] == model]
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
+    for ax, (col, title) in zip(axes, PANELS, strict=True):
+        ax.errorbar(
+            [r["layer"] for r in pts],
+            [r[col] for r in pts],
+            yerr=[r.get(f"{col}_sd", 0.0) for r in pts],
+            fmt="o-",
+            ms=3,
+            capsize=2,
+        )
+        ax.set(title=f"{model}: {title}", xlabel="layer")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def loss_curves(curves: list[dict[str, Any]], model: str, n_layers: int, path: Path) -> None:
+    """Training loss per epoch, one line per layer (colour = depth), first SAE seed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for c in curves:
+        if c["model"] == model:
+            ax.plot(c["loss"], color=cmap(c["layer"] / max(n_layers - 1, 1)), lw=1)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n_layers - 1))
+    fig.colorbar(sm, ax=ax, label="layer")
+    ax.set(title=f"{model}: SAE training loss", xlabel="epoch", ylabel="loss", yscale="log")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def density_heatmap(
+    hists: dict[int, list[int]], edges: list[float], model: str, path: Path
+) -> None:
+    """Layer × log10(latent firing frequency): how many latents fire how often, per layer."""
+    layers = sorted(hists)
+    grid = [hists[layer] or [0] * (len(edges) - 1) for layer in layers]
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(layers) + 2))
+    im = ax.imshow(
+        grid,
+        aspect="auto",
+        origin="lower",
+        cmap="magma",
+        extent=(edges[0], edges[-1], -0.5, len(layers) - 0.5),
+    )
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    fig.colorbar(im, ax=ax, label="latents")
+    ax.set(
+        title=f"{model}: latent firing frequency per layer",
+        xlabel="log10 firing frequency (fraction of tokens)",
+        ylabel="layer",
+    )
+    _save(fig, path)

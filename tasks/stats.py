@@ -1,0 +1,111 @@
+"""The two claims under test, judged by fixed rules (written in the README, not tuned to data).
+
+Claim 1, density rises with depth: Spearman ρ of density against relative depth ≥ 0.5 with
+p < 0.05, and the least-squares slope is positive.
+Claim 2, the loss is U-shaped: a quadratic fit of final loss against relative depth curves
+upward (a > 0) with its vertex inside [0.15, 0.85], and both the first and the last layer's loss
+are above the median layer's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+MIN_LAYERS = 4  # fewer points say nothing about a trend or a U
+RHO_MIN, P_MAX = 0.5, 0.05
+VERTEX_RANGE = (0.15, 0.85)
+
+
+def density_trend(depth: list[float], density: list[float]) -> dict[str, Any]:
+    """Spearman ρ (and p) and a linear fit (slope per unit relative depth, R²)."""
+    x, y = np.asarray(depth, float), np.asarray(density, float)
+    if len(x) < MIN_LAYERS or np.ptp(y) == 0:
+        return {
+            "rho": math.nan,
+            "p": math.nan,
+            "slope": 0.0 if len(x) > 1 else math.nan,
+            "r2": math.nan,
+            "holds": False if len(x) >= MIN_LAYERS else None,
+        }
+    rho, p = stats.spearmanr(x, y)
+    fit = stats.linregress(x, y)
+    holds = bool(rho >= RHO_MIN and p < P_MAX and fit.slope > 0)
+    return {
+        "rho": float(rho),
+        "p": float(p),
+        "slope": float(fit.slope),
+        "r2": float(fit.rvalue**2),
+        "holds": holds,
+    }
+
+
+def loss_shape(depth: list[float], loss: list[float]) -> dict[str, Any]:
+    """Quadratic fit a·x² + b·x + c (curvature a, vertex −b/2a), where the minimum sits, and
+    the first and last layers' loss over the median layer's."""
+    x, y = np.asarray(depth, float), np.asarray(loss, float)
+    if len(x) < MIN_LAYERS:
+        return {
+            "curvature": math.nan,
+            "vertex": math.nan,
+            "min_depth": math.nan,
+            "first_ratio": math.nan,
+            "last_ratio": math.nan,
+            "holds": None,
+        }
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    a, b, _ = np.polyfit(x, y, 2)
+    vertex = -b / (2 * a) if a != 0 else math.nan
+    median = float(np.median(y))
+    first, last = float(y[0] / median), float(y[-1] / median)
+    holds = bool(a > 0 and VERTEX_RANGE[0] <= vertex <= VERTEX_RANGE[1] and first > 1 and last > 1)
+    return {
+        "curvature": float(a),
+        "vertex": float(vertex),
+        "min_depth": float(x[np.argmin(y)]),
+        "first_ratio": first,
+        "last_ratio": last,
+        "holds": holds,
+    }
+
+
+def verdict(holds: bool | None) -> str:
+    return {True: "holds", False: "does not hold", None: "too few layers to judge"}[holds]
+
+
+def claims(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Both claims for every model in the metrics rows (rows of one model share n_layers)."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        pts = [r for r in rows if r["model"] == model]
+        depth = [r["rel_depth"] for r in pts]
+        out[model] = {
+            "density": density_trend(depth, [r["density_pct"] for r in pts]),
+            "loss": loss_shape(depth, [r["final_loss"] for r in pts]),
+        }
+    return out
+
+
+def claims_markdown(result: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## The claims", ""]
+    for model, c in result.items():
+        d, u = c["density"], c["loss"]
+        lines += [
+            f"**{model}** — density rises with depth: **{verdict(d['holds'])}** "
+            f"(Spearman ρ = {d['rho']:.3f}, p = {d['p']:.3g}; slope {d['slope']:.3g} %/depth, "
+            f"R² = {d['r2']:.3f}). Loss is U-shaped: **{verdict(u['holds'])}** (curvature "
+            f"{u['curvature']:.3g}, vertex at depth {u['vertex']:.2f}, minimum at depth "
+            f"{u['min_depth']:.2f}, first/median {u['first_ratio']:.3f}, last/median "
+            f"{u['last_ratio']:.3f}).",
+            "",
+        ]
+    lines += [
+        f"Rules: density holds if ρ ≥ {RHO_MIN}, p < {P_MAX} and slope > 0; the U holds if "
+        f"curvature > 0, vertex in [{VERTEX_RANGE[0]}, {VERTEX_RANGE[1]}] and first and last "
+        f"layers' loss above the median; at least {MIN_LAYERS} layers are needed.",
+        "",
+    ]
+    return lines

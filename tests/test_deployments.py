@@ -1,0 +1,192 @@
+"""The Prefect UI path, through a real server: `scripts/laminar-ui.sh` brings up server, pool,
+deployments and worker; a deployment run with custom parameters completes with per-layer task
+runs and both artifacts; a failed layer is resumed by retrying the flow run, and only that
+layer is computed again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, ArticleServer
+
+from tasks.config import stable_hash
+from tasks.train import RESULT_FIELDS
+
+pytestmark = pytest.mark.ui
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UI:
+    """scripts/laminar-ui.sh running on a free port with a private Prefect home."""
+
+    def __init__(self, home: Path):
+        self.port, self.home = free_port(), home
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PREFECT_HOME": str(home), "LAMINAR_UI_PORT": str(self.port)}
+        env.pop("PREFECT_API_URL", None)
+        self.proc = subprocess.Popen(
+            [str(ROOT / "scripts" / "laminar-ui.sh")],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 240
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            if "Prefect UI at" in line or time.monotonic() > deadline:
+                break
+        assert self.proc.poll() is None, "laminar-ui.sh exited early"
+
+    def client(self) -> Any:
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(f"{self.url}/api")
+
+    def stop(self) -> None:
+        """SIGINT as Ctrl-C would; then, whatever happened, every pid it started is gone."""
+        pids = (
+            (self.home / "laminar-ui.pids").read_text().split()
+            if (self.home / "laminar-ui.pids").exists()
+            else []
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            for pid in [*pids, str(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    server = UI(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_deployment(ui: UI, name: str, config: dict[str, Any]) -> Any:
+    with ui.client() as client:
+        deployment = client.read_deployment_by_name(f"laminar/{name}")
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": config})
+    return wait_final(ui, run.id)
+
+
+def wait_final(ui: UI, run_id: Any, limit_s: float = 300) -> Any:
+    deadline = time.monotonic() + limit_s
+    with ui.client() as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run_id)
+            if run.state and run.state.is_final():
+                return run
+            time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not finish in {limit_s} s")
+
+
+def task_states(ui: UI, run_id: Any, expected: int) -> dict[str, list[str]]:
+    """Task run name -> state names, once the API has recorded `expected` task runs."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 60
+    with ui.client() as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            if len(runs) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.name, []).append(r.state.name)
+    return out
+
+
+def quick_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: Any) -> dict:
+    return {
+        "models": [str(tiny_model)],
+        "url": server.url("/wiki/Light-emitting_diode"),
+        "layers": "all",
+        "n_seqs": 2,
+        "seq_len": 32,
+        "epochs": 2,
+        "device": "cpu",
+        "artifacts_dir": str(root),
+        **kw,
+    }
+
+
+def test_deployment_run_shows_task_runs_and_artifacts(
+    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
+) -> None:
+    run = run_deployment(ui, "quick", quick_config(tiny_model, article_server, tmp_path))
+    assert run.state.type.value == "COMPLETED", run.state.message
+    states = task_states(ui, run.id, expected=8)
+    for layer in range(3):
+        assert states[f"sae tiny-gpt2 L{layer}"] == ["Completed"]
+    assert states["extract tiny-gpt2"] == ["Completed"]
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with ui.client() as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    keys = {a.key: a for a in artifacts if a.key}
+    assert {"laminar-metrics", "laminar-report"} <= keys.keys()
+    assert "# laminar profile" in keys["laminar-report"].data
+
+
+def test_failed_layer_resumes_by_retrying_the_flow_run(
+    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
+) -> None:
+    cfg = quick_config(tiny_model, article_server, tmp_path, epochs=3)
+    first = run_deployment(ui, "quick", {**cfg, "layers": "0"})  # lays out the folders
+    assert first.state.type.value == "COMPLETED"
+    [l0] = (tmp_path / "sae").rglob("L00/*.json")
+    settings = {
+        f: cfg.get(f, default)
+        for f, default in [
+            ("epochs", 3),
+            ("lr", 1e-4),
+            ("l1", 1.0),
+            ("expansion", 2),
+            ("topk_frac", 1 / 3),
+            ("precision", "fp32"),
+        ]
+    }
+    assert tuple(settings) == RESULT_FIELDS
+    blocker = l0.parent.parent / "L02" / f"{stable_hash({**settings, 'sae_seed': 0})[:16]}.json"
+    blocker.mkdir(parents=True)  # a folder where layer 2's result file goes: a disk fault
+
+    failed = run_deployment(ui, "quick", cfg)
+    assert failed.state.type.value == "FAILED"
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "sae").rglob("*.json")}
+    assert len(done) == 2  # layers 0 and 1 finished despite layer 2
+
+    blocker.rmdir()
+    from prefect.states import Scheduled
+
+    with ui.client() as client:  # what the UI's Retry button (and `prefect flow-run retry`) do
+        client.set_flow_run_state(failed.id, Scheduled(message="Retry"), force=True)
+    retried = wait_final(ui, failed.id)
+    assert retried.state.type.value == "COMPLETED", retried.state.message
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # layers 0 and 1 not recomputed
+    assert len(list((tmp_path / "sae").rglob("*.json"))) == 3
