@@ -200,6 +200,7 @@ def bench_extract(
         str(n_seqs),
         device,
         str(folder / f"art-{shape}-{mode}"),
+        str(extract_batch),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -340,6 +341,60 @@ def scaling(device: str) -> list[dict[str, float]]:
     return rows
 
 
+def section_sae(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    widths = (
+        [(64, "small width")]
+        if args.quick
+        else [(3072, "gpt2-small"), (5120, "gpt2-large"), (256, "small width")]
+    )
+    rows = []
+    for d, label in widths:
+        rate = matmul_rate(n, d, 2 * d, args.device)
+        rows.append(
+            {
+                "shape": label,
+                "matmul_gflops": rate,
+                **bench_sae(n, d, args.epochs, args.device, rate),
+            }
+        )
+        print_row("sae", rows[-1])
+    out: dict[str, Any] = {"sae": rows}
+    if args.device == "cuda":
+        out["tf32"] = bench_tf32(n, 64 if args.quick else 5120, args.epochs, args.device)
+        print_row("tf32", out["tf32"])
+    return out
+
+
+def section_extract(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    rows = {}
+    for shape in [] if args.quick else SHAPES:
+        for mode in ["laminar", "baseline"] if shape == "gpt2-small" else ["laminar"]:
+            rows[f"{shape} {mode}"] = bench_extract(
+                shape, mode, args.extract_seqs, args.device, args.models_dir, Config().extract_batch
+            )
+            print_row(f"extract {shape} {mode}", rows[f"{shape} {mode}"])
+    return {"extract": rows}
+
+
+def section_sweeps(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    rows = []
+    for shape in SHAPES if args.sweep else []:
+        for precision in ["fp32", "tf32"]:
+            rows.append(sweep(shape, precision, args.device, args.models_dir))
+            print_row("sweep", rows[-1])
+    return {"sweeps": rows}
+
+
+SECTIONS = {
+    "sae": section_sae,
+    "parquet": lambda a, n: {"parquet": bench_parquet(512 if a.quick else n, 5120, a.models_dir)},
+    "extract": section_extract,
+    "scaling": lambda a, n: {"scaling": [] if a.quick else scaling(a.device)},
+    "sweeps": section_sweeps,
+    "fixed": lambda a, n: {"fixed": fixed_costs()},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -347,48 +402,31 @@ def main() -> None:
     parser.add_argument("--extract-seqs", type=int, default=2, help="1024-token sequences")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--sweep", action="store_true", help="full-size sweeps (for a GPU)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated subset; results merge into --out",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / ".models")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dev, n = args.device, (512 if args.quick else N_TOKENS)
-    widths = (
-        [(64, "small width")]
-        if args.quick
-        else [(3072, "gpt2-small"), (5120, "gpt2-large"), (256, "small width")]
+    n = 512 if args.quick else N_TOKENS
+    out = args.out or ROOT / "benchmarks" / (
+        f"results-{args.device}{'-quick' if args.quick else ''}.json"
     )
-    report: dict[str, Any] = {"device": dev, "machine": machine(dev), "N": n}
-    report["sae"] = []
-    for d, label in widths:
-        rate = matmul_rate(n, d, 2 * d, dev)
-        row = {"shape": label, "matmul_gflops": rate, **bench_sae(n, d, args.epochs, dev, rate)}
-        report["sae"].append(row)
-        print_row("sae", row)
-    if dev == "cuda":
-        report["tf32"] = bench_tf32(n, 5120 if not args.quick else 64, args.epochs, dev)
-        print_row("tf32", report["tf32"])
-    report["parquet"] = bench_parquet(n if not args.quick else 512, 5120, args.models_dir)
-    print_row("parquet", report["parquet"])
-    report["extract"] = {}
-    for shape in [] if args.quick else SHAPES:
-        for mode in ["laminar", "baseline"] if shape == "gpt2-small" else ["laminar"]:
-            r = bench_extract(
-                shape, mode, args.extract_seqs, dev, args.models_dir, Config().extract_batch
-            )
-            report["extract"][f"{shape} {mode}"] = r
-            print_row(f"extract {shape} {mode}", r)
-    report["scaling"] = [] if args.quick else scaling(dev)
-    for row in report["scaling"]:
-        print_row("scaling", row)
-    report["sweeps"] = []
-    for shape in SHAPES if args.sweep else []:
-        for precision in ["fp32", "tf32"]:
-            report["sweeps"].append(sweep(shape, precision, dev, args.models_dir))
-            print_row("sweep", report["sweeps"][-1])
-    report["fixed"] = fixed_costs()
-    print_row("fixed", report["fixed"])
-    out = args.out or ROOT / "benchmarks" / f"results-{dev}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(report, indent=2))
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.update(device=args.device, machine=machine(args.device), N=n)
+    for name in args.sections.split(","):
+        result = SECTIONS[name](args, n)
+        report.update(result)
+        for key, value in result.items():
+            if isinstance(value, dict) and key not in ("extract", "tf32"):
+                print_row(key, value)
+        if name == "scaling":
+            for row in report["scaling"]:
+                print_row("scaling", row)
+        out.write_text(json.dumps(report, indent=2))  # after each section: partial results kept
     print(f"wrote {out}")
 
 

@@ -136,7 +136,13 @@ class Runner:
 
 # One training at a time saturates a GPU (or all CPU cores); the flow thread meanwhile extracts
 # the next model, so extraction and training overlap.
-@flow(name="laminar", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+@flow(
+    name="laminar",
+    task_runner=ThreadPoolTaskRunner(max_workers=1),
+    log_prints=True,
+    persist_result=True,  # the run's result (where the report is) shows in the UI
+    result_serializer="json",
+)
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
     cfg = config

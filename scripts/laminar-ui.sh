@@ -12,11 +12,17 @@ home=$("$bin/python" -c 'from prefect.settings import get_current_settings as s;
 mkdir -p "$home"
 set -m  # children in their own process groups: they get signals only through `stop`
 server="" worker=""
+halt() {  # SIGINT (Prefect's clean shutdown), then SIGTERM, then SIGKILL, 10 s apart
+  local pid=$1 sig
+  for sig in INT TERM KILL; do
+    kill -"$sig" "$pid" 2>/dev/null || return 0
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  done
+}
 stop() {
   trap - EXIT INT TERM
-  # SIGINT is what Prefect's worker and server treat as a clean shutdown.
-  if [ -n "$worker" ]; then kill -INT "$worker" 2>/dev/null; wait "$worker" 2>/dev/null; fi
-  if [ -n "$server" ]; then kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null; fi
+  if [ -n "$worker" ]; then halt "$worker"; fi
+  if [ -n "$server" ]; then halt "$server"; fi
   echo "laminar-ui: stopped"
 }
 trap stop EXIT INT TERM

@@ -3,13 +3,17 @@ Wikipedia-shaped article served from a loopback HTTP server, and an isolated Pre
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -175,3 +179,66 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     import logging
 
     logging.raiseExceptions = False
+
+
+# ------------------------------------------------- a real Prefect server, for the ui tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UI:
+    """scripts/laminar-ui.sh running on a free port with a private Prefect home (the command
+    the README gives users), stopped by pid whatever happens."""
+
+    def __init__(self, home: Path):
+        self.port, self.home = free_port(), home
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PREFECT_HOME": str(home), "LAMINAR_UI_PORT": str(self.port)}
+        env.pop("PREFECT_API_URL", None)
+        self.proc = subprocess.Popen(
+            [str(ROOT / "scripts" / "laminar-ui.sh")],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 240
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            if "Prefect UI at" in line or time.monotonic() > deadline:
+                break
+        assert self.proc.poll() is None, "laminar-ui.sh exited early"
+
+    def client(self) -> Any:
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(f"{self.url}/api")
+
+    def stop(self) -> None:
+        """SIGINT as Ctrl-C would; then, whatever happened, every pid it started is gone."""
+        pids = (
+            (self.home / "laminar-ui.pids").read_text().split()
+            if (self.home / "laminar-ui.pids").exists()
+            else []
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            for pid in [*pids, str(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    server = UI(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server
+    finally:
+        server.stop()
