@@ -259,3 +259,23 @@ def test_bad_input_is_one_sentence_and_exit_2(
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("laminar: ")]
     assert len(said) == 1 and words in said[0], said
     assert said[0].endswith(".")
+
+
+def test_sae_seeds_are_cached_task_runs_reported_as_mean_and_sd(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    cfg = quick_config(tiny_model, article_server, tmp_path, layers="1", sae_seeds=[0, 1])
+    first = laminar(cfg)
+    assert {"sae tiny-gpt2 L1 s0", "sae tiny-gpt2 L1 s1"} <= first["tasks"].keys()
+    [row] = read_metrics(first["report"])
+    assert row["n_seeds"] == "2" and float(row["density_pct_sd"]) >= 0
+    assert float(row["final_loss_sd"]) > 0  # two initialisations, two different losses
+    with open(Path(first["report"]) / "metrics_by_seed.csv") as f:
+        by_seed = list(csv.DictReader(f))
+    losses = [float(r["final_loss"]) for r in by_seed]
+    assert [r["sae_seed"] for r in by_seed] == ["0", "1"]
+    assert float(row["final_loss"]) == pytest.approx(sum(losses) / 2)
+
+    more = laminar(cfg.model_copy(update={"sae_seeds": [0, 1, 2]}))
+    executed = sorted(n for n, s in more["tasks"].items() if s != "Cached")
+    assert executed == ["report", "sae tiny-gpt2 L1 s2"]  # seeds 0 and 1 reused
