@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -26,38 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import N_TOKENS, SHAPES, matmul_rate, timed, timed_once  # noqa: E402
+from benchmarks.models import bench_extract, sweep  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
-
-SHAPES = {  # name: (n_layer, d_model, d_mlp)
-    "gpt2-small": (12, 768, 3072),
-    "gpt2-large": (36, 1280, 5120),
-}
-N_TOKENS = 10 * 1023  # 10 x 1024 windows, position 0 dropped
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Any, device: str, repeat: int = 3) -> float:
-    """Best wall time of `repeat` calls after one warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_rate(n: int, d: int, m: int, device: str) -> float:
-    """fp32 GFLOP/s of the SAE's own matmul shape (N, d) x (d, m): the limit to compare with."""
-    x, w = torch.randn(n, d, device=device), torch.randn(m, d, device=device)
-    return 2 * n * d * m / timed(lambda: x @ w.T, device) / 1e9
 
 
 def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], float]:
@@ -82,15 +53,6 @@ def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], f
         kth = torch.topk(z, z.shape[1] // 3, dim=1).values[:, -1:]
         density = 100 * ((z >= kth) & (z > 0)).float().mean().item()
     return losses, density
-
-
-def timed_once(fn: Any, device: str) -> tuple[float, Any]:
-    """Wall time and result of one call (for runs long enough that one is a measurement)."""
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
 
 
 def bench_sae(n: int, d: int, epochs: int, device: str, rate: float) -> dict[str, Any]:
@@ -171,151 +133,6 @@ def bench_parquet(n: int, d: int, folder: Path) -> dict[str, float]:
         "read_MB_s": mb / t_read,
         "write_s": t_write,
         "read_s": t_read,
-    }
-
-
-def build_model(shape: str, folder: Path) -> Path:
-    """A random-weight GPT-2-architecture folder with the given shape (cached between runs)."""
-    import transformers
-
-    path = folder / shape
-    if not (path / "config.json").exists():
-        n_layer, d_model, _ = SHAPES[shape]
-        config = transformers.GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=d_model // 64)
-        transformers.GPT2LMHeadModel(config).save_pretrained(path)
-    return path
-
-
-def bench_extract(
-    shape: str, mode: str, n_seqs: int, device: str, folder: Path, extract_batch: int
-) -> dict:
-    """Run one extraction in a fresh process, so its peak RSS is its own."""
-    model = build_model(shape, folder)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--extract-child",
-        str(model),
-        mode,
-        str(n_seqs),
-        device,
-        str(folder / f"art-{shape}-{mode}"),
-        str(extract_batch),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_gb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's, inherited
-    across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
-def extract_child(
-    model: str, mode: str, n_seqs: int, device: str, out: str, extract_batch: int = 1
-) -> None:
-    from prefect.logging import disable_run_logger
-
-    from tasks.config import Config
-    from tasks.extract import extract_activations, load_model
-    from tasks.tokens import write_batch
-
-    cfg = Config(artifacts_dir=out, n_seqs=n_seqs, device=device, extract_batch=extract_batch)
-    batch = np.random.default_rng(0).integers(0, 50257, (n_seqs, 1024)).astype(np.int32)
-    write_batch(batch, Path(out) / "tokens.parquet")
-    tokens = {"tokens": store.file_record(Path(out) / "tokens.parquet")}
-    weights_gb = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1e9
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
-
-    count = {"blocks": 0}  # every transformer block executed, over all forward passes
-
-    def counter(module: torch.nn.Module, *args: Any) -> None:
-        count["blocks"] += isinstance(module, GPT2Block)
-
-    torch.nn.modules.module.register_module_forward_hook(counter)
-    start = time.perf_counter()
-    if mode == "laminar":
-        with disable_run_logger():
-            extract_activations.fn(cfg, model, "bench", "0" * 64, tokens)
-    else:  # baseline: one forward pass per layer, each collecting its layer in memory
-        bridge = load_model(model, device)
-        ids = torch.from_numpy(batch).long().to(device)
-        for layer in range(bridge.cfg.n_layers):
-            got = []
-            with torch.inference_mode():
-                bridge.run_with_hooks(
-                    ids,
-                    return_type=None,
-                    stop_at_layer=layer + 1,
-                    fwd_hooks=[
-                        (
-                            f"blocks.{layer}.mlp.hook_pre",
-                            lambda a, hook, got=got: got.append(a[:, 1:].cpu()),
-                        )
-                    ],
-                )
-            acts = torch.cat(got).reshape(-1, got[0].shape[-1]).numpy()
-            idx = np.arange(len(acts))
-            import pyarrow.parquet as pq
-
-            pq.write_table(store.activation_table(idx, idx, idx, acts), f"{out}/base{layer}.pq")
-    seconds = time.perf_counter() - start
-    chunks = -(-n_seqs // cfg.extract_batch) if mode == "laminar" else 1
-    peak_gb = peak_rss_gb()
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "peak_rss_gb": peak_gb,
-                "weights_gb": weights_gb,
-                "n_seqs": n_seqs,
-                "blocks_run_per_chunk": count["blocks"] / chunks,
-            }
-        )
-    )
-
-
-def sweep(shape: str, precision: str, device: str, folder: Path) -> dict[str, Any]:
-    """A real-size sweep: extraction of 10 x 1024 tokens, then every layer's SAE for 75 epochs,
-    timed against the FLOP floor (10·N·d·m per epoch at the measured matmul rate)."""
-    from prefect.logging import disable_run_logger
-
-    from tasks.config import Config
-    from tasks.extract import extract_activations
-    from tasks.tokens import write_batch
-    from tasks.train import train_layer
-
-    n_layer, _, d = SHAPES[shape]
-    cfg = Config(artifacts_dir=str(folder / f"sweep-{shape}"), device=device, precision=precision)
-    batch = np.random.default_rng(0).integers(0, 50257, (10, 1024)).astype(np.int32)
-    write_batch(batch, cfg.root / "tokens.parquet")
-    tokens = {"tokens": store.file_record(cfg.root / "tokens.parquet")}
-    with disable_run_logger():
-        t_extract, ext = timed_once(
-            lambda: extract_activations.fn(
-                cfg, str(build_model(shape, folder)), shape, "0" * 64, tokens
-            ),
-            device,
-        )
-    with sae.matmul_precision(precision):
-        rate = matmul_rate(N_TOKENS, d, 2 * d, device)
-    start = time.perf_counter()
-    for f in ext["files"]:
-        train_layer(store.read_activations(f), cfg, f"{shape} L{f['layer']}")
-    seconds = time.perf_counter() - start
-    floor = 10 * N_TOKENS * d * 2 * d * cfg.epochs * n_layer / (rate * 1e9)
-    return {
-        "shape": shape,
-        "precision": precision,
-        "extract_s": t_extract,
-        "train_s": seconds,
-        "floor_s": floor,
-        "x_floor": seconds / floor,
-        "matmul_gflops": rate,
     }
 
 
@@ -444,8 +261,4 @@ def print_row(section: str, row: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--extract-child":
-        _, _, model, mode, n_seqs, device, out, batch = sys.argv
-        extract_child(model, mode, int(n_seqs), device, out, int(batch))
-    else:
-        main()
+    main()

@@ -1,0 +1,47 @@
+"""What every benchmark shares: the GPT-2 shapes, timing with device sync, the matmul limit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+SHAPES = {  # name: (n_layer, d_model, d_mlp)
+    "gpt2-small": (12, 768, 3072),
+    "gpt2-large": (36, 1280, 5120),
+}
+N_TOKENS = 10 * 1023  # 10 x 1024 windows, position 0 dropped
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: str, repeat: int = 3) -> float:
+    """Best wall time of `repeat` calls after one warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_rate(n: int, d: int, m: int, device: str) -> float:
+    """fp32 GFLOP/s of the SAE's own matmul shape (N, d) x (d, m): the limit to compare with."""
+    x, w = torch.randn(n, d, device=device), torch.randn(m, d, device=device)
+    return 2 * n * d * m / timed(lambda: x @ w.T, device) / 1e9
+
+
+def timed_once(fn: Any, device: str) -> tuple[float, Any]:
+    """Wall time and result of one call (for runs long enough that one is a measurement)."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
