@@ -26,7 +26,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.config import Config, stable_hash
-from tasks.store import pid_alive, verify
+from tasks.store import atomic_path, pid_alive, verify
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,17 @@ def _file_records(obj: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _drop_if_stale(record_path: Path) -> None:
-    """Delete a cached Prefect result whose files are gone or truncated."""
+def _drop_if_stale(record_path: Path, locks: Any) -> None:
+    """Delete a cached Prefect result whose files are gone or truncated, or that is unreadable
+    while no live run holds its lock (one that does may be writing it right now)."""
     try:
         payload = json.loads(record_path.read_text())
         result = json.loads(payload["result"])
     except FileNotFoundError:
         return
     except (ValueError, KeyError, TypeError):
+        if locks is not None and locks.is_locked(record_path.name):
+            return
         log.warning("cache record %s is unreadable; recomputing", record_path)
         record_path.unlink(missing_ok=True)
         return
@@ -87,7 +90,7 @@ class ContentKey(CachePolicy):
         key = f"{task_ctx.task.name.replace(' ', '-')}-{stable_hash(parts)[:32]}"
         storage = getattr(task_ctx.task, "result_storage", None)
         if isinstance(storage, str | Path):
-            _drop_if_stale(Path(storage) / key)
+            _drop_if_stale(Path(storage) / key, getattr(self, "lock_manager", None))
         return key
 
 
@@ -102,8 +105,18 @@ class ProcessLockManager(FileSystemLockManager):
         if acquired:
             path = Path(self._lock_path_for_key(key))
             info = json.loads(path.read_bytes())
-            path.write_text(json.dumps({**info, "pid": os.getpid(), "host": self.host}))
+            data = json.dumps({**info, "pid": os.getpid(), "host": self.host}).encode()
+            with atomic_path(path) as tmp:  # readers see the old or the new file, never half
+                tmp.write_bytes(data)
         return acquired
+
+    def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+        # Prefect creates a lock file, then writes it: a reader in between sees an empty file.
+        # That is a lock being taken, so: locked, holder unknown (never us).
+        try:
+            return super()._get_lock_info(key, use_cache=use_cache)
+        except ValueError:
+            return {"holder": "", "expiration": None, "path": self._lock_path_for_key(key)}
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         if not super().is_locked(key, use_cache=use_cache):

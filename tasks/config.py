@@ -200,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def to_args(cfg: Config) -> list[str]:
+    """The command line that gives `cfg`: config_from_args(to_args(cfg)) == cfg."""
+    args: list[str] = []
+    for name, value in cfg.model_dump().items():
+        if isinstance(value, bool):
+            args.append(_flag(name) if value else "--no-" + _flag(name)[2:])
+        elif isinstance(value, list):
+            args += [_flag(name), *map(str, value)]
+        else:
+            args += [_flag(name), str(value)]
+    return args
+
+
 def config_from_args(argv: list[str] | None = None) -> Config:
     """Parse the command line into a Config; a bad value raises LaminarError naming the flag."""
     args = vars(build_parser().parse_args(argv))

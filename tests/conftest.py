@@ -121,10 +121,29 @@ class ArticleServer:
         self.httpd.server_close()
 
 
+ARTICLE = "/wiki/Light-emitting_diode"
+
+
+def quick_config(model: Path, server: ArticleServer, root: Path, **kw: Any) -> Any:
+    """A laminar Config small enough for a test: 4 x 32 tokens, 3 epochs, on the CPU."""
+    from tasks.config import Config
+
+    base = {
+        "models": [str(model)],
+        "url": server.url(ARTICLE),
+        "n_seqs": 4,
+        "seq_len": 32,
+        "epochs": 3,
+        "device": "cpu",
+        "artifacts_dir": str(root),
+    }
+    return Config(**{**base, **kw})
+
+
 @pytest.fixture(scope="session")
 def article_server() -> Iterator[ArticleServer]:
     server = ArticleServer()
-    server.routes["/wiki/Light-emitting_diode"] = (200, wiki_page(article_prose(100)).encode())
+    server.routes[ARTICLE] = (200, wiki_page(article_prose(100)).encode())
     yield server
     server.close()
 

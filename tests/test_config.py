@@ -12,6 +12,7 @@ from tasks.config import (
     config_from_args,
     parse_layer_spec,
     short_name,
+    to_args,
 )
 
 
@@ -102,3 +103,17 @@ def test_readme_documents_every_option() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in Config.model_fields:
         assert f"`--{name.replace('_', '-')}`" in readme, name
+
+
+def test_args_round_trip() -> None:
+    cfg = Config(
+        models=["a", "b"],
+        layers="1-3",
+        keep_first_token=True,
+        sae_seeds=[0, 2],
+        topk_frac=1 / 3,
+        lr=3e-5,
+        refresh=True,
+    )
+    assert config_from_args(to_args(cfg)) == cfg
+    assert config_from_args([*to_args(cfg), "--epochs", "9"]).epochs == 9  # last flag wins

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UI, ArticleServer
+from conftest import UI, ArticleServer, quick_config
 
 from tasks.config import stable_hash
 from tasks.train import RESULT_FIELDS
@@ -55,24 +55,16 @@ def task_states(ui: UI, run_id: Any, expected: int) -> dict[str, list[str]]:
     return out
 
 
-def quick_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: Any) -> dict:
-    return {
-        "models": [str(tiny_model)],
-        "url": server.url("/wiki/Light-emitting_diode"),
-        "layers": "all",
-        "n_seqs": 2,
-        "seq_len": 32,
-        "epochs": 2,
-        "device": "cpu",
-        "artifacts_dir": str(root),
-        **kw,
-    }
+def run_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: Any) -> dict:
+    """The `config` parameter of a deployment run, as JSON: 2 x 32 tokens, 2 epochs."""
+    cfg = quick_config(tiny_model, server, root, n_seqs=2, epochs=2, **kw)
+    return cfg.model_dump(mode="json")
 
 
 def test_deployment_run_shows_task_runs_and_artifacts(
     ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
 ) -> None:
-    run = run_deployment(ui, "quick", quick_config(tiny_model, article_server, tmp_path))
+    run = run_deployment(ui, "quick", run_config(tiny_model, article_server, tmp_path))
     assert run.state.type.value == "COMPLETED", run.state.message
     states = task_states(ui, run.id, expected=8)
     for layer in range(3):
@@ -92,7 +84,7 @@ def test_deployment_run_shows_task_runs_and_artifacts(
 def test_failed_layer_resumes_by_retrying_the_flow_run(
     ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
 ) -> None:
-    cfg = quick_config(tiny_model, article_server, tmp_path, epochs=3)
+    cfg = run_config(tiny_model, article_server, tmp_path) | {"epochs": 3}
     first = run_deployment(ui, "quick", {**cfg, "layers": "0"})  # lays out the folders
     assert first.state.type.value == "COMPLETED"
     [l0] = (tmp_path / "sae").rglob("L00/*.json")

@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, ArticleServer, make_model, wiki_page
+from conftest import ROOT, ArticleServer, make_model, quick_config, wiki_page
 
 from flows.laminar import Runner, laminar
-from tasks.config import Config
+from tasks.config import Config, to_args
 from tasks.scrape import fetch_page
 
 pytestmark = pytest.mark.faults
-ARTICLE = "/wiki/Light-emitting_diode"
-
-
-def config(model: Path, server: ArticleServer, root: Path, **kw: object) -> Config:
-    base = {"n_seqs": 4, "seq_len": 32, "epochs": 3, "device": "cpu"}
-    return Config(
-        models=[str(model)], url=server.url(ARTICLE), artifacts_dir=str(root), **{**base, **kw}
-    )
 
 
 def executed(summary: dict) -> list[str]:
@@ -43,26 +35,7 @@ def metrics(report_dir: str | Path) -> list[dict[str, str]]:
 
 
 def cli_args(cfg: Config) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "flows" / "laminar.py"),
-        "--models",
-        *cfg.models,
-        "--url",
-        cfg.url,
-        "--n-seqs",
-        str(cfg.n_seqs),
-        "--seq-len",
-        str(cfg.seq_len),
-        "--epochs",
-        str(cfg.epochs),
-        "--device",
-        "cpu",
-        "--artifacts-dir",
-        cfg.artifacts_dir,
-        "--extract-batch",
-        str(cfg.extract_batch),
-    ]
+    return [sys.executable, str(ROOT / "flows" / "laminar.py"), *to_args(cfg)]
 
 
 def spawn(cfg: Config, home: Path) -> subprocess.Popen[str]:
@@ -108,7 +81,7 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
 def test_sigkill_during_training_resumes_without_recomputing(
     tmp_path: Path, slow_model: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(slow_model, article_server, tmp_path / "a", epochs=80, seq_len=64)
+    cfg = quick_config(slow_model, article_server, tmp_path / "a", epochs=80, seq_len=64)
     proc = spawn(cfg, tmp_path / "home")
     killed = kill_when(proc, lambda: any((tmp_path / "a" / "sae").rglob("L01/*.json")))
     assert killed, "the run ended before it could be killed"
@@ -126,7 +99,9 @@ def test_sigkill_during_training_resumes_without_recomputing(
 def test_sigkill_while_writing_activations_leaves_no_torn_file(
     tmp_path: Path, slow_model: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(slow_model, article_server, tmp_path, n_seqs=24, seq_len=128, extract_batch=1)
+    cfg = quick_config(
+        slow_model, article_server, tmp_path, n_seqs=24, seq_len=128, extract_batch=1
+    )
     acts = tmp_path / "activations"
     proc = spawn(cfg, tmp_path / "home")
     assert kill_when(proc, lambda: any(acts.rglob(".L0*.tmp"))), "never caught mid-write"
@@ -145,7 +120,7 @@ def test_sigkill_while_writing_activations_leaves_no_torn_file(
 def test_truncated_deleted_and_garbled_files_are_rebuilt(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(tiny_model, article_server, tmp_path)
+    cfg = quick_config(tiny_model, article_server, tmp_path)
     first = laminar(cfg)
     l1, l2 = sorted((tmp_path / "activations").rglob("L0[12].parquet"))
     good = l1.read_bytes()
@@ -165,7 +140,7 @@ def test_truncated_deleted_and_garbled_files_are_rebuilt(
 def test_same_size_corruption_is_never_trained_on(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(tiny_model, article_server, tmp_path, layers="0")
+    cfg = quick_config(tiny_model, article_server, tmp_path, layers="0")
     laminar(cfg)
     [l0] = (tmp_path / "activations").rglob("L00.parquet")
     data = bytearray(l0.read_bytes())
@@ -245,7 +220,7 @@ def test_cached_page_survives_a_later_outage(tmp_path: Path, article_server: Art
 def test_two_runs_at_once_share_work_and_agree(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(tiny_model, article_server, tmp_path / "art", epochs=200)
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art", epochs=200)
     procs = [spawn(cfg, tmp_path / f"home{i}") for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -274,7 +249,7 @@ def test_two_runs_at_once_share_work_and_agree(
 def test_each_setting_recomputes_what_depends_on_it(
     tmp_path: Path, tiny_model: Path, tokenizer_dir: Path, article_server: ArticleServer
 ) -> None:
-    cfg = config(tiny_model, article_server, tmp_path)
+    cfg = quick_config(tiny_model, article_server, tmp_path)
     laminar(cfg)
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "activations").rglob("*.parquet")}
 
@@ -293,7 +268,7 @@ def test_each_setting_recomputes_what_depends_on_it(
 def test_layer_json_is_json_and_names_its_inputs(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    laminar(config(tiny_model, article_server, tmp_path, layers="2"))
+    laminar(quick_config(tiny_model, article_server, tmp_path, layers="2"))
     [saved] = (tmp_path / "sae").rglob("L02/*.json")
     row = json.loads(saved.read_text())
     assert row["layer"] == 2 and row["activations"]["path"].endswith("L02.parquet")

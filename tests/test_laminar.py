@@ -10,23 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ArticleServer
+from conftest import ROOT, ArticleServer, quick_config
 
 from flows.laminar import LayerFailedError, laminar
-from tasks.config import Config
-
-
-def quick_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: object) -> Config:
-    return Config(
-        models=[str(tiny_model)],
-        url=server.url("/wiki/Light-emitting_diode"),
-        n_seqs=4,
-        seq_len=32,
-        epochs=3,
-        device="cpu",
-        artifacts_dir=str(root),
-        **kw,
-    )
+from tasks.config import Config, to_args
 
 
 def latest_artifacts() -> tuple[list[dict], object]:
@@ -144,20 +131,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_runs_and_rejects_bad_input_in_one_sentence(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    common = [
-        "--models",
-        str(tiny_model),
-        "--url",
-        article_server.url("/wiki/Light-emitting_diode"),
-        "--n-seqs",
-        "2",
-        "--seq-len",
-        "16",
-        "--epochs",
-        "2",
-        "--artifacts-dir",
-        str(tmp_path),
-    ]
+    common = to_args(
+        quick_config(tiny_model, article_server, tmp_path, n_seqs=2, seq_len=16, epochs=2)
+    )
     ok = run_cli(*common, "--layers", "1", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "report: " in ok.stdout and "sae tiny-gpt2 L1" in ok.stdout + ok.stderr
@@ -233,29 +209,8 @@ def test_bad_input_is_one_sentence_and_exit_2(
     }
     for k, v in fill.items():
         args = [a.replace(k, v) for a in args]
-    base = [
-        "--models",
-        str(tiny_model),
-        "--url",
-        article_server.url("/wiki/Light-emitting_diode"),
-        "--n-seqs",
-        "2",
-        "--seq-len",
-        "32",
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--artifacts-dir",
-        str(tmp_path / "art"),
-    ]
-    overridden = {a for a in args if a.startswith("--")}
-    keep = [
-        x
-        for i, x in enumerate(base)
-        if not ((x in overridden) or (i > 0 and base[i - 1] in overridden))
-    ]
-    assert main(keep + args) == 2
+    base = quick_config(tiny_model, article_server, tmp_path / "art", n_seqs=2, epochs=2)
+    assert main([*to_args(base), *args]) == 2  # the later flag wins
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("laminar: ")]
     assert len(said) == 1 and words in said[0], said
     assert said[0].endswith(".")
