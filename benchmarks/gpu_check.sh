@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a lent GPU (nothing outside the machine reachable). From the repo
 # root:  bash benchmarks/gpu_check.sh   (writes benchmarks/results-cuda.json and $OUT if set)
-# Installs what it needs from the wheels in .whl/ when present (see the device notes), else from
-# the machine's own packages; then runs the whole benchmark on CUDA with the full-size sweeps:
-# GPT-2 small and large shapes, all layers, 75 epochs, 10,240 tokens, fp32 and TF32.
+# Installs what it needs from the wheels in .whl/ when present, else uses the machine's own
+# packages; then runs the whole benchmark on CUDA with the full-size sweeps: GPT-2 small and
+# large shapes, all layers, 75 epochs, 10,240 tokens, at fp32 and TF32, against the FLOP floor
+# measured on the card. A bare GPU image has torch, numpy and pyarrow but not pydantic: carry
+# pydantic, pydantic-core, annotated-types and typing-inspection as wheels in .whl/ (add
+# prefect and transformer-lens with their dependencies to time laminar's own extraction too;
+# without them the sweeps train on random activations of the same shapes, which cost the same,
+# and the extraction section is skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -12,6 +17,8 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
+sections=sae,parquet,scaling,sweeps
+python3 -c "import prefect, transformer_lens" 2>/dev/null && sections=$sections,extract
 python3 benchmarks/bench.py --device cuda --sweep --epochs 5 --extract-seqs 10 \
-  --out benchmarks/results-cuda.json
+  --sections "$sections" --out benchmarks/results-cuda.json
 if [ -n "${OUT:-}" ]; then cp benchmarks/results-cuda.json "$OUT/"; fi
