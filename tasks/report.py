@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks import cache, figures
 from tasks.config import EXECUTION_FIELDS, Config
 from tasks.stats import claims, claims_markdown
-from tasks.store import atomic_path, file_record, write_bytes
+from tasks.store import atomic_path, file_record, write_bytes, write_json
 from tasks.train import FREQ_BINS
 
 SPREAD = ["density_pct", "final_loss", "final_mse", "fvu", "l0", "dead_pct", "density_activation"]
@@ -90,7 +90,7 @@ def markdown(
         f"{cfg.sae_seeds} (± is the sd over seeds).",
         "",
         *(claims_markdown(claims(rows)) if rows else []),
-        *(f"![{Path(i).stem}]({i})" for i in images),
+        *(f"![{Path(i).stem}]({i})\n" for i in images),
         "",
         "| model | layer | rel. depth | density % | final loss | MSE | FVU | L0 | dead % | "
         "‖x‖ | var x | x<0 | s |",
@@ -171,10 +171,11 @@ def write_report(
         if table:
             _write_table(table, out, stem)
     images = draw(rows, results, n_layers, out)
+    write_json(out / "claims.json", claims(rows) if rows else {})
     md = markdown(cfg, page, tokens[0], rows, failed, images)
     write_bytes(out / "report.md", md.encode())
     names = [f"{s}.{x}" for s, t in tables.items() if t for x in ("csv", "parquet")]
-    files = [file_record(out / f) for f in [*names, *images, "report.md"]]
+    files = [file_record(out / f) for f in [*names, *images, "claims.json", "report.md"]]
     return {"dir": str(out), "files": files, "failed": failed}
 
 

@@ -93,6 +93,9 @@ def claims_markdown(result: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["## The claims", ""]
     for model, c in result.items():
         d, u = c["density"], c["loss"]
+        if d["holds"] is None and u["holds"] is None:
+            lines += [f"**{model}** — {verdict(None)} (fewer than {MIN_LAYERS} layers).", ""]
+            continue
         lines += [
             f"**{model}** — density rises with depth: **{verdict(d['holds'])}** "
             f"(Spearman ρ = {d['rho']:.3f}, p = {d['p']:.3g}; slope {d['slope']:.3g} %/depth, "

@@ -4,6 +4,7 @@ a person reads; the claims judged in report.md."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -87,6 +88,8 @@ def test_report_files(tmp_path: Path) -> None:
     assert "revision 42" in md and "12345 tokens" in md and "- sae m L3: boom" in md
     assert "| m | 4 | 1.000 | 30.00 ± 0.00 |" in md
     assert "**m** — density rises with depth: **holds**" in md
+    claims = json.loads((folder / "claims.json").read_text())
+    assert claims["m"]["density"]["holds"] is True and claims["m"]["density"]["rho"] == 1.0
     for png in ["laminar.png", "m-panels.png", "m-loss.png", "m-density.png"]:
         assert f"]({png})" in md
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
