@@ -57,3 +57,9 @@ def test_claims_per_model_and_markdown() -> None:
     text = "\n".join(claims_markdown(result))
     assert "**a** — density rises with depth: **holds**" in text
     assert "Loss is U-shaped: **holds**" in text and "vertex at depth 0.50" in text
+
+
+def test_too_few_layers_reads_as_such() -> None:
+    rows = [{"model": "m", "rel_depth": x, "density_pct": 1.0, "final_loss": 1.0} for x in (0, 1)]
+    text = "\n".join(claims_markdown(claims(rows)))
+    assert "**m** — too few layers to judge (fewer than 4 layers)." in text and "nan" not in text
