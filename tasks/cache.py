@@ -12,13 +12,13 @@ has vanished or changed size, the record is dropped and the task runs again."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
 import os
 import socket
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def _source_digest(modules: tuple[str, ...]) -> str:
-    return stable_hash([inspect.getsource(sys.modules[m]) for m in modules])
+    return stable_hash([inspect.getsource(importlib.import_module(m)) for m in modules])
 
 
 def _file_records(obj: Any) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ class ContentKey(CachePolicy):
 
     fields: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()  # module names (the policy is deep-copied by Prefect)
-    exclude: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = ()  # inputs that name a run but do not change its result
 
     def compute_key(
         self,

@@ -103,9 +103,6 @@ class Config(BaseModel):
         parse_layer_spec(value, n_layers=None)
         return value.strip()
 
-    def short_names(self) -> list[str]:
-        return [short_name(m) for m in self.models]
-
     def subset(self, *fields: str) -> dict[str, Any]:
         """The named fields, for a cache key: only what a task's output depends on."""
         return {f: getattr(self, f) for f in fields}
