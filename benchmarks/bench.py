@@ -185,7 +185,7 @@ def section_sae(args: argparse.Namespace, n: int) -> dict[str, Any]:
 def section_extract(args: argparse.Namespace, n: int) -> dict[str, Any]:
     rows = {}
     for shape in [] if args.quick else SHAPES:
-        for mode in ["laminar", "baseline"] if shape == "gpt2-small" else ["laminar"]:
+        for mode in ["load", "laminar"] + (["baseline"] if shape == "gpt2-small" else []):
             rows[f"{shape} {mode}"] = bench_extract(
                 shape, mode, args.extract_seqs, args.device, args.models_dir, Config().extract_batch
             )

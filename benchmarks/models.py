@@ -83,7 +83,9 @@ def extract_child(
 
     torch.nn.modules.module.register_module_forward_hook(counter)
     start = time.perf_counter()
-    if mode == "laminar":
+    if mode == "load":  # the fixed cost of loading the model, in a fresh process
+        load_model(model, device)
+    elif mode == "laminar":
         with disable_run_logger():
             extract_activations.fn(cfg, model, "bench", "0" * 64, tokens)
     else:  # baseline: one forward pass per layer, each collecting its layer in memory
