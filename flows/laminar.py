@@ -54,6 +54,7 @@ class Progress:
         self.lock = threading.Lock()
         self.total: Counter[str] = Counter()
         self.done: Counter[str] = Counter()
+        self.ran: Counter[str] = Counter()  # done and not Cached: what the time-left rate uses
         self.started: dict[str, float] = {}
         # A progress bar on the flow run's page in the Prefect UI: % of SAE runs finished.
         self.artifact = create_progress_artifact(0.0, description="SAE runs finished")
@@ -68,10 +69,11 @@ class Progress:
         def finished(task: Any, task_run: Any, state: Any) -> None:
             with self.lock:
                 self.done[model] += 1
-                done, total = self.done[model], self.total[model]
+                self.ran[model] += state.name != "Cached"  # cached layers cost no time
+                done, total, ran = self.done[model], self.total[model], self.ran[model]
                 spent = time.monotonic() - self.started.get(model, time.monotonic())
                 overall = 100.0 * sum(self.done.values()) / sum(self.total.values())
-            left = spent / done * (total - done)
+            left = spent / ran * (total - done) if ran else 0.0
             update_progress_artifact(self.artifact, overall)
             self.logger.info(
                 "%s: %d/%d layers done (%s %s), about %.0f s left for this model",

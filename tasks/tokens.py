@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
@@ -96,7 +97,7 @@ def write_batch(batch: np.ndarray, path: Path) -> None:
 def read_batch(record: dict[str, Any]) -> np.ndarray:
     """(n_seqs, seq_len) int64 token ids from a batch file written by `tokenize`."""
     table = pq.read_table(record["path"])
-    n = int(pa.compute.max(table["seq"]).as_py()) + 1
+    n = int(pc.max(table["seq"]).as_py()) + 1
     return table["token_id"].to_numpy().astype(np.int64).reshape(n, -1)
 
 
