@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import sys
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 # No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+import cloudpickle
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.cache import ProcessLockManager
+from tasks.cluster import Pool, fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import describe_model, extract_activations
 from tasks.report import publish, write_report
@@ -34,6 +35,12 @@ from tasks.scrape import fetch_page, parse_page
 from tasks.store import check_writable
 from tasks.tokens import tokenize
 from tasks.train import train_sae
+
+# Dask workers unpickle this flow (its run context travels with every task). Run as a script
+# (__main__) or loaded by a Prefect deployment (as 'laminar'), the module cannot be imported on a
+# worker by that name, so its functions travel by value.
+if __name__ != "flows.laminar":
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class LayerFailedError(Exception):
@@ -47,45 +54,40 @@ def run_name(task: Any, args: tuple[Any, ...]) -> str:
 
 
 class Progress:
-    """After each layer: how many of the model's layers are done and the time left for it."""
+    """Told of each finished layer (on the flow's side, whatever pool ran it): logs how many of
+    the model's layers are done and the time left for it, and moves the run's progress bar."""
 
-    def __init__(self) -> None:
+    def __init__(self, totals: Counter[str], slots: int) -> None:
         self.logger = get_run_logger()
-        self.lock = threading.Lock()
-        self.total: Counter[str] = Counter()
+        self.total, self.slots = totals, slots
         self.done: Counter[str] = Counter()
-        self.ran: Counter[str] = Counter()  # done and not Cached: what the time-left rate uses
-        self.started: dict[str, float] = {}
+        self.spent: dict[str, list[float]] = {m: [] for m in totals}  # s per layer that ran
         # A progress bar on the flow run's page in the Prefect UI: % of SAE runs finished.
         self.artifact = create_progress_artifact(0.0, description="SAE runs finished")
 
-    def hooks(self, model: str) -> dict[str, list[Any]]:
-        self.total[model] += 1
+    def update(self, model: str, name: str, state: str, seconds: float | None) -> None:
+        self.done[model] += 1
+        if seconds is not None:
+            self.spent[model].append(seconds)
+        left = time_left(self.spent[model], self.total[model] - self.done[model], self.slots)
+        overall = 100.0 * self.done.total() / self.total.total()
+        update_progress_artifact(self.artifact, overall)
+        self.logger.info(
+            "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
+            model,
+            self.done[model],
+            self.total[model],
+            name,
+            state,
+            left,
+        )
 
-        def running(*_: Any) -> None:
-            with self.lock:
-                self.started.setdefault(model, time.monotonic())
 
-        def finished(task: Any, task_run: Any, state: Any) -> None:
-            with self.lock:
-                self.done[model] += 1
-                self.ran[model] += state.name != "Cached"  # cached layers cost no time
-                done, total, ran = self.done[model], self.total[model], self.ran[model]
-                spent = time.monotonic() - self.started.get(model, time.monotonic())
-                overall = 100.0 * sum(self.done.values()) / sum(self.total.values())
-            left = spent / ran * (total - done) if ran else 0.0
-            update_progress_artifact(self.artifact, overall)
-            self.logger.info(
-                "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
-                model,
-                done,
-                total,
-                task_run.name,
-                state.name,
-                left,
-            )
-
-        return {"on_running": [running], "on_completion": [finished], "on_failure": [finished]}
+def time_left(spent: list[float], remaining: int, slots: int) -> float:
+    """Seconds for `remaining` layers at the mean time of those that ran, `slots` at a time."""
+    if not spent or remaining <= 0:
+        return 0.0
+    return sum(spent) / len(spent) * math.ceil(remaining / slots)
 
 
 class Runner:
@@ -102,7 +104,6 @@ class Runner:
         # its result as Cached instead of computing the same thing again.
         self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
-        self.progress = Progress()
 
     def bind(self, task: Any) -> Any:
         policy = task.cache_policy.configure(
@@ -111,26 +112,47 @@ class Runner:
         return task.with_options(cache_policy=policy, **self.options)
 
     def __call__(self, task: Any, *args: Any) -> Any:
+        """Run a task here, in the flow's thread."""
         state = self.bind(task)(*args, return_state=True)
         self.states[run_name(task, args)] = state.name
         return state.result()
 
-    def submit(self, task: Any, *args: Any, model: str) -> tuple[str, Any]:
-        """Submit one of `model`'s layer tasks to the task runner (the fan-out)."""
-        bound = self.bind(task).with_options(**self.progress.hooks(model))
-        return run_name(task, args), bound.submit(*args)
+    def on(self, pool: Pool, task: Any, *args: Any) -> Any:
+        """Run a heavy task where the pool's work runs (a Dask worker), or here."""
+        if not pool.remote:
+            return self(task, *args)
+        name, future = self.submit(pool, task, *args)
+        future.wait()
+        self.states[name] = future.state.name
+        return future.result()
 
-    def gather(self, futures: list[tuple[str, Any]]) -> tuple[list[Any], list[str]]:
-        """Wait for every future (a failure must not stop the others), split results and errors."""
-        wait([f for _, f in futures])
-        results, failed = [], []
-        for name, future in futures:
-            self.states[name] = future.state.name
-            if future.state.is_completed():
-                results.append(future.result())
+    def submit(self, pool: Pool, task: Any, *args: Any) -> tuple[str, Any]:
+        """Hand one task to the pool (the fan-out); returns its run name and future."""
+        params = inspect.signature(task.fn).bind(*args).arguments
+        return run_name(task, args), pool.runner.submit(self.bind(task), dict(params))
+
+    def gather(
+        self, futures: list[tuple[str, Any, str]], slots: int
+    ) -> tuple[list[Any], list[str]]:
+        """Wait for every (name, future, model) as each finishes (a failure must not stop the
+        others), reporting progress; returns results in submission order, and the errors."""
+        progress = Progress(Counter(model for *_, model in futures), slots)
+        meta = {future: (name, model) for name, future, model in futures}
+        results: dict[Any, Any] = {}
+        failed = []
+        for future in as_completed(list(meta)):
+            future.wait()
+            name, model = meta[future]
+            state = future.state
+            self.states[name] = state.name
+            seconds = None  # cached or failed layers say nothing about the time per layer
+            if state.is_completed():
+                results[future] = future.result()
+                seconds = None if state.name == "Cached" else results[future]["seconds"]
             else:
-                failed.append(f"{name}: {future.state.message}")
-        return results, failed
+                failed.append(f"{name}: {state.message}")
+            progress.update(model, name, state.name, seconds)
+        return [results[f] for _, f, _ in futures if f in results], failed
 
     def tally(self) -> dict[str, int]:
         return dict(Counter(self.states.values()))
@@ -157,22 +179,24 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
         if m["tokenizer"] not in tokens:
             tokens[m["tokenizer"]] = run(tokenize, cfg, text, m["model"], m["tokenizer"])
     extractions, futures = [], []
-    for m in models:
-        ext = run(
-            extract_activations,
-            cfg,
-            m["model"],
-            m["name"],
-            m["fingerprint"],
-            tokens[m["tokenizer"]],
-        )
-        extractions.append(ext)
-        futures += [
-            run.submit(train_sae, cfg, m["name"], f["layer"], f, seed, label, model=m["name"])
-            for f in ext["files"]
-            for seed, label in sae_labels(cfg, m["name"], f["layer"])
-        ]
-    results, failed = run.gather(futures)
+    with fanout(cfg) as pool:
+        print(f"laminar: per-layer work on the {pool.describe()}")
+        for m in models:
+            ext = run.on(
+                pool,
+                extract_activations,
+                cfg,
+                m["model"],
+                m["name"],
+                m["fingerprint"],
+                tokens[m["tokenizer"]],
+            )
+            extractions.append(ext)
+            for f in ext["files"]:
+                for seed, label in sae_labels(cfg, m["name"], f["layer"]):
+                    args = (cfg, m["name"], f["layer"], f, seed, label)
+                    futures.append((*run.submit(pool, train_sae, *args), m["name"]))
+        results, failed = run.gather(futures, pool.slots)
     report = run(write_report, cfg, page, list(tokens.values()), extractions, results, failed)
     publish(report)
     summary = {"report": report["dir"], "failed": failed, "tasks": run.states}

@@ -10,11 +10,30 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
 # Fields that change how a run executes, never what it computes: kept out of result hashes.
-EXECUTION_FIELDS = frozenset({"refresh", "artifacts_dir", "fetch_timeout", "extract_batch"})
+EXECUTION_FIELDS = frozenset(
+    {
+        "refresh",
+        "artifacts_dir",
+        "fetch_timeout",
+        "extract_batch",
+        "task_runner",
+        "dask_address",
+        "dask_workers",
+    }
+)
+# A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
+_DASK_ADDRESS = re.compile(r"^([a-z]+://)?[\w.\-\[\]:]+:\d+$")
 
 
 class LaminarError(Exception):
@@ -92,6 +111,23 @@ class Config(BaseModel):
         gt=0,
         description="Sequences per forward pass during extraction (memory grows with it).",
     )
+    task_runner: Literal["thread", "dask"] = Field(
+        default="thread",
+        description="Where the per-layer work runs: 'thread' in this process, one SAE at a "
+        "time; 'dask' on a Dask cluster (a local one of --dask-workers processes, or the one at "
+        "--dask-address), which also runs each model's extraction.",
+    )
+    dask_address: str = Field(
+        default="",
+        description="Scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (with "
+        "--task-runner dask); empty: start a local cluster for the run.",
+    )
+    dask_workers: int = Field(
+        default=2,
+        gt=0,
+        description="Worker processes of the local Dask cluster, each training one SAE at a "
+        "time with its share of the CPU cores.",
+    )
     artifacts_dir: str = Field(
         default="artifacts", description="Where every output and cache record is written."
     )
@@ -102,6 +138,26 @@ class Config(BaseModel):
     def _check_layers(cls, value: str) -> str:
         parse_layer_spec(value, n_layers=None)
         return value.strip()
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_dask_address(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _DASK_ADDRESS.match(value):
+            raise LaminarError(
+                f"--dask-address '{value}' is not a scheduler address: use tcp://HOST:PORT as "
+                "`dask scheduler` prints it, or leave it empty for a local cluster."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> Config:
+        if self.dask_address and self.task_runner != "dask":
+            raise LaminarError(
+                f"--dask-address {self.dask_address} is set but --task-runner is "
+                f"'{self.task_runner}': add --task-runner dask to use that cluster."
+            )
+        return self
 
     def subset(self, *fields: str) -> dict[str, Any]:
         """The named fields, for a cache key: only what a task's output depends on."""

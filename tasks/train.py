@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +58,7 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dic
         final_loss=losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
+        ran_on=f"{socket.gethostname()}:{os.getpid()}",  # host:pid, which Dask worker trained it
         n_tokens=x.shape[0],
         d=x.shape[1],
         latent=result.sae.weight.shape[0],

@@ -61,10 +61,14 @@ def run_config(tiny_model: Path, server: ArticleServer, root: Path, **kw: Any) -
     return cfg.model_dump(mode="json")
 
 
+@pytest.mark.parametrize("task_runner", ["thread", "dask"])
 def test_deployment_run_shows_task_runs_and_artifacts(
-    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
+    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path, task_runner: str
 ) -> None:
-    run = run_deployment(ui, "quick", run_config(tiny_model, article_server, tmp_path))
+    # With 'dask' the flow starts a local cluster from the worker's subprocess, and the task
+    # runs on the Dask workers must still report to this server.
+    config = run_config(tiny_model, article_server, tmp_path, task_runner=task_runner)
+    run = run_deployment(ui, "quick", config)
     assert run.state.type.value == "COMPLETED", run.state.message
     states = task_states(ui, run.id, expected=8)
     for layer in range(3):

@@ -1,0 +1,181 @@
+"""Where the per-layer work runs: this process's thread pool, or a Dask cluster through
+prefect-dask's DaskTaskRunner (a local cluster of worker processes, or a running one reached by
+its scheduler's address: `dask scheduler` + `dask worker`, or dask-cuda with one worker per GPU).
+
+Tasks only ever exchange file records (paths + sha256), so a worker must see the artifacts dir
+at the same path as the flow: a shared filesystem. That, the Prefect API and the `tasks`
+package are checked on every worker before any work is sent, so a misconfigured cluster fails
+in seconds with one sentence instead of layer by layer."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tasks.config import Config, LaminarError
+
+CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
+WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
+BLAS_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass
+class Pool:
+    """A started Prefect task runner, and how the flow uses it."""
+
+    runner: Any
+    slots: int  # tasks it runs at once (the time-left estimate divides by it)
+    remote: bool  # work runs in other processes: extraction goes there too
+
+    def describe(self) -> str:
+        return f"{'Dask' if self.remote else 'thread'} pool, {self.slots} at a time"
+
+
+@contextlib.contextmanager
+def fanout(cfg: Config) -> Iterator[Pool]:
+    """The pool the (model, layer) tasks go to, for the duration of the fan-out."""
+    if cfg.task_runner == "thread":
+        runner = FlowRunContext.get().task_runner  # the flow's own ThreadPoolTaskRunner
+        yield Pool(runner, slots=getattr(runner, "_max_workers", 1) or 1, remote=False)
+        return
+    from prefect_dask import DaskTaskRunner
+
+    quiet_dask_logs()
+    with api_for_workers() as api, DaskTaskRunner(**runner_options(cfg)) as runner:
+        client = connect(runner, cfg)
+        if not cfg.dask_address:  # our own workers print to this console: quiet them too
+            client.run(quiet_dask_logs)
+        slots = check_workers(client, cfg, api)
+        yield Pool(runner, slots=slots, remote=True)
+
+
+def runner_options(cfg: Config) -> dict[str, Any]:
+    """DaskTaskRunner arguments: the user's cluster, or a local one of cfg.dask_workers
+    processes running one task each, the machine's cores shared out between them (Dask's
+    nanny would otherwise pin every worker's BLAS to one thread)."""
+    if cfg.dask_address:
+        return {"address": cfg.dask_address, "client_kwargs": {"timeout": CONNECT_TIMEOUT}}
+    threads = str(max(1, (os.cpu_count() or 1) // cfg.dask_workers))
+    return {
+        "cluster_kwargs": {
+            "n_workers": cfg.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "env": dict.fromkeys(BLAS_THREADS, threads),
+        }
+    }
+
+
+@contextlib.contextmanager
+def api_for_workers() -> Iterator[str]:
+    """Point the workers at this flow's Prefect API. With no server configured the flow talks to
+    a temporary one this process started; unless told its address, every Dask worker would
+    start a server of its own (tens of seconds each). Yields that address ('' if a server was
+    configured: the workers inherit PREFECT_API_URL with the rest of the flow's settings)."""
+    if PREFECT_API_URL.value():
+        yield ""
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.port is None:  # no temporary server running: nothing to point at
+        yield ""
+        return
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def connect(runner: Any, cfg: Config) -> Any:
+    """The runner's Dask client (starting the local cluster, or reaching the scheduler)."""
+    try:
+        return runner.client
+    except (OSError, TimeoutError) as exc:
+        raise LaminarError(
+            f"--dask-address {cfg.dask_address}: no Dask scheduler answered ({exc}); start one "
+            "with `dask scheduler` or fix the address."
+        ) from None
+
+
+def check_workers(client: Any, cfg: Config, api: str) -> int:
+    """Wait for a worker, then ask every worker whether it can import laminar, read and write
+    the artifacts dir and reach the Prefect API; one sentence names the first that cannot.
+    Returns the number of tasks the cluster runs at once."""
+    where = cfg.dask_address or "the local cluster"
+    try:
+        client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+    except TimeoutError:
+        raise LaminarError(
+            f"the Dask scheduler at {where} has no workers after {WORKER_TIMEOUT} s: start some "
+            f"with `dask worker {cfg.dask_address or 'ADDRESS'}` and rerun."
+        ) from None
+    probe = cfg.root / ".cache" / f"probe-{secrets.token_hex(8)}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    probe.write_text(token)
+    try:
+        answers = client.run(worker_problem, str(probe), token, api)
+    except Exception as exc:  # Dask re-raises a worker's failed unpickling as a bare Exception
+        if "No module named" not in str(exc):
+            raise
+        raise LaminarError(
+            f"the Dask workers of {where} cannot import laminar ({exc}): start them in this "
+            "project's environment (`pip install -e .`, or PYTHONPATH set to the repo root)."
+        ) from None
+    finally:
+        probe.unlink(missing_ok=True)
+    problems = {worker: p for worker, p in sorted(answers.items()) if p}
+    if problems:
+        worker, problem = next(iter(problems.items()))
+        raise LaminarError(
+            f"Dask worker {worker} {problem} ({len(problems)} of {len(answers)} workers "
+            "affected): every worker must see the artifacts dir at the same path (a shared "
+            "filesystem) and reach the flow's Prefect API; fix that or use --task-runner thread."
+        )
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+
+
+def worker_problem(probe: str, token: str, api: str) -> str:
+    """Run on each worker: '' when it sees the flow's probe file, can write beside it and reach
+    the API; else what is wrong, as the end of a sentence that starts with the worker's name."""
+    path = Path(probe)
+    try:
+        if path.read_text() != token:
+            return f"reads another file at '{path}' than the flow wrote"
+        mine = path.with_name(f"{path.name}-{os.getpid()}")
+        mine.write_text(token)
+        mine.unlink()
+    except OSError as exc:
+        return f"cannot read and write '{path.parent}' ({exc.strerror})"
+    if api:
+        import httpx
+
+        try:
+            httpx.get(f"{api.rstrip('/')}/health", timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:
+            return f"cannot reach the flow's Prefect API at {api} ({exc})"
+    return ""
+
+
+def quiet_dask_logs() -> None:
+    """Dask's INFO lines (every connection opened and closed) would bury the flow's own log in
+    the console: keep its warnings and errors."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def on_worker() -> str:
+    """' on Dask worker ADDRESS' inside a Dask worker, '' elsewhere (for error messages)."""
+    try:
+        from distributed import get_worker
+
+        return f" on Dask worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return ""

@@ -1,0 +1,291 @@
+"""The per-layer fan-out on Dask (tasks/cluster.py): a local cluster gives the thread runner's
+numbers and shares its cache; a cluster started as `dask scheduler` + `dask worker` processes,
+as a user would, survives a worker killed mid-run without recomputing what had finished; a
+cluster that cannot serve the run is refused in one sentence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import ArticleServer, free_port, make_model, quick_config
+
+from flows.laminar import laminar, time_left
+from tasks import cluster
+from tasks.config import Config, LaminarError
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def layer_rows(root: Path) -> dict[str, dict[str, Any]]:
+    """Every layer's JSON under root/sae, by layer folder, without its timing fields."""
+    rows = {}
+    for path in sorted((root / "sae").rglob("*.json")):
+        row = json.loads(path.read_text())
+        rows[path.parent.name] = {
+            k: v for k, v in row.items() if k not in ("seconds", "ran_on", "activations")
+        }
+    return rows
+
+
+def pids_of(root: Path, paths: list[Path] | None = None) -> set[int]:
+    """The processes that trained the layers (all under root, or those paths)."""
+    rows = [json.loads(p.read_text()) for p in paths or (root / "sae").rglob("*.json")]
+    return {int(r["ran_on"].rsplit(":", 1)[1]) for r in rows}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    base = {"n_seqs": 8, "seq_len": 64, "epochs": 20}
+    # Float sums depend on the threads per process: give both runners the same (one each).
+    with torch_threads(1):
+        laminar(quick_config(tiny_model, article_server, tmp_path / "t", **base))
+    dask = quick_config(
+        tiny_model, article_server, tmp_path / "d", task_runner="dask", dask_workers=2, **base
+    )
+    first = laminar(dask)
+    assert {n: s for n, s in first["tasks"].items() if n.startswith(("extract", "sae"))} == {
+        "extract tiny-gpt2": "Completed",
+        "sae tiny-gpt2 L0": "Completed",
+        "sae tiny-gpt2 L1": "Completed",
+        "sae tiny-gpt2 L2": "Completed",
+    }
+    assert layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")  # loss curves too, exactly
+    assert os.getpid() not in pids_of(tmp_path / "d")  # trained in the worker processes
+    # The cache is the runner's business no more than the results are: a Dask run over the
+    # thread run's artifacts executes nothing.
+    again = laminar(dask.model_copy(update={"artifacts_dir": str(tmp_path / "t")}))
+    assert set(again["tasks"].values()) == {"Cached"}, again["tasks"]
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker` processes on loopback, each in a session of its own,
+    stopped by process group whatever happens."""
+
+    def __init__(self, n_workers: int, logs: Path) -> None:
+        from distributed import Client
+
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        port = self.address.rsplit(":", 1)[1]
+        self.procs = [
+            self._start(logs / "scheduler.log", "scheduler", "--host", "127.0.0.1", "--port", port)
+        ]
+        for i in range(n_workers):
+            self.procs.append(
+                self._start(logs / f"worker{i}.log", "worker", self.address, "--nthreads", "1")
+            )
+        self.client = Client(self.address, timeout=60)
+        self.client.wait_for_workers(n_workers, timeout=120)
+
+    @staticmethod
+    def _start(log: Path, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [DASK, *args, "--no-dashboard"],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def busy_worker_pid(self) -> int | None:
+        """pid of a worker that is running a task now, if any."""
+        busy = [addr for addr, keys in self.client.processing().items() if keys]
+        return self.client.run(os.getpid, workers=busy[:1])[busy[0]] if busy else None
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    found = DaskCluster(2, tmp_path)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def finished_layers(root: Path) -> dict[Path, int]:
+    """Layer JSONs of the SAE tasks that have finished (their result record is written last),
+    with their mtimes."""
+    done = {}
+    for record in (root / ".cache" / "results").glob("sae-*"):
+        with contextlib.suppress(ValueError, KeyError):  # a record being written
+            path = Path(json.loads(json.loads(record.read_text())["result"])["json"]["path"])
+            done[path] = path.stat().st_mtime_ns
+    return done
+
+
+@pytest.mark.faults
+def test_worker_killed_mid_run_on_a_cli_started_cluster(
+    tmp_path: Path, tokenizer_dir: Path, article_server: ArticleServer, dask_cluster: DaskCluster
+) -> None:
+    model = make_model(tmp_path / "deep-gpt2", tokenizer_dir, n_layer=6)
+    cfg = quick_config(
+        model,
+        article_server,
+        tmp_path / "a",
+        n_seqs=8,
+        seq_len=64,
+        epochs=150,
+        task_runner="dask",
+        dask_address=dask_cluster.address,
+    )
+    seen: dict[str, Any] = {}
+
+    def kill_a_busy_worker() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and "killed" not in seen:
+            done = finished_layers(tmp_path / "a")
+            pid = dask_cluster.busy_worker_pid() if done else None
+            if pid:
+                seen.update(done=done, killed=pid)
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    summary = laminar(cfg)
+    killer.join()
+
+    assert "killed" in seen, "the run ended before a worker could be killed"
+    assert not summary["failed"]
+    saes = {n: s for n, s in summary["tasks"].items() if n.startswith("sae")}
+    assert len(saes) == 6 and set(saes.values()) <= {"Completed", "Cached"}, saes
+    assert len(list((tmp_path / "a" / "sae").rglob("*.json"))) == 6
+    # What had finished before the kill was never trained again (its file is untouched).
+    for path, mtime in seen["done"].items():
+        assert path.stat().st_mtime_ns == mtime, path
+    # Whatever was trained after the kill (the interrupted layer included) ran elsewhere.
+    later = [p for p in (tmp_path / "a" / "sae").rglob("*.json") if p not in seen["done"]]
+    assert later and seen["killed"] not in pids_of(tmp_path / "a", later)
+    rerun = laminar(cfg)
+    assert set(rerun["tasks"].values()) == {"Cached"}, rerun["tasks"]
+
+
+def test_unreachable_scheduler_is_one_sentence(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 2)
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = quick_config(
+        tiny_model, article_server, tmp_path, task_runner="dask", dask_address=address
+    )
+    with pytest.raises(LaminarError, match=f"--dask-address {address}: no Dask scheduler"):
+        laminar(cfg)
+
+
+# ----------------------------------------------------------------------------- unit checks
+
+
+def test_worker_problem_names_what_a_worker_cannot_do(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.write_text("token")
+    assert cluster.worker_problem(str(probe), "token", "") == ""
+    assert "reads another file" in cluster.worker_problem(str(probe), "other", "")
+    missing = cluster.worker_problem(str(tmp_path / "elsewhere" / "probe"), "token", "")
+    assert missing.startswith(f"cannot read and write '{tmp_path / 'elsewhere'}'")
+    dead_api = f"http://127.0.0.1:{free_port()}/api"
+    assert f"cannot reach the flow's Prefect API at {dead_api}" in cluster.worker_problem(
+        str(probe), "token", dead_api
+    )
+    assert list(tmp_path.iterdir()) == [probe]  # the write test leaves nothing behind
+
+
+class FakeClient:
+    """The two calls check_workers makes of a Dask client, with canned worker answers."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    def wait_for_workers(self, n: int, timeout: float) -> None:
+        if not self.answers:
+            raise TimeoutError
+
+    def run(self, fn: Any, *args: Any) -> dict[str, str]:
+        if "missing" in self.answers:  # as Dask reports a worker that cannot unpickle fn
+            raise Exception("ModuleNotFoundError(\"No module named 'tasks'\")")
+        return self.answers
+
+    def scheduler_info(self) -> dict[str, Any]:
+        return {"workers": {a: {"nthreads": 2} for a in self.answers}}
+
+
+def test_check_workers_counts_slots_or_names_the_worker(tmp_path: Path) -> None:
+    cfg = Config(artifacts_dir=str(tmp_path), task_runner="dask", dask_address="tcp://h:1")
+    assert cluster.check_workers(FakeClient({"tcp://a:1": "", "tcp://b:1": ""}), cfg, "") == 4
+    bad = FakeClient({"tcp://a:1": "", "tcp://b:1": "cannot read and write '/x' (No such file)"})
+    with pytest.raises(LaminarError) as err:
+        cluster.check_workers(bad, cfg, "")
+    assert str(err.value).startswith("Dask worker tcp://b:1 cannot read and write '/x'")
+    assert "(1 of 2 workers affected)" in str(err.value) and "shared filesystem" in str(err.value)
+    with pytest.raises(LaminarError, match=r"cannot import laminar .* \(`pip install -e \.`"):
+        cluster.check_workers(FakeClient({"missing": ""}), cfg, "")
+    with pytest.raises(LaminarError, match="has no workers after"):
+        cluster.check_workers(FakeClient({}), cfg, "")
+    assert not list((tmp_path / ".cache").iterdir())  # the probe is gone
+
+
+def test_local_cluster_shares_the_cores_out() -> None:
+    opts = cluster.runner_options(Config(task_runner="dask", dask_workers=2))
+    kwargs = opts["cluster_kwargs"]
+    assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1
+    assert kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    remote = cluster.runner_options(Config(task_runner="dask", dask_address="tcp://h:8786"))
+    assert remote == {"address": "tcp://h:8786", "client_kwargs": {"timeout": 15}}
+
+
+def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:
+    assert time_left([], 5, 1) == 0.0
+    assert time_left([2.0, 4.0], 0, 1) == 0.0
+    assert time_left([2.0, 4.0], 3, 1) == 9.0
+    assert time_left([2.0, 4.0], 3, 2) == 6.0  # two rounds of two
+
+
+def test_flow_loaded_as_a_deployment_unpickles_where_it_cannot_be_imported(
+    tmp_path: Path,
+) -> None:
+    """A deployment loads flows/laminar.py as module 'laminar', which a Dask worker cannot
+    import: the flow (sent with every task's context) must travel by value."""
+    root = Path(__file__).resolve().parent.parent
+    dump = (
+        "import cloudpickle, sys\n"
+        "from prefect.flows import load_flow_from_entrypoint\n"
+        f"flow = load_flow_from_entrypoint({str(root / 'flows' / 'laminar.py:laminar')!r})\n"
+        "assert flow.fn.__module__ == 'laminar', flow.fn.__module__\n"
+        "sys.stdout.buffer.write(cloudpickle.dumps(flow))\n"
+    )
+    load = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).name)"
+    pickled = subprocess.run(
+        [sys.executable, "-c", dump], capture_output=True, check=True, cwd=tmp_path
+    ).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", load], input=pickled, capture_output=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.decode().strip() == "laminar"
