@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -144,6 +145,59 @@ def fixed_costs() -> dict[str, float]:
     return {"prefect_trivial_flow_s": time.perf_counter() - start}
 
 
+XL = (48, 1600, 6400)  # GPT-2 xl: n_layer, d_model, d_mlp (for the scale-out estimate)
+
+# One SAE training at a GPT-2-xl layer's shape in a fresh process: seconds per epoch and peak
+# memory (RSS on a CPU, allocated GPU memory on CUDA), what one Dask worker needs per layer.
+_XL_CHILD = """
+import json, resource, sys, time, torch
+from tasks import sae
+n, d, epochs, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+x = torch.randn(n, d, device=device)
+sae.train(x[:256], expansion=2, topk_frac=1/3, epochs=1, lr=1e-4, l1=1.0, seed=0)
+if device == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+start = time.perf_counter()
+sae.train(x, expansion=2, topk_frac=1/3, epochs=epochs, lr=1e-4, l1=1.0, seed=0)
+if device == "cuda":
+    torch.cuda.synchronize()
+peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(json.dumps({"s_per_epoch": (time.perf_counter() - start) / epochs,
+                  "peak_gb": peak / 1e9, "x_gb": x.numel() * 4 / 1e9}))
+"""
+
+
+def xl_layer(n: int, epochs: int, device: str) -> dict[str, Any]:
+    _, _, d = XL
+    cmd = [sys.executable, "-c", _XL_CHILD, str(n), str(d), str(epochs), device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"N": n, "d": d, "m": 2 * d, "epochs": epochs, "device": device, **row}
+
+
+def dask_fixed_cost(folder: Path) -> dict[str, float]:
+    """Seconds to start laminar's local Dask cluster (2 workers), check it and close it, timed
+    inside a flow (so Prefect's own start is not counted)."""
+    code = (
+        "import time\nfrom prefect import flow\nfrom tasks.cluster import fanout\n"
+        "from tasks.config import Config\n"
+        "@flow\ndef f():\n    t = time.perf_counter()\n"
+        f"    with fanout(Config(task_runner='dask', artifacts_dir={str(folder)!r})):\n"
+        "        pass\n    return time.perf_counter() - t\n"
+        "if __name__ == '__main__':\n    print('DASK', f())\n"
+    )
+    script = folder / "dask_fixed.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("DASK"))
+    return {"dask_local_cluster_2_workers_s": float(line.split()[1])}
+
+
 def scaling(device: str) -> list[dict[str, float]]:
     """Seconds per epoch as N and d double (m = 2d): t grows with N·d², so predict from here."""
     rows = []
@@ -208,7 +262,8 @@ SECTIONS = {
     "extract": section_extract,
     "scaling": lambda a, n: {"scaling": [] if a.quick else scaling(a.device)},
     "sweeps": section_sweeps,
-    "fixed": lambda a, n: {"fixed": fixed_costs()},
+    "fixed": lambda a, n: {"fixed": {**fixed_costs(), **dask_fixed_cost(a.models_dir)}},
+    "xl": lambda a, n: {"xl": xl_layer(512 if a.quick else n, a.epochs, a.device)},
 }
 
 

@@ -17,7 +17,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
-sections=sae,parquet,scaling,sweeps
+sections=sae,parquet,scaling,xl,sweeps
 python3 -c "import prefect, transformer_lens" 2>/dev/null && sections=$sections,extract
 python3 benchmarks/bench.py --device cuda --sweep --epochs 5 --extract-seqs 10 \
   --sections "$sections" --out benchmarks/results-cuda.json

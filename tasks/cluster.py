@@ -5,7 +5,10 @@ its scheduler's address: `dask scheduler` + `dask worker`, or dask-cuda with one
 Tasks only ever exchange file records (paths + sha256), so a worker must see the artifacts dir
 at the same path as the flow: a shared filesystem. That, the Prefect API and the `tasks`
 package are checked on every worker before any work is sent, so a misconfigured cluster fails
-in seconds with one sentence instead of layer by layer."""
+in seconds with one sentence instead of layer by layer.
+
+Prefect and Dask are imported where used: tasks.store imports this module, and the benchmark
+runs tasks.store on bare GPU machines without them."""
 
 from __future__ import annotations
 
@@ -17,9 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from prefect.context import FlowRunContext
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.config import Config, LaminarError
 
@@ -43,6 +43,8 @@ class Pool:
 @contextlib.contextmanager
 def fanout(cfg: Config) -> Iterator[Pool]:
     """The pool the (model, layer) tasks go to, for the duration of the fan-out."""
+    from prefect.context import FlowRunContext
+
     if cfg.task_runner == "thread":
         runner = FlowRunContext.get().task_runner  # the flow's own ThreadPoolTaskRunner
         yield Pool(runner, slots=getattr(runner, "_max_workers", 1) or 1, remote=False)
@@ -50,7 +52,11 @@ def fanout(cfg: Config) -> Iterator[Pool]:
     from prefect_dask import DaskTaskRunner
 
     quiet_dask_logs()
-    with api_for_workers() as api, DaskTaskRunner(**runner_options(cfg)) as runner:
+    with (
+        environ_kept(),
+        api_for_workers() as api,
+        DaskTaskRunner(**runner_options(cfg)) as runner,
+    ):
         client = connect(runner, cfg)
         if not cfg.dask_address:  # our own workers print to this console: quiet them too
             client.run(quiet_dask_logs)
@@ -81,6 +87,8 @@ def api_for_workers() -> Iterator[str]:
     a temporary one this process started; unless told its address, every Dask worker would
     start a server of its own (tens of seconds each). Yields that address ('' if a server was
     configured: the workers inherit PREFECT_API_URL with the rest of the flow's settings)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     if PREFECT_API_URL.value():
         yield ""
         return
@@ -92,6 +100,20 @@ def api_for_workers() -> Iterator[str]:
         return
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield server.api_url
+
+
+@contextlib.contextmanager
+def environ_kept() -> Iterator[None]:
+    """Dask's nanny writes its workers' settings (OMP_NUM_THREADS=1 and others) into this
+    process's own environment before it spawns them; put the environment back afterwards, or
+    every process the flow starts later would inherit one BLAS thread."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
 
 
 def connect(runner: Any, cfg: Config) -> Any:

@@ -19,7 +19,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
             str(ROOT / "benchmarks" / "bench.py"),
             "--quick",
             "--sections",
-            "sae,parquet",
+            "sae,parquet,xl",
             "--out",
             str(out),
             "--models-dir",
@@ -34,3 +34,6 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
     assert sae["max_rel_loss_diff"] < 1e-5 and sae["density_diff_pct_points"] == 0
     assert sae["gflops"] > 0 and sae["pct_of_matmul"] > 0
     assert report["parquet"]["MB"] > 0 and report["parquet"]["read_MB_s"] > 0
+    xl = report["xl"]  # one GPT-2-xl-shaped layer (d 6400) on 512 tokens, in a fresh process
+    assert (xl["d"], xl["m"], xl["N"]) == (6400, 12800, 512)
+    assert xl["peak_gb"] > xl["x_gb"] == 512 * 6400 * 4 / 1e9 and xl["s_per_epoch"] > 0
