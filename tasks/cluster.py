@@ -51,15 +51,18 @@ def fanout(cfg: Config) -> Iterator[Pool]:
         return
     from prefect_dask import DaskTaskRunner
 
-    quiet_dask_logs()
+    # Dask's INFO lines (worker banners, every connection opened and closed) would bury the
+    # flow's own log: warnings and errors only, here and in the local workers, which read
+    # DASK_LOGGING__DISTRIBUTED as they start (environ_kept takes it out again afterwards).
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     with (
         environ_kept(),
         api_for_workers() as api,
         DaskTaskRunner(**runner_options(cfg)) as runner,
     ):
+        if not cfg.dask_address:
+            os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
         client = connect(runner, cfg)
-        if not cfg.dask_address:  # our own workers print to this console: quiet them too
-            client.run(quiet_dask_logs)
         slots = check_workers(client, cfg, api)
         yield Pool(runner, slots=slots, remote=True)
 
@@ -185,12 +188,6 @@ def worker_problem(probe: str, token: str, api: str) -> str:
         except httpx.HTTPError as exc:
             return f"cannot reach the flow's Prefect API at {api} ({exc})"
     return ""
-
-
-def quiet_dask_logs() -> None:
-    """Dask's INFO lines (every connection opened and closed) would bury the flow's own log in
-    the console: keep its warnings and errors."""
-    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def on_worker() -> str:
