@@ -294,3 +294,20 @@ def test_flow_loaded_as_a_deployment_unpickles_where_it_cannot_be_imported(
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert out.stdout.decode().strip() == "laminar"
+
+
+def test_a_worker_that_cannot_see_an_activation_file_says_so(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from tasks import store
+
+    assert cluster.on_worker() == ""  # not inside a Dask worker here
+    monkeypatch.setattr(store, "on_worker", lambda: " on Dask worker tcp://10.0.0.9:40000")
+    record = {"path": str(tmp_path / "L00.parquet"), "size": 1, "sha256": "0" * 64}
+    with pytest.raises(LaminarError) as err:
+        store.read_activations(record)
+    assert str(err.value) == (
+        f"activation file '{tmp_path / 'L00.parquet'}' that the flow wrote is not visible on "
+        "Dask worker tcp://10.0.0.9:40000: every Dask worker must see the artifacts dir at the "
+        "same path (a shared filesystem)."
+    )
