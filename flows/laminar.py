@@ -218,9 +218,11 @@ def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
 
 def preflight(cfg: Config) -> list[dict[str, Any]]:
     """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
-    the artifacts dir is writable, the device exists, every model and its layers resolve."""
+    the artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
+    which check it themselves), every model and its layers resolve."""
     check_writable(cfg.root)
-    resolve_device(cfg.device)
+    if cfg.task_runner == "thread":
+        resolve_device(cfg.device)
     return [describe_model(cfg, m) for m in cfg.models]
 
 

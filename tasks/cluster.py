@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, LaminarError
+from tasks.config import Config, LaminarError, resolve_device
 
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
 WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
@@ -147,7 +147,7 @@ def check_workers(client: Any, cfg: Config, api: str) -> int:
     token = secrets.token_hex(16)
     probe.write_text(token)
     try:
-        answers = client.run(worker_problem, str(probe), token, api)
+        answers = client.run(worker_problem, str(probe), token, api, cfg.device)
     except Exception as exc:  # Dask re-raises a worker's failed unpickling as a bare Exception
         if "No module named" not in str(exc):
             raise
@@ -163,14 +163,20 @@ def check_workers(client: Any, cfg: Config, api: str) -> int:
         raise LaminarError(
             f"Dask worker {worker} {problem} ({len(problems)} of {len(answers)} workers "
             "affected): every worker must see the artifacts dir at the same path (a shared "
-            "filesystem) and reach the flow's Prefect API; fix that or use --task-runner thread."
+            "filesystem), reach the flow's Prefect API and have the --device asked for; fix "
+            "that or use --task-runner thread."
         )
     return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
 
 
-def worker_problem(probe: str, token: str, api: str) -> str:
-    """Run on each worker: '' when it sees the flow's probe file, can write beside it and reach
-    the API; else what is wrong, as the end of a sentence that starts with the worker's name."""
+def worker_problem(probe: str, token: str, api: str, device: str = "auto") -> str:
+    """Run on each worker: '' when it has the device, sees the flow's probe file, can write
+    beside it and reach the API; else what is wrong, as the end of a sentence that starts with
+    the worker's name."""
+    try:
+        resolve_device(device)
+    except LaminarError:
+        return f"has no CUDA GPU for --device {device}"
     path = Path(probe)
     try:
         if path.read_text() != token:

@@ -220,6 +220,10 @@ def test_worker_problem_names_what_a_worker_cannot_do(tmp_path: Path) -> None:
         str(probe), "token", dead_api
     )
     assert list(tmp_path.iterdir()) == [probe]  # the write test leaves nothing behind
+    if not torch.cuda.is_available():  # a CPU-only worker asked for --device cuda
+        assert cluster.worker_problem(str(probe), "token", "", "cuda") == (
+            "has no CUDA GPU for --device cuda"
+        )
 
 
 class FakeClient:
