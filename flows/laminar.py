@@ -150,7 +150,7 @@ class Runner:
                 results[future] = future.result()
                 seconds = None if state.name == "Cached" else results[future]["seconds"]
             else:
-                failed.append(f"{name}: {state.message}")
+                failed.append(f"{name}: {why_failed(future, state)}")
             progress.update(model, name, state.name, seconds)
         return [results[f] for _, f, _ in futures if f in results], failed
 
@@ -208,6 +208,21 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             + ". Rerun the same command to retry only those."
         )
     return summary
+
+
+def why_failed(future: Any, state: Any) -> str:
+    """A failed task's message; for one whose process died (its state never became final, and
+    Dask gave up after its retries: KilledWorker), say so and where to look."""
+    if state.is_final():
+        return str(state.message)
+    dask_future = getattr(future, "wrapped_future", None)
+    error = dask_future.exception() if dask_future is not None else None
+    worker = getattr(getattr(error, "last_worker", None), "address", "?")
+    tries = getattr(error, "allowed_failures", -1) + 1
+    return (
+        f"the Dask worker process running it died, {tries} time(s), last on {worker}, and "
+        f"Dask gave up on it ({type(error).__name__}): check that worker's memory and log"
+    )
 
 
 def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:

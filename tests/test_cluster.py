@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import ArticleServer, free_port, make_model, quick_config
 
-from flows.laminar import laminar, time_left
+from flows.laminar import LayerFailedError, laminar, time_left
 from tasks import cluster
 from tasks.config import Config, LaminarError
 
@@ -86,25 +86,24 @@ class DaskCluster:
     """`dask scheduler` and `dask worker` processes on loopback, each in a session of its own,
     stopped by process group whatever happens."""
 
-    def __init__(self, n_workers: int, logs: Path) -> None:
+    def __init__(self, n_workers: int, logs: Path, **scheduler_env: str) -> None:
         from distributed import Client
 
         self.address = f"tcp://127.0.0.1:{free_port()}"
         port = self.address.rsplit(":", 1)[1]
-        self.procs = [
-            self._start(logs / "scheduler.log", "scheduler", "--host", "127.0.0.1", "--port", port)
-        ]
+        scheduler = ["scheduler", "--host", "127.0.0.1", "--port", port]
+        self.procs = [self._start(logs / "scheduler.log", *scheduler, env=scheduler_env)]
         for i in range(n_workers):
-            self.procs.append(
-                self._start(logs / f"worker{i}.log", "worker", self.address, "--nthreads", "1")
-            )
+            worker = ["worker", self.address, "--nthreads", "1"]
+            self.procs.append(self._start(logs / f"worker{i}.log", *worker))
         self.client = Client(self.address, timeout=60)
         self.client.wait_for_workers(n_workers, timeout=120)
 
     @staticmethod
-    def _start(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    def _start(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [DASK, *args, "--no-dashboard"],
+            env={**os.environ, **(env or {})},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -126,13 +125,12 @@ class DaskCluster:
             proc.wait()
 
 
-@pytest.fixture
-def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
-    found = DaskCluster(2, tmp_path)
+@contextlib.contextmanager
+def started(cluster: DaskCluster) -> Iterator[DaskCluster]:
     try:
-        yield found
+        yield cluster
     finally:
-        found.close()
+        cluster.close()
 
 
 def finished_layers(root: Path) -> dict[Path, int]:
@@ -146,51 +144,90 @@ def finished_layers(root: Path) -> dict[Path, int]:
     return done
 
 
-@pytest.mark.faults
-def test_worker_killed_mid_run_on_a_cli_started_cluster(
-    tmp_path: Path, tokenizer_dir: Path, article_server: ArticleServer, dask_cluster: DaskCluster
-) -> None:
-    model = make_model(tmp_path / "deep-gpt2", tokenizer_dir, n_layer=6)
-    cfg = quick_config(
-        model,
-        article_server,
-        tmp_path / "a",
-        n_seqs=8,
-        seq_len=64,
-        epochs=150,
-        task_runner="dask",
-        dask_address=dask_cluster.address,
-    )
+@contextlib.contextmanager
+def worker_killed_mid_run(cluster: DaskCluster, root: Path, n_layers: int) -> Iterator[dict]:
+    """SIGKILL a busy worker once some, not all, layers have finished; yields what it saw:
+    the finished layers' files with their mtimes ('done') and the pid it killed ('killed')."""
     seen: dict[str, Any] = {}
 
-    def kill_a_busy_worker() -> None:
+    def kill() -> None:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and "killed" not in seen:
-            done = finished_layers(tmp_path / "a")
-            pid = dask_cluster.busy_worker_pid() if 0 < len(done) < 6 else None
+        while time.monotonic() < deadline and not seen:
+            done = finished_layers(root)
+            pid = cluster.busy_worker_pid() if 0 < len(done) < n_layers else None
             if pid:
                 seen.update(done=done, killed=pid)
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_a_busy_worker)
+    killer = threading.Thread(target=kill)
     killer.start()
-    summary = laminar(cfg)
-    killer.join()
+    try:
+        yield seen
+    finally:
+        killer.join()
+    assert seen, "the run ended before a worker could be killed"
 
-    assert "killed" in seen, "the run ended before a worker could be killed"
-    assert not summary["failed"]
-    saes = {n: s for n, s in summary["tasks"].items() if n.startswith("sae")}
-    assert len(saes) == 6 and set(saes.values()) <= {"Completed", "Cached"}, saes
-    assert len(list((tmp_path / "a" / "sae").rglob("*.json"))) == 6
-    # What had finished before the kill was never trained again (its file is untouched).
-    for path, mtime in seen["done"].items():
-        assert path.stat().st_mtime_ns == mtime, path
-    # Whatever was trained after the kill (the interrupted layer included) ran elsewhere.
-    later = [p for p in (tmp_path / "a" / "sae").rglob("*.json") if p not in seen["done"]]
-    assert later and seen["killed"] not in pids_of(tmp_path / "a", later)
-    rerun = laminar(cfg)
-    assert set(rerun["tasks"].values()) == {"Cached"}, rerun["tasks"]
+
+def deep_config(tmp_path: Path, tokenizer_dir: Path, server: ArticleServer, address: str) -> Any:
+    """6 layers, each a few seconds of training: time to kill a worker in the middle."""
+    model = make_model(tmp_path / "deep-gpt2", tokenizer_dir, n_layer=6)
+    root = tmp_path / "a"
+    kw = {"n_seqs": 8, "seq_len": 64, "epochs": 150}
+    return quick_config(model, server, root, task_runner="dask", dask_address=address, **kw)
+
+
+@pytest.mark.faults
+def test_worker_killed_mid_run_on_a_cli_started_cluster(
+    tmp_path: Path, tokenizer_dir: Path, article_server: ArticleServer
+) -> None:
+    with started(DaskCluster(2, tmp_path)) as dask:
+        cfg = deep_config(tmp_path, tokenizer_dir, article_server, dask.address)
+        with worker_killed_mid_run(dask, cfg.root, 6) as seen:
+            summary = laminar(cfg)
+        assert not summary["failed"]
+        saes = {n: s for n, s in summary["tasks"].items() if n.startswith("sae")}
+        assert len(saes) == 6 and set(saes.values()) <= {"Completed", "Cached"}, saes
+        assert len(list((cfg.root / "sae").rglob("*.json"))) == 6
+        # What had finished before the kill was never trained again (its file is untouched).
+        for path, mtime in seen["done"].items():
+            assert path.stat().st_mtime_ns == mtime, path
+        # Whatever was trained after the kill (the interrupted layer included) ran elsewhere.
+        later = [p for p in (cfg.root / "sae").rglob("*.json") if p not in seen["done"]]
+        assert later and seen["killed"] not in pids_of(cfg.root, later)
+        rerun = laminar(cfg)
+        assert set(rerun["tasks"].values()) == {"Cached"}, rerun["tasks"]
+
+
+@pytest.mark.faults
+def test_worker_death_dask_gives_up_on_is_named_and_resumed(
+    tmp_path: Path, tokenizer_dir: Path, article_server: ArticleServer
+) -> None:
+    """As when a layer runs a worker out of memory again and again: Dask stops retrying
+    (KilledWorker; here at once). The run says which layers and why; a rerun does only those."""
+    no_retry = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    with started(DaskCluster(2, tmp_path, **no_retry)) as dask:
+        cfg = deep_config(tmp_path, tokenizer_dir, article_server, dask.address)
+        with (
+            worker_killed_mid_run(dask, cfg.root, 6) as seen,
+            pytest.raises(LayerFailedError) as err,
+        ):
+            laminar(cfg)
+        assert "the Dask worker process running it died, 1 time(s), last on tcp://127.0.0.1:" in (
+            str(err.value)
+        )
+        assert "Dask gave up on it (KilledWorker): check that worker's memory" in str(err.value)
+        assert "Rerun the same command" in str(err.value)
+        layer_of = {p: p.parent.name.replace("L0", "L") for p in finished_layers(cfg.root)}
+        missing = {f"sae deep-gpt2 L{i}" for i in range(6)} - {
+            f"sae deep-gpt2 {name}" for name in layer_of.values()
+        }
+        assert missing and all(name in str(err.value) for name in missing)
+        rerun = laminar(cfg)
+        executed = {n for n, s in rerun["tasks"].items() if s != "Cached"}
+        assert executed == {*missing, "report"}, rerun["tasks"]  # exactly what had no result
+        for path, mtime in seen["done"].items():
+            assert path.stat().st_mtime_ns == mtime, path
 
 
 def test_unreachable_scheduler_is_one_sentence(
