@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,11 @@ def worker_problem(probe: str, token: str, api: str, device: str = "auto") -> st
         except httpx.HTTPError as exc:
             return f"cannot reach the flow's Prefect API at {api} ({exc})"
     return ""
+
+
+def this_process() -> str:
+    """host:pid, recorded with each result: which machine and (Dask worker) process made it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def on_worker() -> str:

@@ -19,6 +19,7 @@ import torch
 from prefect import task
 
 from tasks import cache, store
+from tasks.cluster import this_process
 from tasks.config import (
     Config,
     LaminarError,
@@ -193,7 +194,13 @@ def extract_activations(
                 )
     files = [{"layer": layer, **store.file_record(out.path(layer))} for layer in layers]
     log.info("%s: wrote %d activation files under %s", name, len(files), out_dir)
-    return {"model": model, "name": name, "n_layers": n_layers, "files": files}
+    return {
+        "model": model,
+        "name": name,
+        "n_layers": n_layers,
+        "files": files,
+        "ran_on": this_process(),
+    }
 
 
 def describe_model(cfg: Config, model: str) -> dict[str, Any]:

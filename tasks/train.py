@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +14,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from tasks import cache, sae, store
+from tasks.cluster import this_process
 from tasks.config import Config, LaminarError, resolve_device, stable_hash
 
 SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
@@ -58,7 +57,7 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dic
         final_loss=losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
-        ran_on=f"{socket.gethostname()}:{os.getpid()}",  # host:pid, which Dask worker trained it
+        ran_on=this_process(),
         n_tokens=x.shape[0],
         d=x.shape[1],
         latent=result.sae.weight.shape[0],

@@ -76,6 +76,9 @@ def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
     }
     assert layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")  # loss curves too, exactly
     assert os.getpid() not in pids_of(tmp_path / "d")  # trained in the worker processes
+    [extract] = (tmp_path / "d" / ".cache" / "results").glob("extract-*")
+    ran_on = json.loads(json.loads(extract.read_text())["result"])["ran_on"]
+    assert int(ran_on.rsplit(":", 1)[1]) != os.getpid()  # the model was loaded on a worker
     # The cache is the runner's business no more than the results are: a Dask run over the
     # thread run's artifacts executes nothing.
     again = laminar(dask.model_copy(update={"artifacts_dir": str(tmp_path / "t")}))
@@ -146,15 +149,20 @@ def finished_layers(root: Path) -> dict[Path, int]:
 
 @contextlib.contextmanager
 def worker_killed_mid_run(cluster: DaskCluster, root: Path, n_layers: int) -> Iterator[dict]:
-    """SIGKILL a busy worker once some, not all, layers have finished; yields what it saw:
-    the finished layers' files with their mtimes ('done') and the pid it killed ('killed')."""
+    """SIGKILL a busy worker once some, not all, layers have finished, a second after the last
+    one did (workers that started together finish together: never kill one as it finishes);
+    yields what it saw: the finished layers' files with their mtimes ('done') and the pid it
+    killed ('killed')."""
     seen: dict[str, Any] = {}
 
     def kill() -> None:
-        deadline = time.monotonic() + 240
+        deadline, count, since = time.monotonic() + 240, 0, time.monotonic()
         while time.monotonic() < deadline and not seen:
             done = finished_layers(root)
-            pid = cluster.busy_worker_pid() if 0 < len(done) < n_layers else None
+            if len(done) != count:
+                count, since = len(done), time.monotonic()
+            settled = 0 < count < n_layers and time.monotonic() - since > 1.0
+            pid = cluster.busy_worker_pid() if settled else None
             if pid:
                 seen.update(done=done, killed=pid)
                 os.kill(pid, signal.SIGKILL)
@@ -173,7 +181,7 @@ def deep_config(tmp_path: Path, tokenizer_dir: Path, server: ArticleServer, addr
     """6 layers, each a few seconds of training: time to kill a worker in the middle."""
     model = make_model(tmp_path / "deep-gpt2", tokenizer_dir, n_layer=6)
     root = tmp_path / "a"
-    kw = {"n_seqs": 8, "seq_len": 64, "epochs": 150}
+    kw = {"n_seqs": 8, "seq_len": 64, "epochs": 400}
     return quick_config(model, server, root, task_runner="dask", dask_address=address, **kw)
 
 
