@@ -3,9 +3,9 @@ prefect-dask's DaskTaskRunner (a local cluster of worker processes, or a running
 its scheduler's address: `dask scheduler` + `dask worker`, or dask-cuda with one worker per GPU).
 
 Tasks only ever exchange file records (paths + sha256), so a worker must see the artifacts dir
-at the same path as the flow: a shared filesystem. That, the Prefect API and the `tasks`
-package are checked on every worker before any work is sent, so a misconfigured cluster fails
-in seconds with one sentence instead of layer by layer.
+at the same path as the flow: a shared filesystem. That, the Prefect API, the device and the
+`tasks` package are checked on every worker before any work is sent, so a misconfigured cluster
+fails in seconds with one sentence instead of layer by layer.
 
 Prefect and Dask are imported where used: tasks.store imports this module, and the benchmark
 runs tasks.store on bare GPU machines without them."""
@@ -129,11 +129,20 @@ def connect(runner: Any, cfg: Config) -> Any:
             f"--dask-address {cfg.dask_address}: no Dask scheduler answered ({exc}); start one "
             "with `dask scheduler` or fix the address."
         ) from None
+    except RuntimeError as exc:  # the local cluster's worker processes did not start
+        if cfg.dask_address:
+            raise
+        raise LaminarError(
+            f"the local Dask cluster did not start ({exc}): Dask starts its workers by "
+            "re-importing the script that runs the flow, so a script of yours that calls "
+            "laminar() must do it under `if __name__ == '__main__':`; or use --task-runner thread."
+        ) from None
 
 
 def check_workers(client: Any, cfg: Config, api: str) -> int:
-    """Wait for a worker, then ask every worker whether it can import laminar, read and write
-    the artifacts dir and reach the Prefect API; one sentence names the first that cannot.
+    """Wait for a worker, then ask every worker whether it can import laminar, has the device,
+    can read and write the artifacts dir and reach the Prefect API; one sentence names the
+    first that cannot.
     Returns the number of tasks the cluster runs at once."""
     where = cfg.dask_address or "the local cluster"
     try:

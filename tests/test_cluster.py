@@ -305,6 +305,22 @@ def test_check_workers_counts_slots_or_names_the_worker(tmp_path: Path) -> None:
     assert not list((tmp_path / ".cache").iterdir())  # the probe is gone
 
 
+def test_a_local_cluster_that_cannot_start_is_one_sentence() -> None:
+    class Unstartable:  # as when a user's script calls laminar() without a __main__ guard
+        @property
+        def client(self) -> Any:
+            raise RuntimeError("Nanny failed to start.")
+
+    with pytest.raises(LaminarError) as err:
+        cluster.connect(Unstartable(), Config(task_runner="dask"))
+    assert str(err.value).startswith(
+        "the local Dask cluster did not start (Nanny failed to start.): Dask starts its workers"
+    )
+    assert "if __name__ == '__main__':" in str(err.value)
+    with pytest.raises(RuntimeError):  # a user's cluster: Dask's own error stands
+        cluster.connect(Unstartable(), Config(task_runner="dask", dask_address="tcp://h:1"))
+
+
 def test_local_cluster_shares_the_cores_out() -> None:
     opts = cluster.runner_options(Config(task_runner="dask", dask_workers=2))
     kwargs = opts["cluster_kwargs"]
