@@ -124,6 +124,8 @@ class Runner:
         name, future = self.submit(pool, task, *args)
         future.wait()
         self.states[name] = future.state.name
+        if not future.state.is_final():  # its worker died and Dask gave up: no Prefect error
+            raise LaminarError(f"{name}: {why_failed(future, future.state)}, then rerun.")
         return future.result()
 
     def submit(self, pool: Pool, task: Any, *args: Any) -> tuple[str, Any]:
