@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,8 @@ def this_process() -> str:
 
 def on_worker() -> str:
     """' on Dask worker ADDRESS' inside a Dask worker, '' elsewhere (for error messages)."""
+    if "distributed" not in sys.modules:  # every Dask worker has it loaded: not one
+        return ""
     try:
         from distributed import get_worker
 

@@ -137,8 +137,7 @@ def read_activations(record: dict[str, Any]) -> np.ndarray:
     Python objects). A file that does not match its record (size and sha256) is never read as
     data: it is deleted, so the next run's cache check rebuilds it."""
     path = Path(record["path"])
-    worker = on_worker()
-    if worker and not path.exists():  # not deleted: this machine does not see the flow's files
+    if not path.exists() and (worker := on_worker()):  # this machine does not see the files
         raise LaminarError(
             f"activation file '{path}' that the flow wrote is not visible{worker}: every Dask "
             "worker must see the artifacts dir at the same path (a shared filesystem)."
