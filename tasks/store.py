@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,11 +48,15 @@ def verify(record: dict[str, Any], *, hash_check: bool = False) -> bool:
     return not hash_check or sha256_file(path) == record["sha256"]
 
 
+# Which machine wrote a temporary (a name-safe tag of the host name): see sweep_temporaries.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -60,10 +65,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def sweep_temporaries(folder: Path) -> None:
-    """Delete temporaries that a killed run left in `folder` (their writer's pid is gone)."""
+    """Delete temporaries that a killed run left in `folder`: written on this machine (on a
+    shared filesystem another machine's pids mean nothing here) by a process that is gone."""
     for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        pid, _, rest = tmp.name.rsplit(".", 2)[-2].partition("-")  # PID-HOSTTAG-RANDOM
+        if rest.startswith(f"{HOST_TAG}-") and pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

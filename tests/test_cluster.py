@@ -376,3 +376,27 @@ def test_a_worker_that_cannot_see_an_activation_file_says_so(
         "Dask worker tcp://10.0.0.9:40000: every Dask worker must see the artifacts dir at the "
         "same path (a shared filesystem)."
     )
+
+
+def test_only_this_machines_dead_writers_temporaries_are_swept(tmp_path: Path) -> None:
+    """On a shared filesystem a pid from another machine says nothing here: its temporaries
+    are left alone; this machine's dead writers' temporaries go, live ones stay."""
+    from tasks import store
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead here": f".L00.parquet.{dead.pid}-{store.HOST_TAG}-0123abcd.tmp",
+        "alive here": f".L01.parquet.{os.getpid()}-{store.HOST_TAG}-0123abcd.tmp",
+        "dead elsewhere": f".L02.parquet.{dead.pid}-ffffffff-0123abcd.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    with store.atomic_path(tmp_path / "L03.parquet") as tmp:  # what a writer here names them
+        assert tmp.name.startswith(f".L03.parquet.{os.getpid()}-{store.HOST_TAG}-")
+        tmp.write_bytes(b"being written")
+        store.sweep_temporaries(tmp_path)
+        assert tmp.exists()  # a live writer's file survives the sweep
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [names["alive here"], names["dead elsewhere"], "L03.parquet"]
+    )
