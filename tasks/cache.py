@@ -100,6 +100,10 @@ class ProcessLockManager(FileSystemLockManager):
 
     host = socket.gethostname()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._told: set[str] = set()  # keys held on another machine that we warned about
+
     def acquire_lock(self, key: str, holder: str, *args: Any, **kwargs: Any) -> bool:
         acquired = super().acquire_lock(key, holder, *args, **kwargs)
         if acquired:
@@ -122,10 +126,22 @@ class ProcessLockManager(FileSystemLockManager):
         if not super().is_locked(key, use_cache=use_cache):
             return False
         info = self._get_lock_info(key, use_cache=False) or {}
-        pid = info.get("pid")
-        if info.get("host") == self.host and isinstance(pid, int) and not pid_alive(pid):
+        pid, host = info.get("pid"), info.get("host")
+        if host == self.host and isinstance(pid, int) and not pid_alive(pid):
             log.warning("releasing the lock on %s left by process %s, which is gone", key, pid)
             Path(self._lock_path_for_key(key)).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
+        if host and host != self.host and key not in self._told:
+            # Another machine's pid cannot be checked from here: say what we wait on and how to
+            # end the wait if that machine is gone.
+            self._told.add(key)
+            log.warning(
+                "waiting for %s, which process %s on %s is computing; if that machine is gone, "
+                "delete %s",
+                key,
+                pid,
+                host,
+                self._lock_path_for_key(key),
+            )
         return True

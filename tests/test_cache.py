@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from tasks.cache import ContentKey
 from tasks.config import Config
@@ -45,3 +46,29 @@ def test_stale_record_is_dropped(tmp_path: Path) -> None:
     data.write_bytes(b"01234")  # truncated
     assert key(policy, tmp_path, cfg=Config(), acts=acts) == k
     assert not record.exists()  # dropped: the task runs again under the same key
+
+
+def test_locks_of_dead_processes_here_are_released_another_machines_are_explained(
+    tmp_path: Path, caplog: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from tasks.cache import ProcessLockManager
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    locks = ProcessLockManager(lock_files_directory=tmp_path)
+    for key, host in [("here", ProcessLockManager.host), ("there", "gpu-node-7")]:
+        assert locks.acquire_lock(key, holder=f"run-{key}")
+        path = Path(locks._lock_path_for_key(key))
+        info = json.loads(path.read_text())
+        path.write_text(json.dumps({**info, "pid": dead.pid, "host": host}))
+
+    other = ProcessLockManager(lock_files_directory=tmp_path)  # a second run's view
+    assert not other.is_locked("here")  # its holder died on this machine: released
+    with caplog.at_level("WARNING", logger="tasks.cache"):
+        assert other.is_locked("there") and other.is_locked("there")  # cannot tell: waits
+    [warning] = [r.getMessage() for r in caplog.records if "waiting for there" in r.getMessage()]
+    assert f"process {dead.pid} on gpu-node-7" in warning
+    assert f"delete {tmp_path / 'there.lock'}" in warning
