@@ -66,7 +66,8 @@ def extract_child(
     from prefect.logging import disable_run_logger
 
     from tasks.config import Config
-    from tasks.extract import extract_activations, load_model
+    from tasks.extract import extract_activations
+    from tasks.models import load_model
     from tasks.tokens import write_batch
 
     cfg = Config(artifacts_dir=out, n_seqs=n_seqs, device=device, extract_batch=extract_batch)

@@ -4,12 +4,15 @@
 
 Each argument is a report folder (it holds metrics.csv). The figure overlays density, final
 loss and FVU against relative depth, one line per (run, model); the table has one row per
-(model, layer) with each run's values and the difference (second minus first)."""
+(model, layer) with each run's values and the difference (second minus first). Where the runs
+have a provenance.json, every field in which they differ is printed (versions, commit, device,
+model revision, article revision, hashes, times)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import LaminarError
+from tasks.provenance import differences
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
@@ -90,6 +94,24 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def provenance_lines(folders: list[Path], labels: list[str]) -> list[str]:
+    """Each field of provenance.json where a run differs from the first, one line each."""
+    records = {}
+    for lab, folder in zip(labels, folders, strict=True):
+        path = folder / "provenance.json"
+        if path.is_file():
+            records[lab] = json.loads(path.read_text())
+    if len(records) < 2:
+        return ["provenance: fewer than two runs have a provenance.json; nothing compared"]
+    (first, base), *others = records.items()
+    lines = []
+    for lab, other in others:
+        diff = differences(base, other)
+        lines.append(f"provenance: {len(diff)} field(s) differ between {first} and {lab}")
+        lines += [f"  {field}: {a!r} -> {b!r}" for field, a, b in diff]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="report folders, 2 or more")
@@ -112,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
     write_bytes(args.out / "compare.csv", ("\n".join(lines) + "\n").encode())
     print(f"compare: {args.out / 'compare.png'} and {args.out / 'compare.csv'}")
+    print("\n".join(provenance_lines(args.reports, labels)))
     return 0
 
 

@@ -26,12 +26,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks import provenance
 from tasks.cache import ProcessLockManager
 from tasks.cluster import Pool, fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import describe_model, extract_activations
 from tasks.report import publish, write_report
-from tasks.scrape import fetch_page, parse_page
+from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.store import check_writable
 from tasks.tokens import tokenize
 from tasks.train import train_sae
@@ -172,14 +173,16 @@ class Runner:
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
     cfg = config
+    started_at = provenance.now()
     models = preflight(cfg)
     run = Runner(cfg)
-    page = run(fetch_page, cfg)
+    page = run(fetch_page.with_options(retries=cfg.fetch_retries), cfg)
     text = run(parse_page, cfg, page)
     tokens = {}
     for m in models:
         if m["tokenizer"] not in tokens:
             tokens[m["tokenizer"]] = run(tokenize, cfg, text, m["model"], m["tokenizer"])
+    publish_text(page, text, list(tokens.values()))
     extractions, futures = [], []
     with fanout(cfg) as pool:
         print(f"laminar: per-layer work on the {pool.describe()}")
@@ -199,7 +202,8 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
                     args = (cfg, m["name"], f["layer"], f, seed, label)
                     futures.append((*run.submit(pool, train_sae, *args), m["name"]))
         results, failed = run.gather(futures, pool.slots)
-    report = run(write_report, cfg, page, list(tokens.values()), extractions, results, failed)
+    batches = list(tokens.values())
+    report = run(write_report, cfg, page, text, batches, extractions, results, failed, started_at)
     publish(report)
     summary = {"report": report["dir"], "failed": failed, "tasks": run.states}
     print(f"laminar: report in {report['dir']}; tasks {run.tally()}")

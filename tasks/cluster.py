@@ -7,8 +7,7 @@ at the same path as the flow: a shared filesystem. That, the Prefect API, the de
 `tasks` package are checked on every worker before any work is sent, so a misconfigured cluster
 fails in seconds with one sentence instead of layer by layer.
 
-Prefect and Dask are imported where used: tasks.store imports this module, and the benchmark
-runs tasks.store on bare GPU machines without them."""
+Prefect and Dask are imported where used, so importing this module starts neither."""
 
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,20 +202,3 @@ def worker_problem(probe: str, token: str, api: str, device: str = "auto") -> st
         except httpx.HTTPError as exc:
             return f"cannot reach the flow's Prefect API at {api} ({exc})"
     return ""
-
-
-def this_process() -> str:
-    """host:pid, recorded with each result: which machine and (Dask worker) process made it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def on_worker() -> str:
-    """' on Dask worker ADDRESS' inside a Dask worker, '' elsewhere (for error messages)."""
-    if "distributed" not in sys.modules:  # every Dask worker has it loaded: not one
-        return ""
-    try:
-        from distributed import get_worker
-
-        return f" on Dask worker {get_worker().address}"
-    except (ImportError, ValueError):
-        return ""

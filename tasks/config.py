@@ -26,6 +26,8 @@ EXECUTION_FIELDS = frozenset(
         "refresh",
         "artifacts_dir",
         "fetch_timeout",
+        "fetch_retries",
+        "max_page_mb",
         "extract_batch",
         "task_runner",
         "dask_address",
@@ -68,6 +70,18 @@ class Config(BaseModel):
     )
     fetch_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait for the article server to answer."
+    )
+    fetch_retries: int = Field(
+        default=3,
+        ge=0,
+        le=3,
+        description="Retries of a fetch that failed in a way a retry can cure (no connection, "
+        "timeout, HTTP 429/5xx), 2, 4 and 8 s apart.",
+    )
+    max_page_mb: float = Field(
+        default=20.0,
+        gt=0,
+        description="Largest article download in MB; a bigger body is abandoned unread.",
     )
     n_seqs: int = Field(default=10, gt=0, description="Sequences per batch.")
     seq_len: int = Field(default=1024, gt=1, description="Tokens per sequence.")

@@ -19,52 +19,26 @@ import torch
 from prefect import task
 
 from tasks import cache, store
-from tasks.cluster import this_process
 from tasks.config import (
     Config,
     LaminarError,
     parse_layer_spec,
     resolve_device,
     short_name,
-    stable_hash,
 )
-from tasks.tokens import load_tokenizer, model_load_error, read_batch, tokenizer_fingerprint
+from tasks.host import describe_device, this_process
+from tasks.models import (
+    check_local_folder,
+    ensure_hub_or_offline,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    n_layers,
+    tokenizer_fingerprint,
+)
+from tasks.tokens import read_batch
 
 log = logging.getLogger(__name__)
-
-
-def model_fingerprint(model: str) -> str:
-    """Identity of the weights for cache keys: the hub id, or for a local folder its config and
-    the names, sizes and mtimes of its files (cheap, and changes when weights are replaced)."""
-    folder = Path(model)
-    if not folder.is_dir():
-        return stable_hash({"hub": model})
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    config = folder / "config.json"
-    return stable_hash({"config": config.read_text() if config.exists() else "", "files": stats})
-
-
-def check_local_folder(model: str) -> None:
-    folder = Path(model)
-    if folder.exists() and not (folder / "config.json").exists():
-        raise LaminarError(
-            f"--models '{model}' is a local path without config.json, so not a model folder: "
-            "pass a folder saved with save_pretrained() or a hub id such as gpt2."
-        )
-
-
-def load_model(model: str, device: str) -> Any:
-    """TransformerLens 4 bridge around the Hugging Face model, in eval mode."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    check_local_folder(model)
-    try:
-        bridge = TransformerBridge.boot_transformers(model, device=device)
-    except (OSError, ValueError, KeyError) as exc:
-        raise model_load_error(model, exc, "weights") from exc
-    bridge.eval()
-    return bridge
 
 
 def hook_names(bridge: Any, hook: str, layers: list[int]) -> dict[int, str]:
@@ -200,24 +174,20 @@ def extract_activations(
         "n_layers": n_layers,
         "files": files,
         "ran_on": this_process(),
+        "hardware": describe_device(str(device)),
     }
 
 
 def describe_model(cfg: Config, model: str) -> dict[str, Any]:
     """Cheap facts about a model, checked before any heavy work: its short name, weight and
     tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
-    from transformers import AutoConfig
-
     check_local_folder(model)
+    ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
-    try:
-        n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
-    except (OSError, ValueError, AttributeError) as exc:
-        raise model_load_error(model, exc, "config") from exc
     return {
         "model": model,
         "name": short_name(model),
         "fingerprint": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "layers": parse_layer_spec(cfg.layers, n_layers),
+        "layers": parse_layer_spec(cfg.layers, n_layers(model)),
     }

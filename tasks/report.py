@@ -4,6 +4,7 @@ table and report as Prefect artifacts under stable keys (so the UI keeps their h
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import cache, figures
+from tasks import cache, figures, provenance
 from tasks.config import EXECUTION_FIELDS, Config
 from tasks.stats import claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
@@ -75,15 +76,18 @@ def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
 
 
 def markdown(
-    cfg: Config, page: dict, tokens: dict, rows: list[dict], failed: list[str], images: list[str]
+    cfg: Config, prov: dict, rows: list[dict], failed: list[str], images: list[str], out: Path
 ) -> str:
+    art = prov["article"]
+    text = os.path.relpath(art["text_path"], out)
     lines = [
         "# laminar profile",
         "",
-        f"Article: {page['url']} (revision {page['revision_id']}, fetched {page['fetched_at']}); "
-        f"{tokens['n_article_tokens']} tokens in the article, batch {cfg.n_seqs} × {cfg.seq_len} "
-        f"({cfg.sampling}, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
-        f"{'kept' if cfg.keep_first_token else 'dropped'}.",
+        f"Article: {art['url']} (revision {art['revision_id']}, fetched {art['fetched_at']}); "
+        f"{prov['tokens'][0]['article_tokens']} tokens in the article, batch {cfg.n_seqs} × "
+        f"{cfg.seq_len} ({cfg.sampling}, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
+        f"{'kept' if cfg.keep_first_token else 'dropped'}. The text fed to the models "
+        f"({art['characters']} characters): [{Path(text).name}]({text}).",
         "",
         f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
         f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} full-batch epochs, {cfg.precision}, seeds "
@@ -107,7 +111,8 @@ def markdown(
     if failed:
         lines += ["", "**Failed (not in the table; rerun to retry them):**", ""]
         lines += [f"- {f}" for f in failed]
-    lines += ["", "Config:", "", "```json", cfg.model_dump_json(indent=2), "```", ""]
+    lines += ["", *provenance.markdown(prov)]
+    lines += ["Config:", "", "```json", cfg.model_dump_json(indent=2), "```", ""]
     return "\n".join(lines)
 
 
@@ -142,18 +147,21 @@ def draw(rows: list[dict], results: list[dict], n_layers: dict[str, int], out: P
     task_run_name="report",
     cache_policy=cache.ContentKey(
         fields=tuple(f for f in Config.model_fields if f not in EXECUTION_FIELDS),
-        modules=("tasks.figures", "tasks.stats"),
+        modules=("tasks.figures", "tasks.stats", "tasks.provenance"),
+        exclude=("started_at",),  # a replayed report keeps the provenance of the run that made it
     ),
 )
 def write_report(
     cfg: Config,
     page: dict[str, Any],
+    text: dict[str, Any],
     tokens: list[dict[str, Any]],
     extractions: list[dict[str, Any]],
     results: list[dict[str, Any]],
     failed: list[str],
+    started_at: str,
 ) -> dict[str, Any]:
-    """Write the tables, figures and report.md; publish the table and report to Prefect."""
+    """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
     out = cfg.root / "reports" / cfg.digest()[:12]
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
@@ -172,10 +180,15 @@ def write_report(
             _write_table(table, out, stem)
     images = draw(rows, results, n_layers, out)
     write_json(out / "claims.json", claims(rows) if rows else {})
-    md = markdown(cfg, page, tokens[0], rows, failed, images)
+    prov = provenance.collect(cfg, page, text, tokens, extractions, results, started_at)
+    write_json(out / "provenance.json", prov)
+    md = markdown(cfg, prov, rows, failed, images, out)
     write_bytes(out / "report.md", md.encode())
     names = [f"{s}.{x}" for s, t in tables.items() if t for x in ("csv", "parquet")]
-    files = [file_record(out / f) for f in [*names, *images, "claims.json", "report.md"]]
+    files = [
+        file_record(out / f)
+        for f in [*names, *images, "claims.json", "provenance.json", "report.md"]
+    ]
     return {"dir": str(out), "files": files, "failed": failed}
 
 

@@ -10,25 +10,29 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
-from bs4 import BeautifulSoup, Tag
 from prefect import task
-from prefect.tasks import exponential_backoff
+from requests.exceptions import ContentDecodingError
 
 from tasks import cache
 from tasks.config import Config, LaminarError
 from tasks.store import file_record, write_bytes, write_json
+from tasks.wikitext import body_text, html_slice
 
 USER_AGENT = (
     f"laminar/0.1 (SAE laminar-profile research pipeline; python-requests {requests.__version__})"
 )
 _REVISION = re.compile(r'"wgRevisionId"\s*:\s*(\d+)')
-_REFERENCES_ID = re.compile(r"^references$", re.IGNORECASE)
+RETRY_DELAYS = [2, 4, 8]  # seconds before the 1st, 2nd, 3rd retry of a transient failure
+MAX_REDIRECTS = 5
+HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
-class TransientFetchError(Exception):
-    """A failure a retry can cure: no connection, a timeout, HTTP 429 or 5xx."""
+class TransientFetchError(LaminarError):
+    """A failure a retry can cure: no connection, DNS, a timeout, a cut-off body, HTTP 429 or
+    5xx. Still a LaminarError: once the retries are spent, the user gets its one sentence."""
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -41,39 +45,129 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def download(url: str, timeout: float = 30.0) -> bytes:
-    """GET `url`; transient failures raise TransientFetchError, the rest LaminarError."""
-    try:
-        resp = requests.get(url, headers={"User-Agent": USER_AGENT}, timeout=timeout)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise TransientFetchError(
-            f"--url '{url}' could not be fetched ({type(exc).__name__}): check the network "
-            "or the URL; a page fetched before stays cached under the artifacts dir."
-        ) from exc
-    except requests.RequestException as exc:
-        raise LaminarError(f"--url '{url}' is not a fetchable URL ({exc}).") from None
-    if resp.status_code == 429 or resp.status_code >= 500:
-        raise TransientFetchError(
-            f"--url '{url}' answered HTTP {resp.status_code} after retries: try again later."
+def _chain(exc: BaseException) -> str:
+    """Every exception type and message in exc's chain (requests wraps urllib3 wraps socket)."""
+    parts, e = [], exc
+    while e is not None and len(parts) < 10:
+        parts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return " | ".join(parts)
+
+
+def network_error(url: str, exc: requests.RequestException) -> LaminarError:
+    """One sentence for a request that failed below HTTP: what happened, where, the fix."""
+    host = urlsplit(url).netloc or url
+    chain = _chain(exc)
+    cached = "a page fetched before stays cached under the artifacts dir"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return LaminarError(
+            f"--url '{url}': the TLS handshake with {host} failed ({chain.split(' | ')[-1]}): "
+            "check the scheme (https:// on a plain-HTTP server fails), the system clock and the "
+            "CA certificates (REQUESTS_CA_BUNDLE)."
         )
-    if resp.status_code >= 400:
+    if isinstance(exc, requests.Timeout):
+        why = f"{host} did not answer within --fetch-timeout"
+    elif "NameResolutionError" in chain or "gaierror" in chain:
+        why = f"the host name {host} could not be resolved (no network, or no DNS)"
+    elif "ConnectionRefusedError" in chain:
+        why = f"the connection to {host} was refused (nothing listens there)"
+    elif isinstance(exc, requests.exceptions.ChunkedEncodingError | ContentDecodingError):
+        why = f"{host} closed the connection before the whole page arrived"
+    elif isinstance(exc, requests.ConnectionError):
+        why = f"{host} could not be reached ({chain.split(' | ')[-1]})"
+    else:
+        return LaminarError(f"--url '{url}' is not a fetchable URL ({exc}): check --url.")
+    return TransientFetchError(
+        f"--url '{url}' could not be fetched: {why}; check the network or the URL, then rerun "
+        f"({cached})."
+    )
+
+
+def _same_site(url: str, target: str) -> bool:
+    """Redirects stay on the URL's own host, or move between a Wikipedia site's desktop and
+    mobile hosts (en.wikipedia.org <-> en.m.wikipedia.org)."""
+    a, b = urlsplit(url).hostname or "", urlsplit(target).hostname or ""
+    return a.replace(".m.", ".") == b.replace(".m.", ".")
+
+
+def _get(session: requests.Session, url: str, timeout: float) -> requests.Response:
+    """GET following at most MAX_REDIRECTS redirects, all on the same site."""
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = session.get(current, timeout=timeout, stream=True, allow_redirects=False)
+        if not resp.is_redirect:
+            return resp
+        target = urljoin(current, resp.headers["location"])
+        resp.close()
+        if not _same_site(url, target):
+            raise LaminarError(
+                f"--url '{url}' redirects to another site ({target}); laminar follows redirects "
+                "only within the article's own site: pass the final address as --url."
+            )
+        current = target
+    raise LaminarError(
+        f"--url '{url}' redirected more than {MAX_REDIRECTS} times: pass the final address."
+    )
+
+
+def _read(resp: requests.Response, url: str, limit_mb: float) -> bytes:
+    """The body, streamed, abandoned as soon as it passes `limit_mb` megabytes."""
+    limit = int(limit_mb * 1e6)
+    declared = int(resp.headers.get("content-length") or 0)
+    chunks, size = [], 0
+    if declared <= limit:
+        for chunk in resp.iter_content(1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    if declared > limit or size > limit:
+        resp.close()
         raise LaminarError(
-            f"--url '{url}' answered HTTP {resp.status_code}: check the article's address."
+            f"--url '{url}' sends more than --max-page-mb {limit_mb:g} MB; a Wikipedia article "
+            "is well under 5 MB: check --url, or raise --max-page-mb."
         )
-    return resp.content
+    return b"".join(chunks)
+
+
+def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
+    """GET `url`; transient failures raise TransientFetchError, the rest LaminarError."""
+    with requests.Session() as session:
+        session.headers["User-Agent"] = USER_AGENT
+        try:
+            resp = _get(session, url, timeout)
+            status = resp.status_code
+            if status == 429 or status >= 500:
+                raise TransientFetchError(
+                    f"--url '{url}' answered HTTP {status}: the server is busy or down; try "
+                    "again later, or raise --fetch-retries."
+                )
+            if status >= 400:
+                raise LaminarError(
+                    f"--url '{url}' answered HTTP {status}: check the article's address."
+                )
+            kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind not in HTML_TYPES:
+                raise LaminarError(
+                    f"--url '{url}' sends '{kind or 'no content type'}', not an HTML page: "
+                    "pass the address of a Wikipedia article."
+                )
+            return _read(resp, url, limit_mb)
+        except requests.RequestException as exc:
+            raise network_error(url, exc) from None
 
 
 @task(
     name="fetch",
     task_run_name="fetch {cfg.url}",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retries=len(RETRY_DELAYS),  # the flow sets --fetch-retries
+    retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=_retry_transient,
     cache_policy=cache.ContentKey(fields=("url",)),
 )
 def fetch_page(cfg: Config) -> dict[str, Any]:
     """Download the article once; later runs replay this record (use --refresh to re-fetch)."""
-    html = download(cfg.url, cfg.fetch_timeout)
+    html = download(cfg.url, cfg.fetch_timeout, cfg.max_page_mb)
     sha = hashlib.sha256(html).hexdigest()
     path = cfg.root / "pages" / f"{sha[:16]}.html"
     write_bytes(path, html)
@@ -88,66 +182,10 @@ def fetch_page(cfg: Config) -> dict[str, Any]:
     return meta
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def _body(soup: BeautifulSoup, url: str) -> tuple[Tag, Tag]:
-    """The mw-body-content element that holds the References heading, and that heading."""
-    for body in soup.select(".mw-body-content"):
-        ref = body.find(id=_REFERENCES_ID)
-        if ref is not None:
-            return body, ref
-    what = (
-        "References heading in its mw-body-content element"
-        if soup.select(".mw-body-content")
-        else "mw-body-content element"
-    )
-    raise LaminarError(
-        f"the page at '{url}' has no {what}, so it is not a Wikipedia article laminar can "
-        "read: check --url."
-    )
-
-
-def body_text(html: str, url: str = "the page") -> str:
-    """The article's prose: the body up to References, without chrome, CSS, JS, edit links,
-    citation markers, navboxes or the reference list."""
-    soup = BeautifulSoup(html, "html.parser")
-    body, ref = _body(soup, url)
-    # Cut the References heading and everything after it, at every level up to the body.
-    heading: Tag = ref.find_parent(class_="mw-heading") or ref
-    node: Tag | None = heading
-    while node is not None and node is not body:
-        for sibling in node.find_next_siblings():
-            sibling.decompose()
-        node = node.parent
-    heading.decompose()
-    junk = (
-        "style, script, .mw-editsection, sup.reference, .reference, .navbox, .reflist, "
-        ".mw-references-wrap, .noprint, .mw-jump-link"
-    )
-    for el in body.select(junk):
-        el.decompose()
-    text = body.get_text()
-    text = re.sub(r"[ \t\u00a0]+", " ", text)
-    return re.sub(r"\s*\n\s*", "\n", text).strip()
-
-
-def html_slice(html: str, url: str = "the page") -> str:
-    """The course's cut: raw HTML from the mw-body-content marker to id="References"."""
-    start = html.find("mw-body-content")
-    end = re.search(r'id="references"', html, re.IGNORECASE)
-    if start < 0 or end is None or end.start() <= start:
-        raise LaminarError(
-            f"the page at '{url}' lacks the mw-body-content marker or id=\"References\" after "
-            "it: check --url or use --text text."
-        )
-    return html[start : end.start()]
-
-
 @task(
     name="parse",
     task_run_name="parse {cfg.text}",
-    cache_policy=cache.ContentKey(fields=("text",)),
+    cache_policy=cache.ContentKey(fields=("text",), modules=("tasks.wikitext",)),
 )
 def parse_page(cfg: Config, page: dict[str, Any]) -> dict[str, Any]:
     """Cut the body out of the fetched HTML and store it as UTF-8 text."""
@@ -156,3 +194,35 @@ def parse_page(cfg: Config, page: dict[str, Any]) -> dict[str, Any]:
     path = cfg.root / "pages" / f"{page['html']['sha256'][:16]}.{cfg.text}.txt"
     write_bytes(path, text.encode())
     return {"text": file_record(path), "chars": len(text)}
+
+
+TEXT_KEY = "laminar-text"
+PREVIEW_LINES = 60
+
+
+def publish_text(page: dict[str, Any], text: dict[str, Any], tokens: list[dict[str, Any]]) -> None:
+    """What was fed to the models, as a markdown artifact of the flow run (`laminar-text`): the
+    article's URL and revision, its size in characters and tokens, and its first lines."""
+    from prefect.artifacts import create_markdown_artifact
+
+    path = Path(text["text"]["path"])
+    lines = path.read_text().splitlines()
+    counts = ", ".join(str(t["n_article_tokens"]) for t in tokens)
+    preview = "\n".join(lines[:PREVIEW_LINES]).replace("```", "` ` `")
+    md = "\n".join(
+        [
+            "# The text fed to the models",
+            "",
+            f"- article: {page['url']} (revision {page['revision_id']}, fetched "
+            f"{page['fetched_at']})",
+            f"- {text['chars']} characters in {len(lines)} lines; {counts} tokens",
+            f"- saved as `{path}` (sha256 `{text['text']['sha256'][:16]}`)",
+            "",
+            f"First {min(PREVIEW_LINES, len(lines))} lines:",
+            "",
+            "```text",
+            preview,
+            "```",
+        ]
+    )
+    create_markdown_artifact(key=TEXT_KEY, markdown=md, description=f"text of {page['url']}")

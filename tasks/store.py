@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.cluster import on_worker
 from tasks.config import LaminarError
+from tasks.host import on_worker
 
 
 def sha256_file(path: Path) -> str:

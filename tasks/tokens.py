@@ -5,7 +5,6 @@ activations of both models are measured on identical tokens."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +16,8 @@ from prefect import task
 
 from tasks import cache
 from tasks.config import Config, LaminarError
+from tasks.models import load_tokenizer
 from tasks.store import atomic_path, file_record
-
-
-def model_load_error(model: str, exc: BaseException, what: str) -> LaminarError:
-    """One sentence for why `model` (a hub id or folder) could not be loaded, and the fix."""
-    chain, e = [], exc
-    while e is not None and len(chain) < 10:
-        chain.append(type(e).__name__)
-        e = e.__cause__ or e.__context__
-    if Path(model).exists():
-        why = f"the folder has no usable {what} files; save the model with save_pretrained()"
-    elif "HFValidationError" in chain:
-        why = "it is neither a local folder nor a valid hub id (like gpt2 or org/name)"
-    elif "RepositoryNotFoundError" in chain or "GatedRepoError" in chain:
-        why = "the hub has no such model (or it is private): check the id"
-    elif "LocalEntryNotFoundError" in chain or "ConnectError" in chain:
-        why = (
-            "the Hugging Face hub cannot be reached and the model is not in the local cache: "
-            "connect once to download it, or pass a local model folder"
-        )
-    else:
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return LaminarError(f"--models '{model}': cannot load its {what}; {why}.")
-
-
-def load_tokenizer(model: str) -> Any:
-    """The model's own tokenizer, from a local folder or the Hugging Face hub."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        raise model_load_error(model, exc, "tokenizer") from exc
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Hash of the vocabulary and merges: equal for tokenizers that split text identically."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.model.__getstate__()).hexdigest()
 
 
 def sample_windows(n_tokens: int, n_seqs: int, seq_len: int, how: str, seed: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from tasks import cache, sae, store
-from tasks.cluster import this_process
 from tasks.config import Config, LaminarError, resolve_device, stable_hash
+from tasks.host import describe_device, this_process
 
 SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
 RESULT_FIELDS = (*SAE_FIELDS, "precision")  # with the seed, what a layer's numbers depend on
@@ -57,6 +57,7 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dic
         final_loss=losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
+        hardware=describe_device(device),
         ran_on=this_process(),
         n_tokens=x.shape[0],
         d=x.shape[1],

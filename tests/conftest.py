@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from wikipages import current_skin
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = ROOT.parent / "shared" / "gpt2-tokenizer"
@@ -45,36 +47,30 @@ def article_prose(n_paragraphs: int) -> list[str]:
 
 
 def wiki_page(paragraphs: list[str], revision: int = 1234567) -> str:
-    """Markup shaped like a Vector-2022 Wikipedia article, chrome included."""
-    body = "\n".join(
-        f'<p>{p}<sup id="cite_ref-{i}" class="reference"><a href="#cite_note-{i}">[{i}]</a>'
-        "</sup></p>"
-        for i, p in enumerate(paragraphs)
-    )
-    return f"""<!DOCTYPE html><html><head><title>Light-emitting diode - Wikipedia</title>
-<script>RLCONF={{"wgPageName":"Light-emitting_diode","wgRevisionId":{revision}}};</script>
-<style>.mw-body {{ color: black; }}</style></head><body>
-<header class="vector-header">Main menu Search Donate Create account</header>
-<nav id="mw-navigation">Navigation Contents Current events</nav>
-<main id="content" class="mw-body"><h1 id="firstHeading">Light-emitting diode</h1>
-<div id="bodyContent" class="vector-body">
-<div id="siteSub" class="noprint">From Wikipedia, the free encyclopedia</div>
-<div id="mw-content-text" class="mw-body-content"><div class="mw-content-ltr mw-parser-output">
-<style data-mw-deduplicate="TemplateStyles:r1">.hatnote{{font-style:italic}}</style>
-<div class="mw-heading mw-heading2"><h2 id="History">History</h2><span class="mw-editsection">
-[<a href="/w/index.php?action=edit&amp;section=1">edit</a>]</span></div>
-{body}
-<script>console.log("inline script inside the body");</script>
-<div class="mw-heading mw-heading2"><h2 id="References">References</h2><span class="mw-editsection">
-[<a href="/w/index.php?action=edit&amp;section=9">edit</a>]</span></div>
-<div class="reflist"><ol class="references"><li id="cite_note-0">Reference text ONE.</li></ol></div>
-<div class="navbox">Navbox: Electronic components</div>
-</div></div></div></main>
-<footer id="footer">This page was last edited today. Privacy policy</footer>
-</body></html>"""
+    """An article in the shape Wikipedia serves today (Vector 2022, tests/wikipages.py): the
+    lead and infobox, then one section holding `paragraphs`, then References and the rest."""
+    return current_skin([("History", paragraphs)], revision)
 
 
 Response = tuple[int, bytes] | tuple[int, bytes, float]  # status, body[, seconds to stall]
+
+
+def raw_response(
+    status: int, headers: dict[str, str], body: bytes = b"", cut_after: int | None = None
+) -> Any:
+    """A route that sends `headers` as they are (Content-Length included only if given) and
+    `body`, or only its first `cut_after` bytes before closing the connection."""
+
+    def serve(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body if cut_after is None else body[:cut_after])
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return serve
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -84,6 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
         route = self.routes.get(self.path, (404, b"not found"))
+        if callable(route):  # a test that writes its own response (headers, a cut-off body)
+            with contextlib.suppress(OSError):
+                route(self)
+            return
         status, body, *stall = route[min(n, len(route)) - 1] if isinstance(route, list) else route
         if stall:
             time.sleep(stall[0])
@@ -102,7 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class ArticleServer:
     """A loopback HTTP server. `routes` maps a path to a response, or to a list of responses
-    served in turn (the last one repeats); `hits` counts requests per path."""
+    served in turn (the last one repeats), or to a function of the request handler that writes
+    its own; `hits` counts requests per path."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Response | list[Response]] = {}
@@ -186,6 +187,32 @@ def make_model(folder: Path, tokenizer_dir: Path, seed: int = 0, **config: int) 
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """3 layers, d_model 64, d_mlp 256."""
     return make_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", tokenizer_dir)
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python flows/laminar.py ARGS` as a user runs it: a subprocess, its exit code and its
+    stdout and stderr. `env` adds to (or, with a value of None, removes from) the environment."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "laminar.py"), *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def said(stderr: str) -> list[str]:
+    """The lines laminar itself wrote to stderr (its one-sentence errors)."""
+    return [line for line in stderr.splitlines() if line.startswith("laminar: ")]
 
 
 # A private Prefect home for the whole test session (its SQLite DB and ephemeral server).

@@ -34,7 +34,9 @@ def layer_rows(root: Path) -> dict[str, dict[str, Any]]:
     for path in sorted((root / "sae").rglob("*.json")):
         row = json.loads(path.read_text())
         rows[path.parent.name] = {
-            k: v for k, v in row.items() if k not in ("seconds", "ran_on", "activations")
+            k: v
+            for k, v in row.items()
+            if k not in ("seconds", "ran_on", "hardware", "activations")
         }
     return rows
 
@@ -364,9 +366,9 @@ def test_flow_loaded_as_a_deployment_unpickles_where_it_cannot_be_imported(
 def test_a_worker_that_cannot_see_an_activation_file_says_so(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from tasks import store
+    from tasks import host, store
 
-    assert cluster.on_worker() == ""  # not inside a Dask worker here
+    assert host.on_worker() == ""  # not inside a Dask worker here
     monkeypatch.setattr(store, "on_worker", lambda: " on Dask worker tcp://10.0.0.9:40000")
     record = {"path": str(tmp_path / "L00.parquet"), "size": 1, "sha256": "0" * 64}
     with pytest.raises(LaminarError) as err:

@@ -121,3 +121,22 @@ def test_failed_layer_resumes_by_retrying_the_flow_run(
     assert retried.state.type.value == "COMPLETED", retried.state.message
     assert {p: p.stat().st_mtime_ns for p in done} == done  # layers 0 and 1 not recomputed
     assert len(list((tmp_path / "sae").rglob("*.json"))) == 3
+
+
+def test_dead_network_fails_the_run_with_the_sentence(
+    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/wiki/Light-emitting_diode"
+    config = run_config(tiny_model, article_server, tmp_path) | {"url": url, "fetch_retries": 0}
+    run = run_deployment(ui, "quick", config)
+    assert run.state.type.value == "FAILED"
+    assert run.state.message.endswith(
+        f"--url '{url}' could not be fetched: the connection to 127.0.0.1:{port} was refused "
+        "(nothing listens there); check the network or the URL, then rerun (a page fetched "
+        "before stays cached under the artifacts dir)."
+    ), run.state.message

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tasks.config import Config, LaminarError
-from tasks.extract import describe_model, extract_activations, hook_names, load_model
+from tasks.extract import describe_model, extract_activations, hook_names
+from tasks.models import load_model
 from tasks.store import file_record, read_activations
 from tasks.tokens import write_batch
 

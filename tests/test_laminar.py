@@ -4,13 +4,12 @@ computes every task, a second executes none, and a failed layer is the only one 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ArticleServer, quick_config
+from conftest import ROOT, ArticleServer, quick_config, run_cli
 
 from flows.laminar import LayerFailedError, laminar
 from tasks.config import Config, to_args
@@ -37,6 +36,21 @@ def latest_artifacts() -> tuple[list[dict], object]:
         ]
     table = found[0].data if isinstance(found[0].data, list) else json.loads(found[0].data)
     return table, found[1]
+
+
+def latest_text_artifact() -> object:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.scrape import TEXT_KEY
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[TEXT_KEY])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )[0]
 
 
 def read_metrics(report_dir: str) -> list[dict[str, str]]:
@@ -75,6 +89,12 @@ def test_first_run_computes_and_rerun_executes_nothing(
     table, report = latest_artifacts()
     assert [row["layer"] for row in table] == ["0", "1", "2"]
     assert first["report"] in report.description and "# laminar profile" in report.data
+    text = latest_text_artifact()  # what was fed to the model, shown on the flow run
+    [saved] = (tmp_path / "pages").glob("*.text.txt")
+    lines = saved.read_text().splitlines()
+    assert f"- article: {cfg.url} (revision 1234567" in text.data
+    assert f"{len(saved.read_text())} characters in {len(lines)} lines" in text.data
+    assert "\n".join(["```text", *lines[:60], "```"]) in text.data
 
     second = laminar(cfg)
     assert set(second["tasks"].values()) == {"Cached"}, second["tasks"]
@@ -114,18 +134,6 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     executed = sorted(n for n, s in rerun["tasks"].items() if s != "Cached")
     assert executed == ["report", "sae tiny-gpt2 L2"], rerun["tasks"]
     assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "flows" / "laminar.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_runs_and_rejects_bad_input_in_one_sentence(

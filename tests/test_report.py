@@ -29,6 +29,7 @@ def result(name: str, layer: int, density: float, seed: int = 0) -> dict:
         "density_activation": 0.1,
         "seconds": 1.0,
         "device": "cpu",
+        "hardware": "cpu: test CPU, 2 threads on here",
         "n_tokens": 10,
         "d": 4,
         "latent": 8,
@@ -59,17 +60,41 @@ def test_rows_are_sorted_with_relative_depth_and_seed_spread() -> None:
     assert rows[0]["density_pct_sd"] == 0.0 and list(rows[0]) == COLUMNS
 
 
+def record(path: Path, data: bytes) -> dict:
+    from tasks.store import file_record
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return file_record(path)
+
+
 def test_report_files(tmp_path: Path) -> None:
     cfg = Config(artifacts_dir=str(tmp_path))
-    page = {"url": "http://x/wiki/LED", "revision_id": 42, "fetched_at": "2026-01-01T00:00:00"}
+    page = {
+        "url": "http://x/wiki/LED",
+        "revision_id": 42,
+        "fetched_at": "2026-01-01T00:00:00",
+        "html": record(tmp_path / "pages" / "p.html", b"<html></html>"),
+    }
+    text = {"text": record(tmp_path / "pages" / "p.text.txt", b"prose"), "chars": 5}
+    tokens = {"tokens": record(tmp_path / "tokens" / "t.parquet", b"t"), "n_article_tokens": 12345}
+    extraction = {
+        "model": "org/m",
+        "name": "m",
+        "n_layers": 5,
+        "ran_on": "here:1",
+        "hardware": "cpu: test CPU, 2 threads on here",
+    }
     with disable_run_logger():
         out = write_report.fn(
             cfg,
             page,
-            [{"n_article_tokens": 12345}],
-            [{"name": "m", "n_layers": 5}],
+            text,
+            [tokens],
+            [extraction],
             [result("m", layer, 10 + 5 * layer) for layer in (4, 0, 1, 2)],
             ["sae m L3: boom"],
+            "2026-01-01T00:00:01+00:00",
         )
     folder = Path(out["dir"])
     with open(folder / "metrics.csv") as f:
@@ -86,6 +111,9 @@ def test_report_files(tmp_path: Path) -> None:
     assert {"model": "m", "layer": 2, "sae_seed": 0, "epoch": 1, "loss": 3.0} in curves
     md = (folder / "report.md").read_text()
     assert "revision 42" in md and "12345 tokens" in md and "- sae m L3: boom" in md
+    assert "[p.text.txt](../../pages/p.text.txt)" in md  # the text that was fed, linked
+    assert (folder / "../../pages/p.text.txt").read_bytes() == b"prose"
+    assert "## Provenance" in md and "run 2026-01-01T00:00:01+00:00 to " in md
     assert "| m | 4 | 1.000 | 30.00 ± 0.00 |" in md
     assert "**m** — density rises with depth: **holds**" in md
     claims = json.loads((folder / "claims.json").read_text())

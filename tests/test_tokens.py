@@ -10,8 +10,9 @@ import pytest
 from conftest import gpt2_tokenizer
 
 from tasks.config import Config, LaminarError
+from tasks.models import tokenizer_fingerprint
 from tasks.store import file_record
-from tasks.tokens import read_batch, sample_windows, token_batch, tokenizer_fingerprint, write_batch
+from tasks.tokens import read_batch, sample_windows, token_batch, write_batch
 
 
 def test_real_gpt2_ids(tokenizer_dir: Path) -> None:

@@ -1,0 +1,206 @@
+"""One command for the Prefect UI on this machine (`make ui`): a Prefect server on 127.0.0.1, the
+laminar-local process work pool, every deployment in prefect.yaml, and a worker. Prints the UI
+address; Ctrl-C, SIGTERM or a closed terminal (SIGHUP) stops the worker, then the server.
+
+The server and worker never outlive the launcher, however it ends: a watchdog process holds the
+read end of a pipe whose write end only the launcher has; when the launcher dies (even by
+SIGKILL) the pipe closes and the watchdog ends both process groups. Each child is also asked to
+receive SIGTERM when its parent dies (Linux's parent-death signal).
+
+    LAMINAR_UI_PORT  port of the server (default 4200)"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's bin: prefect lives beside this python
+HOST = "127.0.0.1"
+POOL = "laminar-local"
+STOP_GRACE_S = 10  # per signal, before the next, stronger one
+
+# Run by the watchdog: read process-group ids until EOF (the launcher is gone), then end them.
+WATCHDOG = r"""
+import os, signal, sys, time
+groups, done = [], False
+for line in sys.stdin:
+    if line.strip() == "done":
+        done = True
+        break
+    groups.append(int(line))
+if not done:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for g in groups:
+            try: os.killpg(g, sig)
+            except ProcessLookupError: pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = []
+            for g in groups:
+                try: os.killpg(g, 0); alive.append(g)
+                except ProcessLookupError: pass
+            if not alive: break
+            time.sleep(0.1)
+"""
+
+
+def say(message: str, err: bool = False) -> None:
+    print(f"laminar-ui: {message}", file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def port_free(port: int) -> bool:
+    """Whether a server can listen on HOST:port (with SO_REUSEADDR, as uvicorn binds)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _child_setup() -> None:
+    """In each child, before exec: its own process group, SIGTERM when the launcher dies, and
+    SIGINT handled as usual (a parent that ignores it must not pass that on)."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Launcher:
+    def __init__(self, port: int, home: Path):
+        self.port, self.home = port, home
+        self.api = f"http://{HOST}:{port}/api"
+        self.env = {**os.environ, "PREFECT_API_URL": self.api}
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG], stdin=subprocess.PIPE, start_new_session=True
+        )
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_child_setup,
+        )
+        self.children.append(proc)
+        assert self.watchdog.stdin is not None
+        self.watchdog.stdin.write(f"{proc.pid}\n".encode())  # its group id: it called setsid
+        self.watchdog.stdin.flush()
+        return proc
+
+    def prefect(self, name: str, *args: str) -> bool:
+        """A short prefect CLI command against the server; its output goes to NAME.log."""
+        with open(self.home / f"{name}.log", "wb") as log:
+            done = subprocess.run(
+                [str(BIN / "prefect"), *args], cwd=REPO, env=self.env, stdout=log, stderr=log
+            )
+        return done.returncode == 0
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def wait_healthy(self, server: subprocess.Popen[bytes], limit_s: float = 120) -> None:
+        deadline = time.monotonic() + limit_s
+        while not self.healthy():
+            if server.poll() is not None:
+                raise SystemExit(self.fail(f"the server died; see {self.home / 'server.log'}"))
+            if time.monotonic() > deadline:
+                raise SystemExit(self.fail(f"the server did not answer in {limit_s:.0f} s"))
+            time.sleep(0.5)
+
+    def fail(self, message: str) -> int:
+        say(message, err=True)
+        self.stop()
+        return 1
+
+    def stop(self) -> None:
+        """The worker first (it reports its runs to the server), then the server."""
+        for proc in reversed(self.children):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(STOP_GRACE_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.watchdog.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.watchdog.stdin.write(b"done\n")
+                self.watchdog.stdin.close()
+        self.watchdog.wait()
+
+
+def prefect_home() -> Path:
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home)
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def main() -> int:
+    port = int(os.environ.get("LAMINAR_UI_PORT", "4200"))
+    if not port_free(port):
+        say(
+            f"port {port} on {HOST} is already in use (another Prefect server?): stop that "
+            f"process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui.",
+            err=True,
+        )
+        return 2
+    home = prefect_home()
+    launcher = Launcher(port, home)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        server = launcher.start("server", "server", "start", "--host", HOST, "--port", str(port))
+        launcher.wait_healthy(server)
+        if not launcher.prefect("pool", "work-pool", "inspect", POOL) and not launcher.prefect(
+            "pool", "work-pool", "create", POOL, "--type", "process"
+        ):
+            return launcher.fail(f"creating the work pool failed; see {home / 'pool.log'}")
+        if not launcher.prefect("deploy", "--no-prompt", "deploy", "--all"):
+            return launcher.fail(f"deploying failed; see {home / 'deploy.log'}")
+        worker = launcher.start("worker", "worker", "start", "--pool", POOL)
+        (home / "laminar-ui.pids").write_text(f"{server.pid} {worker.pid}\n")
+        say(
+            f"Prefect UI at http://{HOST}:{port} (deployments laminar/full, laminar/gpt2-small, "
+            f"laminar/quick; logs in {home}). Ctrl-C stops it."
+        )
+        worker.wait()
+        return launcher.fail(f"the worker stopped; see {home / 'worker.log'}")
+    except KeyboardInterrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        started = time.monotonic()
+        launcher.stop()
+        say(f"stopped in {time.monotonic() - started:.1f} s")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

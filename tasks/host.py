@@ -1,0 +1,70 @@
+"""What process and machine this is: for the records each result carries (which host, process
+and device made it) and for error messages on Dask workers. Imports no Dask: a module that
+asks whether it runs on a worker must not pull the cluster machinery in."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+
+
+def this_process() -> str:
+    """host:pid, recorded with each result: which machine and (Dask worker) process made it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def on_worker() -> str:
+    """' on Dask worker ADDRESS' inside a Dask worker, '' elsewhere (for error messages)."""
+    if "distributed" not in sys.modules:  # every Dask worker has it loaded: not one
+        return ""
+    try:
+        from distributed import get_worker
+
+        return f" on Dask worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return ""
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def gpu_driver() -> str:
+    """The NVIDIA driver version, from nvidia-smi where it is installed."""
+    if not shutil.which("nvidia-smi"):
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def describe_device(device: str) -> str:
+    """'cpu: <model name>, N threads on HOST' or 'cuda: <GPU>, CUDA x.y, driver z on HOST'."""
+    import torch
+
+    host = socket.gethostname()
+    if device.startswith("cuda"):
+        gpu = torch.cuda.get_device_name(torch.device(device))
+        return f"cuda: {gpu}, CUDA {torch.version.cuda}, driver {gpu_driver()} on {host}"
+    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads on {host}"

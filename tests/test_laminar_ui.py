@@ -1,0 +1,86 @@
+"""The UI launcher (`make ui` = scripts/laminar-ui.sh -> scripts/laminar_ui.py): its server and
+worker end with it however it ends (Ctrl-C, a closed terminal, kill -9), and a port already in
+use is one sentence before anything starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, UI
+
+pytestmark = pytest.mark.ui
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+
+
+def gone_within(pids: list[int], limit_s: float) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["kill -9", "hangup"])
+def test_server_and_worker_end_with_the_launcher(how: signal.Signals, tmp_path: Path) -> None:
+    ui = UI(tmp_path / "home")
+    try:
+        children = [int(p) for p in (tmp_path / "home" / "laminar-ui.pids").read_text().split()]
+        assert all(alive(p) for p in children) and not port_free(ui.port)  # the premise
+        os.kill(ui.proc.pid, how)
+        ui.proc.wait(30)
+        # kill -9: the watchdog ends them (SIGTERM, then SIGKILL 5 s later); hang-up: a clean
+        # stop (worker, then server, each given 10 s before SIGKILL).
+        assert gone_within(children, 30), "the server or worker outlived the launcher"
+        assert port_free(ui.port)
+        if how == signal.SIGHUP:
+            assert ui.proc.returncode == 0
+            assert "laminar-ui: stopped in" in ui.proc.stdout.read()  # type: ignore[union-attr]
+    finally:
+        ui.stop()
+
+
+def test_port_in_use_is_one_sentence_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "LAMINAR_UI_PORT": str(port)}
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "laminar-ui.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"laminar-ui: port {port} on 127.0.0.1 is already in use (another Prefect server?): "
+        f"stop that process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui."
+    )
+    assert not (tmp_path / "home").exists()  # nothing was started
