@@ -7,12 +7,17 @@ read end of a pipe whose write end only the launcher has; when the launcher dies
 SIGKILL) the pipe closes and the watchdog ends both process groups. Each child is also asked to
 receive SIGTERM when its parent dies (Linux's parent-death signal).
 
-    LAMINAR_UI_PORT  port of the server (default 4200)"""
+    LAMINAR_UI_PORT  port of the server (default 4200)
+    LAMINAR_UI_HOST  address the server listens on (default 127.0.0.1, this machine only). Any
+                     other address needs PREFECT_SERVER_API_AUTH_STRING ('user:password'): the
+                     server then asks every client for it, and the launcher hands it to the
+                     worker and its own commands as PREFECT_API_AUTH_STRING."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import signal
 import socket
@@ -25,7 +30,7 @@ from types import FrameType
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: prefect lives beside this python
-HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
 POOL = "laminar-local"
 STOP_GRACE_S = 10  # per signal, before the next, stronger one
 
@@ -58,12 +63,19 @@ def say(message: str, err: bool = False) -> None:
     print(f"laminar-ui: {message}", file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def port_free(port: int) -> bool:
-    """Whether a server can listen on HOST:port (with SO_REUSEADDR, as uvicorn binds)."""
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server can listen on host:port (with SO_REUSEADDR, as uvicorn binds)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((HOST, port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -79,10 +91,14 @@ def _child_setup() -> None:
 
 
 class Launcher:
-    def __init__(self, port: int, home: Path):
-        self.port, self.home = port, home
-        self.api = f"http://{HOST}:{port}/api"
+    def __init__(self, host: str, port: int, home: Path):
+        self.host, self.port, self.home = host, port, home
+        # Clients on this machine reach a server on every interface through loopback.
+        self.url = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}"
+        self.api = f"{self.url}/api"
         self.env = {**os.environ, "PREFECT_API_URL": self.api}
+        if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+            self.env["PREFECT_API_AUTH_STRING"] = auth  # the worker and the CLI log in with it
         self.children: list[subprocess.Popen[bytes]] = []
         self.watchdog = subprocess.Popen(
             [sys.executable, "-c", WATCHDOG], stdin=subprocess.PIPE, start_new_session=True
@@ -159,17 +175,30 @@ def prefect_home() -> Path:
     return home
 
 
-def main() -> int:
-    port = int(os.environ.get("LAMINAR_UI_PORT", "4200"))
-    if not port_free(port):
-        say(
-            f"port {port} on {HOST} is already in use (another Prefect server?): stop that "
-            f"process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui.",
-            err=True,
+def refusal(host: str, port: int) -> str:
+    """Why the launcher will not start, as one sentence; '' when it may."""
+    if not is_loopback(host) and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        return (
+            f"LAMINAR_UI_HOST={host} would open the Prefect server (runs, logs, deployments) to "
+            "the network without a password: set PREFECT_SERVER_API_AUTH_STRING='user:password' "
+            "as well, or keep the default 127.0.0.1 and reach it through an SSH tunnel."
         )
+    if not port_free(host, port):
+        return (
+            f"port {port} on {host} is already in use (another Prefect server?): stop that "
+            f"process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui."
+        )
+    return ""
+
+
+def main() -> int:
+    host = os.environ.get("LAMINAR_UI_HOST", LOOPBACK)
+    port = int(os.environ.get("LAMINAR_UI_PORT", "4200"))
+    if problem := refusal(host, port):
+        say(problem, err=True)
         return 2
     home = prefect_home()
-    launcher = Launcher(port, home)
+    launcher = Launcher(host, port, home)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -177,7 +206,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     try:
-        server = launcher.start("server", "server", "start", "--host", HOST, "--port", str(port))
+        server = launcher.start("server", "server", "start", "--host", host, "--port", str(port))
         launcher.wait_healthy(server)
         if not launcher.prefect("pool", "work-pool", "inspect", POOL) and not launcher.prefect(
             "pool", "work-pool", "create", POOL, "--type", "process"
@@ -187,8 +216,13 @@ def main() -> int:
             return launcher.fail(f"deploying failed; see {home / 'deploy.log'}")
         worker = launcher.start("worker", "worker", "start", "--pool", POOL)
         (home / "laminar-ui.pids").write_text(f"{server.pid} {worker.pid}\n")
+        login = (
+            " (log in with PREFECT_SERVER_API_AUTH_STRING)"
+            if "PREFECT_API_AUTH_STRING" in (launcher.env)
+            else ""
+        )
         say(
-            f"Prefect UI at http://{HOST}:{port} (deployments laminar/full, laminar/gpt2-small, "
+            f"Prefect UI at {launcher.url}{login} (deployments laminar/full, laminar/gpt2-small, "
             f"laminar/quick; logs in {home}). Ctrl-C stops it."
         )
         worker.wait()

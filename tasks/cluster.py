@@ -12,6 +12,7 @@ Prefect and Dask are imported where used, so importing this module starts neithe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Config, LaminarError, resolve_device
+from tasks.host import logger
 
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
 WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
@@ -67,11 +69,14 @@ def fanout(cfg: Config) -> Iterator[Pool]:
 
 
 def runner_options(cfg: Config) -> dict[str, Any]:
-    """DaskTaskRunner arguments: the user's cluster, or a local one of cfg.dask_workers
-    processes running one task each, the machine's cores shared out between them (Dask's
-    nanny would otherwise pin every worker's BLAS to one thread)."""
+    """DaskTaskRunner arguments: the user's cluster (over TLS for a tls:// address), or a local
+    one of cfg.dask_workers processes running one task each, the machine's cores shared out
+    between them (Dask's nanny would otherwise pin every worker's BLAS to one thread)."""
     if cfg.dask_address:
-        return {"address": cfg.dask_address, "client_kwargs": {"timeout": CONNECT_TIMEOUT}}
+        client = {"timeout": CONNECT_TIMEOUT}
+        if (sec := security(cfg)) is not None:
+            client["security"] = sec
+        return {"address": cfg.dask_address, "client_kwargs": client}
     threads = str(max(1, (os.cpu_count() or 1) // cfg.dask_workers))
     return {
         "cluster_kwargs": {
@@ -81,6 +86,59 @@ def runner_options(cfg: Config) -> dict[str, Any]:
             "env": dict.fromkeys(BLAS_THREADS, threads),
         }
     }
+
+
+TLS_FIELDS = {  # Config field -> (Security argument, Dask's own setting for it)
+    "dask_tls_ca": ("tls_ca_file", "distributed.comm.tls.ca-file"),
+    "dask_tls_cert": ("tls_client_cert", "distributed.comm.tls.client.cert"),
+    "dask_tls_key": ("tls_client_key", "distributed.comm.tls.client.key"),
+}
+
+
+def security(cfg: Config) -> Any:
+    """The client's TLS settings for a tls:// scheduler (the Config's files, else Dask's own
+    settings); None for tcp://, with a warning when that crosses the network unencrypted."""
+    if not cfg.dask_address.startswith("tls://"):
+        warn_if_open(cfg.dask_address)
+        return None
+    from distributed import Security
+
+    given = {arg: getattr(cfg, f) for f, (arg, _) in TLS_FIELDS.items() if getattr(cfg, f)}
+    sec = Security(require_encryption=True, **given)
+    for field, (arg, setting) in TLS_FIELDS.items():
+        value = getattr(sec, arg)
+        if value is None and field != "dask_tls_key":  # a key may sit in the cert file
+            raise LaminarError(
+                f"--dask-address {cfg.dask_address} is a TLS scheduler but no {_flag(field)} "
+                f"was given (nor Dask's {setting}): pass the cluster's CA and this client's "
+                "certificate and key (PEM files)."
+            )
+        if value is not None and "\n" not in value and not Path(value).is_file():
+            raise LaminarError(
+                f"{_flag(field)} '{value}' is not a readable file: give the PEM file's path."
+            )
+    return sec
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def warn_if_open(address: str) -> None:
+    """One warning line for a plain tcp:// scheduler off this machine."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        logger().warning(
+            "--dask-address %s is unencrypted and unauthenticated: anyone who reaches it can run "
+            "code on the workers; start the cluster with TLS certificates and use tls://%s "
+            "with --dask-tls-ca/--dask-tls-cert/--dask-tls-key (README, Security)",
+            address,
+            address.split("://")[-1],
+        )
 
 
 @contextlib.contextmanager
@@ -123,6 +181,12 @@ def connect(runner: Any, cfg: Config) -> Any:
     try:
         return runner.client
     except (OSError, TimeoutError) as exc:
+        if cfg.dask_address.startswith("tls://"):
+            raise LaminarError(
+                f"--dask-address {cfg.dask_address}: no TLS connection to a Dask scheduler "
+                f"({exc}); check that it runs there and that --dask-tls-ca, --dask-tls-cert and "
+                "--dask-tls-key are the cluster's (a certificate it did not sign is refused)."
+            ) from None
         raise LaminarError(
             f"--dask-address {cfg.dask_address}: no Dask scheduler answered ({exc}); start one "
             "with `dask scheduler` or fix the address."

@@ -32,6 +32,9 @@ EXECUTION_FIELDS = frozenset(
         "task_runner",
         "dask_address",
         "dask_workers",
+        "dask_tls_ca",
+        "dask_tls_cert",
+        "dask_tls_key",
     }
 )
 # A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
@@ -142,6 +145,21 @@ class Config(BaseModel):
         description="Worker processes of the local Dask cluster, each training one SAE at a "
         "time with its share of the CPU cores.",
     )
+    dask_tls_ca: str = Field(
+        default="",
+        description="With a tls:// --dask-address: the CA certificate (PEM file) the cluster's "
+        "certificates are signed with; empty: Dask's own setting distributed.comm.tls.ca-file.",
+    )
+    dask_tls_cert: str = Field(
+        default="",
+        description="With a tls:// --dask-address: this client's certificate (PEM file); "
+        "empty: Dask's setting distributed.comm.tls.client.cert.",
+    )
+    dask_tls_key: str = Field(
+        default="",
+        description="With a tls:// --dask-address: this client's private key (PEM file); "
+        "empty: Dask's setting distributed.comm.tls.client.key (or the key in the cert file).",
+    )
     artifacts_dir: str = Field(
         default="artifacts", description="Where every output and cache record is written."
     )
@@ -170,6 +188,12 @@ class Config(BaseModel):
             raise LaminarError(
                 f"--dask-address {self.dask_address} is set but --task-runner is "
                 f"'{self.task_runner}': add --task-runner dask to use that cluster."
+            )
+        tls = [f for f in ("dask_tls_ca", "dask_tls_cert", "dask_tls_key") if getattr(self, f)]
+        if tls and not self.dask_address.startswith("tls://"):
+            raise LaminarError(
+                f"{_flag(tls[0])} is set but --dask-address '{self.dask_address}' is not a "
+                "tls:// address: give the scheduler's tls://HOST:PORT, or drop the certificates."
             )
         return self
 

@@ -35,6 +35,7 @@ from tasks.models import (
     model_fingerprint,
     n_layers,
     tokenizer_fingerprint,
+    warn_if_pickled,
 )
 from tasks.tokens import read_batch
 
@@ -182,6 +183,7 @@ def describe_model(cfg: Config, model: str) -> dict[str, Any]:
     """Cheap facts about a model, checked before any heavy work: its short name, weight and
     tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
     check_local_folder(model)
+    warn_if_pickled(model)
     ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
     return {

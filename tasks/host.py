@@ -5,12 +5,25 @@ asks whether it runs on a worker must not pull the cluster machinery in."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import shutil
 import socket
 import subprocess
 import sys
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task run (its lines reach the UI), else a plain
+    one (the CLI before Prefect starts)."""
+    try:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except (ImportError, MissingContextError):
+        return logging.getLogger("laminar")
 
 
 def this_process() -> str:

@@ -9,14 +9,13 @@ every file for minutes, and a model that is not cached fails in one sentence."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from tasks.config import LaminarError, short_name, stable_hash
+from tasks.host import logger
 
-log = logging.getLogger(__name__)
 HUB_PROBE_TIMEOUT = 5.0  # s: a hub that has not answered by then is treated as unreachable
 
 
@@ -33,6 +32,28 @@ def check_local_folder(model: str) -> None:
         )
 
 
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_warned: set[str] = set()
+
+
+def warn_if_pickled(model: str) -> None:
+    """One warning line (once per model and process) for a folder whose only weights are
+    pickles: the format that can carry code, where safetensors cannot."""
+    folder = Path(model)
+    if model in _warned or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+    if pickles:
+        _warned.add(model)
+        logger().warning(
+            "--models '%s' offers only pickled weights (%s): a pickle can carry code, so load "
+            "only folders you trust, or convert them with save_pretrained(safe_serialization="
+            "True)",
+            model,
+            ", ".join(pickles),
+        )
+
+
 def hub_offline() -> bool:
     from huggingface_hub import constants
 
@@ -45,7 +66,7 @@ def go_offline(why: str) -> None:
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and transformers
-    log.warning("%s: loading models from the local Hugging Face cache only", why)
+    logger().warning("%s: loading models from the local Hugging Face cache only", why)
 
 
 def ensure_hub_or_offline(models: list[str]) -> None:
@@ -121,7 +142,7 @@ def load_tokenizer(model: str) -> Any:
 
     check_local_folder(model)
     try:
-        return AutoTokenizer.from_pretrained(model)
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise model_load_error(model, exc, "tokenizer") from exc
 
@@ -137,7 +158,7 @@ def n_layers(model: str) -> int:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model).num_hidden_layers
+        return AutoConfig.from_pretrained(model, trust_remote_code=False).num_hidden_layers
     except (OSError, ValueError, AttributeError) as exc:
         raise model_load_error(model, exc, "config") from exc
 
@@ -148,7 +169,9 @@ def load_model(model: str, device: str) -> Any:
 
     check_local_folder(model)
     try:
-        bridge = TransformerBridge.boot_transformers(model, device=device)
+        # Never run code a model repository ships (trust_remote_code); transformers loads
+        # safetensors where a model has them.
+        bridge = TransformerBridge.boot_transformers(model, device=device, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise model_load_error(model, exc, "weights") from exc
     bridge.eval()

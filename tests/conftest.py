@@ -240,11 +240,13 @@ class UI:
     """scripts/laminar-ui.sh running on a free port with a private Prefect home (the command
     the README gives users), stopped by pid whatever happens."""
 
-    def __init__(self, home: Path):
-        self.port, self.home = free_port(), home
+    def __init__(self, home: Path, auth: str = ""):
+        self.port, self.home, self.auth = free_port(), home, auth
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PREFECT_HOME": str(home), "LAMINAR_UI_PORT": str(self.port)}
         env.pop("PREFECT_API_URL", None)
+        if auth:  # a password-protected server (README, Security)
+            env["PREFECT_SERVER_API_AUTH_STRING"] = auth
         self.proc = subprocess.Popen(
             [str(ROOT / "scripts" / "laminar-ui.sh")],
             env=env,
@@ -262,7 +264,7 @@ class UI:
     def client(self) -> Any:
         from prefect.client.orchestration import SyncPrefectClient
 
-        return SyncPrefectClient(f"{self.url}/api")
+        return SyncPrefectClient(f"{self.url}/api", auth_string=self.auth or None)
 
     def stop(self) -> None:
         """SIGINT as Ctrl-C would; then, whatever happened, every pid it started is gone."""

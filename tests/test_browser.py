@@ -77,3 +77,41 @@ def test_custom_run_from_the_ui_completes(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     reports = list((tmp_path / "reports").glob("*/metrics.csv"))
     assert len(reports) == 1 and len(reports[0].read_text().splitlines()) == 3  # L0, L2
+
+
+def test_password_protected_server(
+    browser,
+    tmp_path: Path,
+    tiny_model: Path,
+    article_server: ArticleServer,  # type: ignore[no-untyped-def]
+) -> None:
+    """PREFECT_SERVER_API_AUTH_STRING set: the API refuses a request without it, the worker
+    (given it by the launcher) runs a deployment, and the browser is asked to log in."""
+    import urllib.error
+    import urllib.request
+
+    from test_deployments import run_config, run_deployment
+
+    auth = "laminar:correct-horse-battery"
+    ui = UI(tmp_path / "home", auth=auth)
+    try:
+        request = urllib.request.Request(f"{ui.url}/api/flows/filter", data=b"{}", method="POST")
+        request.add_header("Content-Type", "application/json")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        run = run_deployment(ui, "quick", run_config(tiny_model, article_server, tmp_path / "a"))
+        assert run.state.type.value == "COMPLETED", run.state.message
+
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.set_default_timeout(60_000)
+        page.goto(f"{ui.url}/deployments")
+        password = page.locator("input[type=password]")
+        password.wait_for()  # the login prompt, not the deployments
+        page.get_by_text("Login").first.wait_for()
+        password.fill(auth)
+        page.get_by_role("button", name="Login").click()
+        page.goto(f"{ui.url}/deployments")
+        page.get_by_text("quick", exact=True).wait_for()  # logged in: the deployments show
+    finally:
+        ui.stop()

@@ -91,17 +91,30 @@ class DaskCluster:
     """`dask scheduler` and `dask worker` processes on loopback, each in a session of its own,
     stopped by process group whatever happens."""
 
-    def __init__(self, n_workers: int, logs: Path, **scheduler_env: str) -> None:
-        from distributed import Client
+    def __init__(
+        self, n_workers: int, logs: Path, tls: dict[str, str] | None = None, **scheduler_env: str
+    ) -> None:
+        from distributed import Client, Security
 
-        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{free_port()}"
         port = self.address.rsplit(":", 1)[1]
-        scheduler = ["scheduler", "--host", "127.0.0.1", "--port", port]
+        # With TLS every process presents a certificate signed by the cluster's CA.
+        certs = (
+            ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+            if tls
+            else []
+        )
+        scheduler = ["scheduler", "--host", "127.0.0.1", "--port", port, *certs]
         self.procs = [self._start(logs / "scheduler.log", *scheduler, env=scheduler_env)]
         for i in range(n_workers):
-            worker = ["worker", self.address, "--nthreads", "1"]
+            worker = ["worker", self.address, "--nthreads", "1", *certs]
             self.procs.append(self._start(logs / f"worker{i}.log", *worker))
-        self.client = Client(self.address, timeout=60)
+        security = (
+            Security(tls_ca_file=tls["ca"], tls_client_cert=tls["cert"], tls_client_key=tls["key"])
+            if tls
+            else None
+        )
+        self.client = Client(self.address, timeout=60, security=security)
         self.client.wait_for_workers(n_workers, timeout=120)
 
     @staticmethod
@@ -238,6 +251,65 @@ def test_worker_death_dask_gives_up_on_is_named_and_resumed(
         assert executed == {*missing, "report"}, rerun["tasks"]  # exactly what had no result
         for path, mtime in seen["done"].items():
             assert path.stat().st_mtime_ns == mtime, path
+
+
+def write_certificates(folder: Path) -> dict[str, str]:
+    """A throwaway CA and certificate (distributed's Security.temporary) as PEM files."""
+    from distributed import Security
+
+    sec = Security.temporary()
+    folder.mkdir(parents=True)
+    pems = {"ca": sec.tls_ca_file, "cert": sec.tls_client_cert, "key": sec.tls_client_key}
+    for name, pem in pems.items():
+        (folder / f"{name}.pem").write_text(pem)
+    return {name: str(folder / f"{name}.pem") for name in pems}
+
+
+def test_tls_cluster_gives_the_thread_runners_numbers_and_refuses_strangers(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer, monkeypatch: Any
+) -> None:
+    base = {"n_seqs": 8, "seq_len": 64, "epochs": 20}
+    with torch_threads(1):  # as the Dask workers (one BLAS thread each)
+        laminar(quick_config(tiny_model, article_server, tmp_path / "t", **base))
+    certs = write_certificates(tmp_path / "tls")
+    with started(DaskCluster(2, tmp_path, tls=certs)) as dask:
+        cfg = quick_config(
+            tiny_model,
+            article_server,
+            tmp_path / "d",
+            task_runner="dask",
+            dask_address=dask.address,
+            dask_tls_ca=certs["ca"],
+            dask_tls_cert=certs["cert"],
+            dask_tls_key=certs["key"],
+            **base,
+        )
+        assert cfg.dask_address.startswith("tls://127.0.0.1:")
+        summary = laminar(cfg)
+        assert not summary["failed"] and layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")
+        assert os.getpid() not in pids_of(tmp_path / "d")  # trained on the TLS workers
+
+        no_certs = {"dask_tls_ca": "", "dask_tls_cert": "", "dask_tls_key": ""}
+        with pytest.raises(LaminarError, match=r"is a TLS scheduler but no --dask-tls-ca was"):
+            laminar(cfg.model_copy(update=no_certs))
+        monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 5)
+        other = write_certificates(tmp_path / "other")  # a CA the cluster never signed with
+        strangers = {"dask_tls_ca": other["ca"], "dask_tls_cert": other["cert"]}
+        with pytest.raises(LaminarError, match=r": no TLS connection to a Dask scheduler \("):
+            laminar(cfg.model_copy(update={**strangers, "dask_tls_key": other["key"]}))
+
+
+def test_plain_tcp_off_this_machine_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        for address in ["tcp://127.0.0.1:8786", "tcp://localhost:8786", "tcp://[::1]:8786"]:
+            cluster.warn_if_open(address)
+        assert not caplog.records  # loopback: nothing crosses the network
+        cluster.warn_if_open("tcp://10.0.0.5:8786")  # only looked at, never connected to
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("--dask-address tcp://10.0.0.5:8786 is unencrypted and unauthenticated")
+    assert "use tls://10.0.0.5:8786 with --dask-tls-ca/--dask-tls-cert/--dask-tls-key" in line
 
 
 def test_unreachable_scheduler_is_one_sentence(

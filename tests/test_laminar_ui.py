@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, UI
+from conftest import ROOT, UI, free_port
 
 pytestmark = pytest.mark.ui
 
@@ -84,3 +84,28 @@ def test_port_in_use_is_one_sentence_before_anything_starts(tmp_path: Path) -> N
         f"stop that process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui."
     )
     assert not (tmp_path / "home").exists()  # nothing was started
+
+
+def test_off_loopback_without_a_password_is_refused(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "LAMINAR_UI_HOST": "0.0.0.0",
+        "LAMINAR_UI_PORT": str(free_port()),
+    }
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "laminar-ui.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "laminar-ui: LAMINAR_UI_HOST=0.0.0.0 would open the Prefect server (runs, logs, "
+        "deployments) to the network without a password: set "
+        "PREFECT_SERVER_API_AUTH_STRING='user:password' as well, or keep the default 127.0.0.1 "
+        "and reach it through an SSH tunnel."
+    )
+    assert not (tmp_path / "home").exists()  # nothing was started, nothing listened

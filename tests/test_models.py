@@ -1,0 +1,63 @@
+"""Models: a folder offering only pickled weights is named in one warning line; code a model
+folder ships is never run; fingerprints and hub revisions identify what was loaded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_model
+
+from tasks import models
+from tasks.config import Config
+from tasks.extract import describe_model
+
+
+def test_pickled_weights_only_is_one_warning_line(
+    tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    import transformers
+
+    folder = make_model(tmp_path / "pickled", tokenizer_dir)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    safe = make_model(tmp_path / "safe", tokenizer_dir)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # the CLI and the flow both check a model: still one line
+            describe_model(Config(), str(folder))
+        describe_model(Config(), str(safe))
+    lines = [r.getMessage() for r in caplog.records if "pickled weights" in r.getMessage()]
+    assert lines == [
+        f"--models '{folder}' offers only pickled weights (pytorch_model.bin): a pickle can "
+        "carry code, so load only folders you trust, or convert them with "
+        "save_pretrained(safe_serialization=True)"
+    ]
+    assert models.load_model(str(folder), "cpu").cfg.n_layers == 3  # it still loads
+
+
+def test_code_shipped_in_a_model_folder_is_never_run(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "with-code"
+    shutil.copytree(tiny_model, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    describe_model(Config(), str(folder))
+    models.load_model(str(folder), "cpu")
+    assert not marker.exists()
+
+
+def test_local_fingerprint_changes_with_the_weights(tmp_path: Path, tokenizer_dir: Path) -> None:
+    folder = make_model(tmp_path / "m", tokenizer_dir)
+    before = models.model_fingerprint(str(folder))
+    assert models.model_fingerprint(str(folder)) == before
+    make_model(folder, tokenizer_dir, seed=1)  # new weights saved in place
+    assert models.model_fingerprint(str(folder)) != before
+    assert models.hub_revision(str(folder)) is None
+    assert models.identity(str(folder))["source"] == "local folder"
