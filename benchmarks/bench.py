@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import N_TOKENS, SHAPES, matmul_rate, timed, timed_once  # noqa: E402
+from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
@@ -264,6 +265,7 @@ SECTIONS = {
     "sweeps": section_sweeps,
     "fixed": lambda a, n: {"fixed": {**fixed_costs(), **dask_fixed_cost(a.models_dir)}},
     "xl": lambda a, n: {"xl": xl_layer(512 if a.quick else n, a.epochs, a.device)},
+    "expect": lambda a, n: {"expect": {**estimates(a.device), **quick_run(a.models_dir)}},
 }
 
 

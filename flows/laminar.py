@@ -6,12 +6,9 @@ same typed model that builds the CLI)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +18,20 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import cloudpickle
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect import flow
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import provenance
-from tasks.cache import ProcessLockManager
-from tasks.cluster import Pool, fanout
+from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import describe_model, extract_activations
 from tasks.report import publish, write_report
+from tasks.runs import Job, Runner, announce
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.store import check_writable
 from tasks.tokens import tokenize
-from tasks.train import train_sae
+from tasks.train import layer_json_path, train_sae
 
 # Dask workers unpickle this flow (its run context travels with every task). Run as a script
 # (__main__) or loaded by a Prefect deployment (as 'laminar'), the module cannot be imported on a
@@ -46,119 +42,6 @@ if __name__ != "flows.laminar":
 
 class LayerFailedError(Exception):
     """Some (model, layer) trainings failed; the report covers the rest."""
-
-
-def run_name(task: Any, args: tuple[Any, ...]) -> str:
-    """The task run's name, as Prefect formats it from the task's parameters."""
-    params = inspect.signature(task.fn).bind(*args).arguments
-    return task.task_run_name.format(**params)
-
-
-class Progress:
-    """Told of each finished layer (on the flow's side, whatever pool ran it): logs how many of
-    the model's layers are done and the time left for it, and moves the run's progress bar."""
-
-    def __init__(self, totals: Counter[str], slots: int) -> None:
-        self.logger = get_run_logger()
-        self.total, self.slots = totals, slots
-        self.done: Counter[str] = Counter()
-        self.spent: dict[str, list[float]] = {m: [] for m in totals}  # s per layer that ran
-        # A progress bar on the flow run's page in the Prefect UI: % of SAE runs finished.
-        self.artifact = create_progress_artifact(0.0, description="SAE runs finished")
-
-    def update(self, model: str, name: str, state: str, seconds: float | None) -> None:
-        self.done[model] += 1
-        if seconds is not None:
-            self.spent[model].append(seconds)
-        left = time_left(self.spent[model], self.total[model] - self.done[model], self.slots)
-        overall = 100.0 * self.done.total() / self.total.total()
-        update_progress_artifact(self.artifact, overall)
-        self.logger.info(
-            "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
-            model,
-            self.done[model],
-            self.total[model],
-            name,
-            state,
-            left,
-        )
-
-
-def time_left(spent: list[float], remaining: int, slots: int) -> float:
-    """Seconds for `remaining` layers at the mean time of those that ran, `slots` at a time."""
-    if not spent or remaining <= 0:
-        return 0.0
-    return sum(spent) / len(spent) * math.ceil(remaining / slots)
-
-
-class Runner:
-    """Calls tasks with the run's cache settings and tallies their final states."""
-
-    def __init__(self, cfg: Config):
-        self.options = {
-            "result_storage": cfg.root / ".cache" / "results",
-            "persist_result": True,
-            "result_serializer": "json",
-            "refresh_cache": cfg.refresh,
-        }
-        # Two runs on one artifacts dir: the second waits on the first's lock, then reads
-        # its result as Cached instead of computing the same thing again.
-        self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
-        self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
-
-    def bind(self, task: Any) -> Any:
-        policy = task.cache_policy.configure(
-            lock_manager=self.locks, isolation_level="SERIALIZABLE"
-        )
-        return task.with_options(cache_policy=policy, **self.options)
-
-    def __call__(self, task: Any, *args: Any) -> Any:
-        """Run a task here, in the flow's thread."""
-        state = self.bind(task)(*args, return_state=True)
-        self.states[run_name(task, args)] = state.name
-        return state.result()
-
-    def on(self, pool: Pool, task: Any, *args: Any) -> Any:
-        """Run a heavy task where the pool's work runs (a Dask worker), or here."""
-        if not pool.remote:
-            return self(task, *args)
-        name, future = self.submit(pool, task, *args)
-        future.wait()
-        self.states[name] = future.state.name
-        if not future.state.is_final():  # its worker died and Dask gave up: no Prefect error
-            raise LaminarError(f"{name}: {why_failed(future, future.state)}, then rerun.")
-        return future.result()
-
-    def submit(self, pool: Pool, task: Any, *args: Any) -> tuple[str, Any]:
-        """Hand one task to the pool (the fan-out); returns its run name and future."""
-        params = inspect.signature(task.fn).bind(*args).arguments
-        return run_name(task, args), pool.runner.submit(self.bind(task), dict(params))
-
-    def gather(
-        self, futures: list[tuple[str, Any, str]], slots: int
-    ) -> tuple[list[Any], list[str]]:
-        """Wait for every (name, future, model) as each finishes (a failure must not stop the
-        others), reporting progress; returns results in submission order, and the errors."""
-        progress = Progress(Counter(model for *_, model in futures), slots)
-        meta = {future: (name, model) for name, future, model in futures}
-        results: dict[Any, Any] = {}
-        failed = []
-        for future in as_completed(list(meta)):
-            future.wait()
-            name, model = meta[future]
-            state = future.state
-            self.states[name] = state.name
-            seconds = None  # cached or failed layers say nothing about the time per layer
-            if state.is_completed():
-                results[future] = future.result()
-                seconds = None if state.name == "Cached" else results[future]["seconds"]
-            else:
-                failed.append(f"{name}: {why_failed(future, state)}")
-            progress.update(model, name, state.name, seconds)
-        return [results[f] for _, f, _ in futures if f in results], failed
-
-    def tally(self) -> dict[str, int]:
-        return dict(Counter(self.states.values()))
 
 
 # One training at a time saturates a GPU (or all CPU cores); the flow thread meanwhile extracts
@@ -183,7 +66,8 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
         if m["tokenizer"] not in tokens:
             tokens[m["tokenizer"]] = run(tokenize, cfg, text, m["model"], m["tokenizer"])
     publish_text(page, text, list(tokens.values()))
-    extractions, futures = [], []
+    announce(cfg, models, tokens)
+    extractions, jobs = [], []
     with fanout(cfg) as pool:
         print(f"laminar: per-layer work on the {pool.describe()}")
         for m in models:
@@ -200,12 +84,19 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             for f in ext["files"]:
                 for seed, label in sae_labels(cfg, m["name"], f["layer"]):
                     args = (cfg, m["name"], f["layer"], f, seed, label)
-                    futures.append((*run.submit(pool, train_sae, *args), m["name"]))
-        results, failed = run.gather(futures, pool.slots)
+                    name, future = run.submit(pool, train_sae, *args)
+                    epochs_file = layer_json_path(cfg, Path(f["path"]), seed)
+                    jobs.append(Job(name, future, m["name"], epochs_file.with_suffix(".progress")))
+        results, failed = run.gather(jobs, pool.slots)
     batches = list(tokens.values())
     report = run(write_report, cfg, page, text, batches, extractions, results, failed, started_at)
     publish(report)
-    summary = {"report": report["dir"], "failed": failed, "tasks": run.states}
+    summary = {
+        "report": report["dir"],
+        "failed": failed,
+        "tasks": run.states,
+        "flow_run_id": str(flow_run.id),
+    }
     print(f"laminar: report in {report['dir']}; tasks {run.tally()}")
     if failed:
         raise LayerFailedError(
@@ -214,21 +105,6 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             + ". Rerun the same command to retry only those."
         )
     return summary
-
-
-def why_failed(future: Any, state: Any) -> str:
-    """A failed task's message; for one whose process died (its state never became final, and
-    Dask gave up after its retries: KilledWorker), say so and where to look."""
-    if state.is_final():
-        return str(state.message)
-    dask_future = getattr(future, "wrapped_future", None)
-    error = dask_future.exception() if dask_future is not None else None
-    worker = getattr(getattr(error, "last_worker", None), "address", "?")
-    tries = getattr(error, "allowed_failures", -1) + 1
-    return (
-        f"the Dask worker process running it died, {tries} time(s), last on {worker}, and "
-        f"Dask gave up on it ({type(error).__name__}): check that worker's memory and log"
-    )
 
 
 def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:

@@ -35,6 +35,8 @@ EXECUTION_FIELDS = frozenset(
         "dask_tls_ca",
         "dask_tls_cert",
         "dask_tls_key",
+        "progress_every",
+        "quiet",
     }
 )
 # A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
@@ -159,6 +161,17 @@ class Config(BaseModel):
         default="",
         description="With a tls:// --dask-address: this client's private key (PEM file); "
         "empty: Dask's setting distributed.comm.tls.client.key (or the key in the cert file).",
+    )
+    progress_every: float = Field(
+        default=15.0,
+        ge=0,
+        description="Seconds between progress lines inside a layer (epoch k of n, loss, time "
+        "left) and inside an extraction; 0: every epoch.",
+    )
+    quiet: bool = Field(
+        default=False,
+        description="No progress lines inside layers and no terminal bar (the estimate and a "
+        "line per finished layer remain).",
     )
     artifacts_dir: str = Field(
         default="artifacts", description="Where every output and cache record is written."

@@ -30,6 +30,7 @@ from tasks.host import describe_device, this_process
 from tasks.models import (
     check_local_folder,
     ensure_hub_or_offline,
+    hook_width,
     load_model,
     load_tokenizer,
     model_fingerprint,
@@ -37,6 +38,7 @@ from tasks.models import (
     tokenizer_fingerprint,
     warn_if_pickled,
 )
+from tasks.progress import Ticker
 from tasks.tokens import read_batch
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,18 @@ def forward_hooks(bridge: Any, names: dict[int, str], capture: Any) -> list[tupl
     return hooks
 
 
+def activation_dir(cfg: Config, name: str, fingerprint: str, tokens_sha: str) -> Path:
+    """artifacts/activations/<model>-<weights>/<hook>/<tokens>[-pos0]: one file per layer."""
+    pos0 = "-pos0" if cfg.keep_first_token else ""
+    return (
+        cfg.root
+        / "activations"
+        / f"{name}-{fingerprint[:8]}"
+        / cfg.hook
+        / f"{tokens_sha[:16]}{pos0}"
+    )
+
+
 @task(
     name="extract",
     task_run_name="extract {name}",
@@ -138,13 +152,7 @@ def extract_activations(
     batch = read_batch(tokens["tokens"])  # (n_seqs, seq_len)
     first = 0 if cfg.keep_first_token else 1
     sha = tokens["tokens"]["sha256"]
-    out_dir = (
-        cfg.root
-        / "activations"
-        / f"{name}-{fingerprint[:8]}"
-        / cfg.hook
-        / (f"{sha[:16]}{'-pos0' if first == 0 else ''}")
-    )
+    out_dir = activation_dir(cfg, name, fingerprint, sha)
     meta = {
         "model": model,
         "hook": cfg.hook,
@@ -153,9 +161,11 @@ def extract_activations(
     }
     device = next(bridge.parameters()).device
     store.sweep_temporaries(out_dir)
+    tick = Ticker(f"extract {name}", len(batch), -1.0 if cfg.quiet else cfg.progress_every)
     with contextlib.ExitStack() as stack:
         out = LayerWriters(out_dir, meta, stack)
         for start in range(0, len(batch), cfg.extract_batch):
+            tick(start)
             chunk = batch[start : start + cfg.extract_batch]
             rows = _row_columns(start, chunk, first)
             capture = functools.partial(_capture, first=first, rows=rows, out=out)
@@ -192,4 +202,5 @@ def describe_model(cfg: Config, model: str) -> dict[str, Any]:
         "fingerprint": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "layers": parse_layer_spec(cfg.layers, n_layers(model)),
+        "d": hook_width(model, cfg.hook),
     }

@@ -163,6 +163,18 @@ def n_layers(model: str) -> int:
         raise model_load_error(model, exc, "config") from exc
 
 
+def hook_width(model: str, hook: str) -> int:
+    """The width d of a block hook's activations, from the model's config: the MLP's hidden
+    width for the MLP's inner hooks, the residual width for the rest."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    d_model = getattr(c, "n_embd", None) or c.hidden_size
+    d_mlp = getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * d_model
+    inner = hook.startswith("mlp.") and hook not in ("mlp.hook_in", "mlp.hook_out")
+    return d_mlp if inner else d_model
+
+
 def load_model(model: str, device: str) -> Any:
     """TransformerLens 4 bridge around the Hugging Face model, in eval mode."""
     from transformer_lens.model_bridge import TransformerBridge

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +97,10 @@ def train(
     lr: float,
     l1: float,
     seed: int,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> TrainResult:
-    """Fresh seeded SAE, `epochs` full-batch Adam steps on x (N, d)."""
+    """Fresh seeded SAE, `epochs` full-batch Adam steps on x (N, d). `on_epoch(k, loss)` is told
+    after epoch k with the loss still on the device (reading it is the caller's choice)."""
     generator = torch.Generator().manual_seed(seed)
     latent = expansion * x.shape[1]
     sae = TiedSAE(x.shape[1], latent, topk_k(latent, topk_frac), generator).to(x.device)
@@ -107,6 +109,8 @@ def train(
     for epoch in range(epochs):
         losses[epoch] = loss_and_grad(sae, x, l1)
         opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[epoch])
     return TrainResult(sae, losses.tolist())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from prefect.logging import get_run_logger
 from tasks import cache, sae, store
 from tasks.config import Config, LaminarError, resolve_device, stable_hash
 from tasks.host import describe_device, this_process
+from tasks.progress import EpochReporter
 
 SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
 RESULT_FIELDS = (*SAE_FIELDS, "precision")  # with the seed, what a layer's numbers depend on
@@ -31,7 +33,13 @@ def input_stats(x: torch.Tensor) -> dict[str, float]:
     }
 
 
-def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dict[str, Any]:
+def train_layer(
+    x_np: np.ndarray,
+    cfg: Config,
+    label: str,
+    seed: int = 0,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+) -> dict[str, Any]:
     """Train on one layer's activations (N, d) and return its metrics and loss curve."""
     if not np.isfinite(x_np).all():
         raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
@@ -41,7 +49,7 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dic
         warnings.simplefilter("ignore", UserWarning)
         x = torch.from_numpy(x_np).to(device)
     with sae.matmul_precision(cfg.precision):
-        result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed)
+        result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed, on_epoch=on_epoch)
     losses = result.losses
     if not all(math.isfinite(v) for v in losses):
         bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
@@ -68,15 +76,22 @@ def train_layer(x_np: np.ndarray, cfg: Config, label: str, seed: int = 0) -> dic
     return out
 
 
+def layer_json_path(cfg: Config, activations: Path, seed: int) -> Path:
+    """Where a layer's metrics go, beside the activations' layout:
+    activations/<model>/<hook>/<tokens>/L03.parquet -> sae/<model>/<hook>/<tokens>/L03/<key>.json
+    where <key> hashes the SAE settings, so other settings never overwrite this file. The same
+    path with the suffix .progress holds the epochs done while the layer trains."""
+    rel = activations.relative_to(cfg.root / "activations")
+    settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
+    return cfg.root / "sae" / rel.parent / rel.stem / f"{stable_hash(settings)[:16]}.json"
+
+
 def write_layer_json(
     cfg: Config, acts: dict[str, Any], row: dict[str, Any], label: str, seed: int
 ) -> dict[str, Any]:
-    """Metrics and loss curve as JSON beside the activations' layout:
-    activations/<model>/<hook>/<tokens>/L03.parquet -> sae/<model>/<hook>/<tokens>/L03/<key>.json
-    where <key> hashes the SAE settings, so other settings never overwrite this file."""
-    rel = Path(acts["path"]).relative_to(cfg.root / "activations")
+    """Metrics and loss curve as JSON at layer_json_path."""
     settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
-    path = cfg.root / "sae" / rel.parent / rel.stem / f"{stable_hash(settings)[:16]}.json"
+    path = layer_json_path(cfg, Path(acts["path"]), seed)
     try:
         store.write_json(path, {**row, "settings": settings, "activations": acts})
     except OSError as exc:
@@ -101,7 +116,14 @@ def train_sae(
     """Train the layer's SAE from seed `sae_seed`; the result is one metrics row (plus its loss
     curve and latent-frequency histogram). `label` names the run: 'gpt2 L3' (or 'gpt2 L3 s1'
     when several seeds are trained)."""
-    out = train_layer(store.read_activations(acts), cfg, label, sae_seed)
+    progress = layer_json_path(cfg, Path(acts["path"]), sae_seed).with_suffix(".progress")
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    every = -1.0 if cfg.quiet else cfg.progress_every
+    report = EpochReporter(label, cfg.epochs, every, progress)
+    try:
+        out = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
+    finally:
+        progress.unlink(missing_ok=True)
     row = {"model": name, "layer": layer, "sae_seed": sae_seed, **out}
     record = write_layer_json(cfg, acts, row, label, sae_seed)
     get_run_logger().info(

@@ -21,9 +21,10 @@ import pytest
 import torch
 from conftest import ArticleServer, free_port, make_model, quick_config
 
-from flows.laminar import LayerFailedError, laminar, time_left
+from flows.laminar import LayerFailedError, laminar
 from tasks import cluster
 from tasks.config import Config, LaminarError
+from tasks.runs import time_left
 
 DASK = str(Path(sys.executable).with_name("dask"))
 

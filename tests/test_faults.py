@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, ArticleServer, make_model, quick_config, wiki_page
 
-from flows.laminar import Runner, laminar
+from flows.laminar import laminar
 from tasks.config import Config, to_args
+from tasks.runs import Runner
 from tasks.scrape import fetch_page
 
 pytestmark = pytest.mark.faults

@@ -145,6 +145,7 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     finally:
         server.close()  # and now the article server is gone too
     assert first.returncode == 0, first.stderr
+    assert "SAE runs" not in first.stdout + first.stderr  # output piped, not a terminal: no bar
     assert "cannot be reached (ConnectionError): loading models from the local" in first.stderr
     [report] = [
         line.split("report: ")[1] for line in first.stdout.splitlines() if "report: " in line

@@ -1,0 +1,194 @@
+"""Where a long run is: the work ahead before it starts, and progress inside each layer.
+
+- `estimate`: one line per model before any heavy work: layers x epochs, tokens, width, FLOPs,
+  the time they take at the rate this device measured (a short matmul at the run's own shape,
+  cached per machine, device and precision under the artifacts dir), and the layers already
+  cached (their time subtracted).
+- `EpochReporter`: called by the training loop after every epoch; logs epoch k of n, the loss
+  and the layer's time left at most every `every` seconds, and writes the epochs done to a small
+  file the flow reads (whatever process or Dask worker trains the layer) for its progress bar
+  and artifact. The loss is read back from the device only when a line is due, so a GPU run is
+  not synchronised on every step.
+- `Ticker`: the same throttled lines for extraction's chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.host import describe_device, logger
+
+CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
+CALIBRATION_REPEATS = 20  # or this many times, whichever comes first (small shapes)
+CALIBRATION_ROWS = 4096  # rows of the timed matmul at most (the run's tokens if fewer)
+FILE_EVERY_S = 0.5  # write the epochs-done file at most this often
+
+
+def sae_flops(n_tokens: int, d: int, latent: int) -> float:
+    """FLOPs of one full-batch epoch: five (N, d, m) matmuls (encode, decode, three in the
+    backward pass), 2 N d m each."""
+    return 10.0 * n_tokens * d * latent
+
+
+def human_time(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def human_flops(flops: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.3g} FLOP"
+
+
+def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> float:
+    """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats."""
+    import torch
+
+    from tasks.sae import matmul_precision
+
+    a = torch.randn(n, d, device=device)
+    b = torch.randn(d, latent, device=device)
+    with matmul_precision(precision):
+        torch.mm(a[:64], b)  # warm-up
+        done, start = 0, time.perf_counter()
+        while done < CALIBRATION_REPEATS and time.perf_counter() - start < CALIBRATION_SECONDS:
+            torch.mm(a, b)
+            done += 1
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return 2.0 * n * d * latent * done / seconds / 1e9
+
+
+def calibrated_rate(
+    root: Path, device: str, precision: str, n_tokens: int, d: int, latent: int
+) -> float:
+    """The measured rate at the run's shape (at most CALIBRATION_ROWS rows), cached in
+    <root>/.cache/calibration.json per machine, device, precision, thread count and shape: a
+    second run measures nothing."""
+    import torch
+
+    from tasks.store import write_json
+
+    path = root / ".cache" / "calibration.json"
+    n = min(n_tokens, CALIBRATION_ROWS)
+    key = f"{describe_device(device)} | {precision} | {torch.get_num_threads()} | {n}x{d}x{latent}"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure_rate(device, precision, n, d, latent)
+        write_json(path, known)
+    return float(known[key])
+
+
+def estimate(
+    name: str,
+    layers: int,
+    cached: int,
+    epochs: int,
+    n_tokens: int,
+    d: int,
+    latent: int,
+    gflops: float,
+    precision: str,
+) -> str:
+    """'gpt2-large: 36 layers × 75 epochs, 10,230 tokens, d 5120 → 14.5 PFLOP; about 19 h here
+    (fp32, measured 210 GFLOP/s); cached: 12 of 36 layers'."""
+    per_layer = sae_flops(n_tokens, d, latent) * epochs
+    left = per_layer * (layers - cached) / (gflops * 1e9)
+    return (
+        f"{name}: {layers} layers × {epochs} epochs, {n_tokens:,} tokens, d {d} → "
+        f"{human_flops(per_layer * layers)}; about {human_time(left)} here ({precision}, "
+        f"measured {gflops:.0f} GFLOP/s); cached: {cached} of {layers} layers"
+    )
+
+
+def read_epochs(path: Path) -> int:
+    """Epochs done, from a progress file (0 if it is missing or half-written)."""
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+class EpochReporter:
+    """Told after each epoch; see the module docstring. `clock` is for tests."""
+
+    def __init__(
+        self,
+        label: str,
+        epochs: int,
+        every: float,
+        path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[..., Any] | None = None,
+    ) -> None:
+        self.label, self.epochs, self.every, self.path, self.clock = (
+            label,
+            epochs,
+            every,
+            path,
+            clock,
+        )
+        self.log = log or logger().info
+        self.start = self.last_line = self.last_file = clock()
+
+    def __call__(self, epoch: int, loss: Any) -> None:
+        now = self.clock()
+        if self.path is not None and (now - self.last_file >= FILE_EVERY_S or epoch == self.epochs):
+            self.last_file = now
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"epoch": epoch, "epochs": self.epochs}))
+            tmp.replace(self.path)
+        if self.every < 0 or now - self.last_line < self.every or epoch == self.epochs:
+            return
+        self.last_line = now
+        rate = epoch / max(now - self.start, 1e-9)
+        left = (self.epochs - epoch) / rate
+        value = float(loss)  # the only read-back from the device: once per line
+        self.log(
+            "%s: epoch %d/%d, loss %.5g, %.2f epochs/s, about %s left for this layer",
+            self.label,
+            epoch,
+            self.epochs,
+            value,
+            rate,
+            human_time(left),
+        )
+
+
+class Ticker:
+    """Throttled 'done/total with time left' lines, e.g. for extraction's chunks."""
+
+    def __init__(
+        self, what: str, total: int, every: float, clock: Callable[[], float] = time.monotonic
+    ):
+        self.what, self.total, self.every, self.clock = what, total, every, clock
+        self.start = self.last = clock()
+
+    def __call__(self, done: int) -> None:
+        now = self.clock()
+        if self.every < 0 or now - self.last < self.every or not 0 < done < self.total:
+            return
+        self.last = now
+        left = (self.total - done) * (now - self.start) / max(done, 1)
+        logger().info(
+            "%s: %d/%d done, about %s left", self.what, done, self.total, human_time(left)
+        )
+
+
+def overall(done_layers: int, partial_epochs: int, total_layers: int, epochs: int) -> float:
+    """Percent of all SAE epochs done: finished layers count whole, running ones by epoch."""
+    total = total_layers * epochs
+    return 100.0 * min(total, done_layers * epochs + partial_epochs) / total if total else 100.0

@@ -1,0 +1,284 @@
+"""The run machinery the flow drives: calling tasks with the run's cache settings (`Runner`),
+gathering the fan-out as it finishes, and telling the user where the run is (`Progress`: a log
+line per finished layer, the Prefect progress artifact and, in a terminal, a live bar, all
+moving with the epochs done inside each layer, read from the files the trainings write)."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from tasks.cache import ProcessLockManager
+from tasks.cluster import Pool
+from tasks.config import Config, LaminarError
+from tasks.progress import overall, read_epochs
+
+POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
+ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
+
+
+def run_name(task: Any, args: tuple[Any, ...]) -> str:
+    """The task run's name, as Prefect formats it from the task's parameters."""
+    params = inspect.signature(task.fn).bind(*args).arguments
+    return task.task_run_name.format(**params)
+
+
+def time_left(spent: list[float], remaining: int, slots: int) -> float:
+    """Seconds for `remaining` layers at the mean time of those that ran, `slots` at a time."""
+    if not spent or remaining <= 0:
+        return 0.0
+    return sum(spent) / len(spent) * math.ceil(remaining / slots)
+
+
+@dataclass
+class Job:
+    """One submitted SAE training: its task run name, future, model and epochs-done file."""
+
+    name: str
+    future: Any
+    model: str
+    progress: Path
+
+
+class Progress:
+    """Told of each finished layer (on the flow's side, whatever pool ran it): logs how many of
+    the model's layers are done and the time left for it. A thread reads the running layers'
+    epochs and moves, when stdout is a terminal, a live bar (SAE runs, and the running layer's
+    epochs) every POLL_S seconds, and the run's progress artifact (percent of all epochs) every
+    ARTIFACT_S seconds."""
+
+    def __init__(self, jobs: list[Job], slots: int, epochs: int, bar: bool) -> None:
+        self.logger = get_run_logger()
+        self.jobs, self.slots, self.epochs = jobs, slots, epochs
+        self.total = Counter(j.model for j in jobs)
+        self.done: Counter[str] = Counter()
+        self.finished: set[str] = set()
+        self.spent: dict[str, list[float]] = {m: [] for m in self.total}  # s per layer that ran
+        self.lock = threading.Lock()
+        # A progress bar on the flow run's page in the Prefect UI: % of all SAE epochs done.
+        self.artifact = create_progress_artifact(0.0, description="SAE epochs done")
+        self.bars = self._bars() if bar else None
+        self.stop = threading.Event()
+        run_in_context = contextvars.copy_context().run  # the thread talks to this run's API
+        self.thread = threading.Thread(target=run_in_context, args=(self._poll,), daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _bars() -> tuple[Any, Any]:
+        from tqdm import tqdm
+
+        runs = tqdm(total=0, desc="SAE runs", unit="layer", position=0, file=sys.stdout)
+        layer = tqdm(total=0, desc="layer", unit="epoch", position=1, file=sys.stdout)
+        return runs, layer
+
+    def running(self) -> list[tuple[Job, int]]:
+        """(job, epochs done) of the layers started but not finished."""
+        with self.lock:
+            open_jobs = [j for j in self.jobs if j.name not in self.finished]
+        return [(j, e) for j in open_jobs if (e := read_epochs(j.progress)) > 0]
+
+    def percent(self) -> float:
+        partial = sum(min(e, self.epochs) for _, e in self.running())
+        with self.lock:
+            done = len(self.finished)
+        return overall(done, partial, len(self.jobs), self.epochs)
+
+    def _poll(self) -> None:
+        last = 0.0
+        while not self.stop.wait(POLL_S):
+            now = time.monotonic()
+            self.refresh(artifact=now - last >= ARTIFACT_S)
+            last = now if now - last >= ARTIFACT_S else last
+
+    def refresh(self, artifact: bool = True) -> None:
+        if artifact:
+            update_progress_artifact(self.artifact, self.percent())
+        if self.bars is None:
+            return
+        runs, layer = self.bars
+        with self.lock:
+            runs.total, runs.n = len(self.jobs), len(self.finished)
+        live = self.running()
+        if live:
+            job, epochs = live[0]
+            if layer.desc != job.name or layer.total != self.epochs:
+                layer.reset(total=self.epochs)
+                layer.set_description_str(job.name)
+            layer.update(max(0, epochs - layer.n))  # tqdm's rate and time left follow
+        runs.refresh()
+        layer.refresh()
+
+    def update(self, job: Job, state: str, seconds: float | None) -> None:
+        with self.lock:
+            self.finished.add(job.name)
+            self.done[job.model] += 1
+            if seconds is not None:
+                self.spent[job.model].append(seconds)
+            done, total = self.done[job.model], self.total[job.model]
+        left = time_left(self.spent[job.model], total - done, self.slots)
+        self.refresh()
+        self.logger.info(
+            "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
+            job.model,
+            done,
+            total,
+            job.name,
+            state,
+            left,
+        )
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.refresh()
+        if self.bars is not None:
+            for bar in self.bars:
+                bar.close()
+
+
+def why_failed(future: Any, state: Any) -> str:
+    """A failed task's message; for one whose process died (its state never became final, and
+    Dask gave up after its retries: KilledWorker), say so and where to look."""
+    if state.is_final():
+        return str(state.message)
+    dask_future = getattr(future, "wrapped_future", None)
+    error = dask_future.exception() if dask_future is not None else None
+    worker = getattr(getattr(error, "last_worker", None), "address", "?")
+    tries = getattr(error, "allowed_failures", -1) + 1
+    return (
+        f"the Dask worker process running it died, {tries} time(s), last on {worker}, and "
+        f"Dask gave up on it ({type(error).__name__}): check that worker's memory and log"
+    )
+
+
+class Runner:
+    """Calls tasks with the run's cache settings and tallies their final states."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.options = {
+            "result_storage": cfg.root / ".cache" / "results",
+            "persist_result": True,
+            "result_serializer": "json",
+            "refresh_cache": cfg.refresh,
+        }
+        # Two runs on one artifacts dir: the second waits on the first's lock, then reads
+        # its result as Cached instead of computing the same thing again.
+        self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
+        self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
+
+    def bind(self, task: Any) -> Any:
+        policy = task.cache_policy.configure(
+            lock_manager=self.locks, isolation_level="SERIALIZABLE"
+        )
+        return task.with_options(cache_policy=policy, **self.options)
+
+    def __call__(self, task: Any, *args: Any) -> Any:
+        """Run a task here, in the flow's thread."""
+        state = self.bind(task)(*args, return_state=True)
+        self.states[run_name(task, args)] = state.name
+        return state.result()
+
+    def on(self, pool: Pool, task: Any, *args: Any) -> Any:
+        """Run a heavy task where the pool's work runs (a Dask worker), or here."""
+        if not pool.remote:
+            return self(task, *args)
+        name, future = self.submit(pool, task, *args)
+        future.wait()
+        self.states[name] = future.state.name
+        if not future.state.is_final():  # its worker died and Dask gave up: no Prefect error
+            raise LaminarError(f"{name}: {why_failed(future, future.state)}, then rerun.")
+        return future.result()
+
+    def submit(self, pool: Pool, task: Any, *args: Any) -> tuple[str, Any]:
+        """Hand one task to the pool (the fan-out); returns its run name and future."""
+        params = inspect.signature(task.fn).bind(*args).arguments
+        return run_name(task, args), pool.runner.submit(self.bind(task), dict(params))
+
+    def gather(self, jobs: list[Job], slots: int) -> tuple[list[Any], list[str]]:
+        """Wait for every job as each finishes (a failure must not stop the others), reporting
+        progress; returns results in submission order, and the errors."""
+        bar = sys.stdout.isatty() and not self.cfg.quiet
+        progress = Progress(jobs, slots, self.cfg.epochs, bar)
+        by_future = {j.future: j for j in jobs}
+        results: dict[Any, Any] = {}
+        failed = []
+        try:
+            for future in as_completed(list(by_future)):
+                future.wait()
+                job = by_future[future]
+                state = future.state
+                self.states[job.name] = state.name
+                seconds = None  # cached or failed layers say nothing about the time per layer
+                if state.is_completed():
+                    results[future] = future.result()
+                    seconds = None if state.name == "Cached" else results[future]["seconds"]
+                else:
+                    failed.append(f"{job.name}: {why_failed(future, state)}")
+                progress.update(job, state.name, seconds)
+        finally:
+            progress.close()
+        return [results[j.future] for j in jobs if j.future in results], failed
+
+    def tally(self) -> dict[str, int]:
+        return dict(Counter(self.states.values()))
+
+
+def announce(cfg: Config, models: list[dict[str, Any]], batches: dict[str, Any]) -> list[str]:
+    """Before any heavy work: one line per model with the work ahead and its time on this
+    device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.config import resolve_device
+    from tasks.extract import activation_dir
+    from tasks.progress import calibrated_rate, estimate
+    from tasks.train import layer_json_path
+
+    try:
+        device = resolve_device(cfg.device)
+    except LaminarError:  # a Dask run whose workers have the GPU this machine lacks
+        return []
+    n_tokens = cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
+    lines = []
+    for m in models:
+        sha = batches[m["tokenizer"]]["tokens"]["sha256"]
+        folder = activation_dir(cfg, m["name"], m["fingerprint"], sha)
+        runs = [(layer, s) for layer in m["layers"] for s in cfg.sae_seeds]
+        cached = sum(
+            layer_json_path(cfg, folder / f"L{layer:02d}.parquet", s).exists() for layer, s in runs
+        )
+        latent = cfg.expansion * m["d"]
+        rate = calibrated_rate(cfg.root, device, cfg.precision, n_tokens, m["d"], latent)
+        lines.append(
+            estimate(
+                m["name"],
+                len(runs),
+                cached,
+                cfg.epochs,
+                n_tokens,
+                m["d"],
+                latent,
+                rate,
+                cfg.precision,
+            )
+        )
+    for line in lines:
+        print(f"laminar: {line}")
+    create_markdown_artifact(
+        key="laminar-estimate",
+        markdown="# The work ahead\n\n" + "\n".join(f"- {line}" for line in lines),
+        description="estimated before the run started",
+    )
+    return lines

@@ -1,0 +1,238 @@
+"""Progress arithmetic: FLOPs of known shapes, the estimate line with cached layers subtracted,
+the calibration measured once per machine, throttled epoch lines that read the loss only when a
+line is due, the epochs-done file the flow reads, and the overall percentage."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ArticleServer, quick_config
+
+from tasks import progress
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Loss:
+    """A loss whose read-back (float()) is counted, as a device sync would be."""
+
+    reads = 0
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        Loss.reads += 1
+        return self.value
+
+
+def test_flops_of_the_gpt2_shapes() -> None:
+    assert progress.sae_flops(10_230, 3072, 6144) == 10 * 10_230 * 3072 * 6144  # 1.93e12
+    per_layer = progress.sae_flops(10_230, 5120, 10_240) * 75
+    assert progress.human_flops(per_layer * 36) == "14.5 PFLOP"
+
+
+def test_estimate_subtracts_cached_layers() -> None:
+    line = progress.estimate("gpt2-large", 36, 12, 75, 10_230, 5120, 10_240, 210.0, "fp32")
+    per_layer_s = progress.sae_flops(10_230, 5120, 10_240) * 75 / 210e9  # 1915 s
+    assert line == (
+        "gpt2-large: 36 layers × 75 epochs, 10,230 tokens, d 5120 → 14.5 PFLOP; about "
+        f"{progress.human_time(24 * per_layer_s)} here (fp32, measured 210 GFLOP/s); "
+        "cached: 12 of 36 layers"
+    )
+    assert progress.human_time(24 * per_layer_s) == "12.8 h"
+    assert "about 0 s here" in progress.estimate("m", 3, 3, 75, 100, 8, 16, 1.0, "fp32")
+
+
+def test_calibration_is_measured_once_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake(device: str, precision: str, n: int, d: int, latent: int) -> float:
+        calls.append((device, precision, n, d, latent))
+        return 123.0
+
+    monkeypatch.setattr(progress, "measure_rate", fake)
+    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
+    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
+    assert calls == [("cpu", "fp32", 4096, 64, 128)]  # capped rows; the second run reused it
+    progress.calibrated_rate(tmp_path, "cpu", "tf32", 10_230, 64, 128)  # another precision
+    assert len(calls) == 2
+    saved = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
+    assert len(saved) == 2 and all(v == 123.0 for v in saved.values())
+
+
+def test_measured_rate_is_a_real_measurement() -> None:
+    rate = progress.measure_rate("cpu", "fp32", 256, 64, 128)
+    assert 0.01 < rate < 1e5  # GFLOP/s of a real matmul on this machine, not a constant
+
+
+def test_epoch_lines_are_throttled_and_read_the_loss_only_when_due(tmp_path: Path) -> None:
+    clock, lines = Clock(), []
+    path = tmp_path / "L00.progress.json"
+    report = progress.EpochReporter(
+        "gpt2 L0", 20, 15.0, path, clock, log=lambda *a: lines.append(a[0] % a[1:])
+    )
+    Loss.reads = 0
+    for epoch in range(1, 21):
+        clock.t = 4.0 * epoch  # 4 s per epoch: 80 s in all
+        report(epoch, Loss(1.0 / epoch))
+    assert lines == [
+        "gpt2 L0: epoch 4/20, loss 0.25, 0.25 epochs/s, about 64 s left for this layer",
+        "gpt2 L0: epoch 8/20, loss 0.125, 0.25 epochs/s, about 48 s left for this layer",
+        "gpt2 L0: epoch 12/20, loss 0.083333, 0.25 epochs/s, about 32 s left for this layer",
+        "gpt2 L0: epoch 16/20, loss 0.0625, 0.25 epochs/s, about 16 s left for this layer",
+    ]
+    assert Loss.reads == 4  # one read-back per line, none per step
+    assert progress.read_epochs(path) == 20  # the last epoch always reaches the file
+    quiet = progress.EpochReporter("q", 5, -1, None, clock, log=lines.append)
+    for epoch in range(1, 6):
+        clock.t += 100
+        quiet(epoch, Loss(1.0))
+    assert len(lines) == 4
+
+
+def test_overall_percentage_counts_running_layers_by_epoch() -> None:
+    assert progress.overall(1, 30, 4, 75) == pytest.approx(100 * 105 / 300)
+    assert progress.overall(4, 0, 4, 75) == 100.0
+    assert progress.read_epochs(Path("/nonexistent/progress.json")) == 0
+
+
+# ------------------------------------------------------------------ through real runs
+
+
+def flow_logs(flow_run_id: str, needle: str, limit_s: float = 20) -> list[str]:
+    """The flow run's log messages (its tasks' included) as the Prefect API stores them, once
+    one containing `needle` has arrived (logs are shipped in the background)."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + limit_s
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            messages = [log.message for log in logs]
+            if any(needle in m for m in messages) or time.monotonic() > deadline:
+                return messages
+
+
+def final_progress(flow_run_id: str) -> float:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    [bar] = [a for a in found if a.type == "progress"]
+    return float(bar.data)
+
+
+@pytest.mark.parametrize("task_runner", ["thread", "dask"])
+def test_a_run_says_where_it_is(
+    task_runner: str,
+    tmp_path: Path,
+    tiny_model: Path,
+    article_server: ArticleServer,
+) -> None:
+    from flows.laminar import laminar
+
+    cfg = quick_config(
+        tiny_model,
+        article_server,
+        tmp_path,
+        epochs=20,
+        progress_every=0.0,
+        task_runner=task_runner,
+    )
+    first = laminar(cfg)
+    logs = flow_logs(first["flow_run_id"], "tiny-gpt2 L2: epoch 19/20")
+    # The work ahead, before any heavy work (124 tokens = 4 x 31, d_mlp 256, latent 512).
+    assert any(
+        m.startswith("laminar: tiny-gpt2: 3 layers × 20 epochs, 124 tokens, d 256 → ")
+        and m.endswith("; cached: 0 of 3 layers")
+        for m in logs
+    ), logs
+    for layer in range(3):  # inside each layer, from whatever process trained it
+        for epoch in (1, 10, 19):
+            assert any(m.startswith(f"tiny-gpt2 L{layer}: epoch {epoch}/20, loss ") for m in logs)
+    assert any(m.startswith("extract tiny-gpt2: 1/4 done, about ") for m in logs)
+    assert final_progress(first["flow_run_id"]) == 100.0
+    assert not list(tmp_path.rglob("*.progress"))  # the epochs-done files are gone
+
+    calibration = tmp_path / ".cache" / "calibration.json"
+    stamp = calibration.stat().st_mtime_ns
+    again = laminar(cfg)
+    logs = flow_logs(again["flow_run_id"], "cached: 3 of 3 layers")
+    assert any(
+        m.endswith("; about 0 s here (fp32, measured " + m.split("measured ")[-1]) for m in logs
+    )
+    assert any(m.endswith("cached: 3 of 3 layers") for m in logs)
+    assert calibration.stat().st_mtime_ns == stamp  # measured once, reused
+
+
+def run_in_terminal(args: list[str], cwd: Path) -> str:
+    """The CLI with a pseudo-terminal as stdout and stderr, as in a user's terminal."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from conftest import ROOT
+
+    main, child = pty.openpty()
+    # A terminal of 40 rows and 120 columns, as a user's window has (a bare pty has no size).
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "flows" / "laminar.py"), *args],
+        cwd=cwd,
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env=os.environ.copy(),
+    )
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed: the program ended
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(300) == 0, out.decode(errors="replace")[-3000:]
+    return out.decode(errors="replace")
+
+
+def test_terminal_bar_in_a_terminal_and_never_with_quiet(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    from tasks.config import to_args
+
+    # 600 epochs: seconds per layer, so the bar (read every 0.5 s) sees a layer running.
+    base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=600, layers="0,1")
+    args = to_args(base)
+    shown = run_in_terminal(args, tmp_path)
+    assert re.search(r"SAE runs: 100%\|█+\| 2/2 \[", shown)  # the overall bar, finished
+    assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/600 \[", shown)
+    quiet = run_in_terminal([*args, "--refresh", "--quiet", "--progress-every", "0"], tmp_path)
+    assert "SAE runs" not in quiet and ": epoch 1/600" not in quiet
