@@ -30,11 +30,10 @@ from tasks.host import describe_device, this_process
 from tasks.models import (
     check_local_folder,
     ensure_hub_or_offline,
-    hook_width,
     load_model,
     load_tokenizer,
     model_fingerprint,
-    n_layers,
+    shape,
     tokenizer_fingerprint,
     warn_if_pickled,
 )
@@ -196,11 +195,12 @@ def describe_model(cfg: Config, model: str) -> dict[str, Any]:
     warn_if_pickled(model)
     ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
+    n_layers, d = shape(model, cfg.hook)
     return {
         "model": model,
         "name": short_name(model),
         "fingerprint": model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "layers": parse_layer_spec(cfg.layers, n_layers(model)),
-        "d": hook_width(model, cfg.hook),
+        "layers": parse_layer_spec(cfg.layers, n_layers),
+        "d": d,
     }

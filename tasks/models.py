@@ -154,25 +154,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.model.__getstate__()).hexdigest()
 
 
-def n_layers(model: str) -> int:
+def shape(model: str, hook: str) -> tuple[int, int]:
+    """(number of blocks, width d of `hook`'s activations), from the model's config: the MLP's
+    hidden width for the MLP's inner hooks, the residual width for the rest."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model, trust_remote_code=False).num_hidden_layers
+        c = AutoConfig.from_pretrained(model, trust_remote_code=False)
+        n_layers = c.num_hidden_layers
     except (OSError, ValueError, AttributeError) as exc:
         raise model_load_error(model, exc, "config") from exc
-
-
-def hook_width(model: str, hook: str) -> int:
-    """The width d of a block hook's activations, from the model's config: the MLP's hidden
-    width for the MLP's inner hooks, the residual width for the rest."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model, trust_remote_code=False)
     d_model = getattr(c, "n_embd", None) or c.hidden_size
     d_mlp = getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * d_model
     inner = hook.startswith("mlp.") and hook not in ("mlp.hook_in", "mlp.hook_out")
-    return d_mlp if inner else d_model
+    return n_layers, d_mlp if inner else d_model
 
 
 def load_model(model: str, device: str) -> Any:

@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 
 from tasks.cache import ProcessLockManager
 from tasks.cluster import Pool
-from tasks.config import Config, LaminarError
-from tasks.progress import overall, read_epochs
+from tasks.config import Config, LaminarError, resolve_device
+from tasks.extract import activation_dir
+from tasks.progress import calibrated_rate, estimate, overall, read_epochs
+from tasks.train import layer_json_path
 
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
 ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
@@ -239,13 +245,6 @@ class Runner:
 def announce(cfg: Config, models: list[dict[str, Any]], batches: dict[str, Any]) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
     device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.config import resolve_device
-    from tasks.extract import activation_dir
-    from tasks.progress import calibrated_rate, estimate
-    from tasks.train import layer_json_path
-
     try:
         device = resolve_device(cfg.device)
     except LaminarError:  # a Dask run whose workers have the GPU this machine lacks

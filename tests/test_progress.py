@@ -174,6 +174,8 @@ def test_a_run_says_where_it_is(
     assert final_progress(first["flow_run_id"]) == 100.0
     assert not list(tmp_path.rglob("*.progress"))  # the epochs-done files are gone
 
+    if task_runner == "dask":
+        return  # the rest is the flow's side, the same for both runners
     calibration = tmp_path / ".cache" / "calibration.json"
     stamp = calibration.stat().st_mtime_ns
     again = laminar(cfg)
@@ -228,11 +230,11 @@ def test_terminal_bar_in_a_terminal_and_never_with_quiet(
 ) -> None:
     from tasks.config import to_args
 
-    # 600 epochs: seconds per layer, so the bar (read every 0.5 s) sees a layer running.
-    base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=600, layers="0,1")
+    # 300 epochs: over a second per layer, so the bar (read every 0.5 s) sees a layer running.
+    base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=300, layers="0,1")
     args = to_args(base)
     shown = run_in_terminal(args, tmp_path)
     assert re.search(r"SAE runs: 100%\|█+\| 2/2 \[", shown)  # the overall bar, finished
-    assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/600 \[", shown)
+    assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/300 \[", shown)
     quiet = run_in_terminal([*args, "--refresh", "--quiet", "--progress-every", "0"], tmp_path)
-    assert "SAE runs" not in quiet and ": epoch 1/600" not in quiet
+    assert "SAE runs" not in quiet and ": epoch 1/300" not in quiet
