@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, LaminarError, resolve_device
+from tasks.config import Config, LaminarError, flag, resolve_device
 from tasks.host import logger
 
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
@@ -109,19 +109,15 @@ def security(cfg: Config) -> Any:
         value = getattr(sec, arg)
         if value is None and field != "dask_tls_key":  # a key may sit in the cert file
             raise LaminarError(
-                f"--dask-address {cfg.dask_address} is a TLS scheduler but no {_flag(field)} "
+                f"--dask-address {cfg.dask_address} is a TLS scheduler but no {flag(field)} "
                 f"was given (nor Dask's {setting}): pass the cluster's CA and this client's "
                 "certificate and key (PEM files)."
             )
         if value is not None and "\n" not in value and not Path(value).is_file():
             raise LaminarError(
-                f"{_flag(field)} '{value}' is not a readable file: give the PEM file's path."
+                f"{flag(field)} '{value}' is not a readable file: give the PEM file's path."
             )
     return sec
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 def warn_if_open(address: str) -> None:

@@ -205,7 +205,7 @@ class Config(BaseModel):
         tls = [f for f in ("dask_tls_ca", "dask_tls_cert", "dask_tls_key") if getattr(self, f)]
         if tls and not self.dask_address.startswith("tls://"):
             raise LaminarError(
-                f"{_flag(tls[0])} is set but --dask-address '{self.dask_address}' is not a "
+                f"{flag(tls[0])} is set but --dask-address '{self.dask_address}' is not a "
                 "tls:// address: give the scheduler's tls://HOST:PORT, or drop the certificates."
             )
         return self
@@ -280,7 +280,8 @@ def parse_layer_spec(spec: str, n_layers: int | None) -> list[int]:
 # ---------------------------------------------------------------- CLI built from the model
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The CLI flag of a Config field: n_seqs -> --n-seqs."""
     return "--" + name.replace("_", "-")
 
 
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["nargs"] = "+"
         elif getattr(annotation, "__origin__", None) is Literal:
             kwargs["choices"] = list(annotation.__args__)
-        parser.add_argument(_flag(name), **kwargs)
+        parser.add_argument(flag(name), **kwargs)
     return parser
 
 
@@ -309,11 +310,11 @@ def to_args(cfg: Config) -> list[str]:
     args: list[str] = []
     for name, value in cfg.model_dump().items():
         if isinstance(value, bool):
-            args.append(_flag(name) if value else "--no-" + _flag(name)[2:])
+            args.append(flag(name) if value else "--no-" + flag(name)[2:])
         elif isinstance(value, list):
-            args += [_flag(name), *map(str, value)]
+            args += [flag(name), *map(str, value)]
         else:
-            args += [_flag(name), str(value)]
+            args += [flag(name), str(value)]
     return args
 
 
@@ -329,4 +330,4 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 def describe_validation_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "config"
-    return f"{_flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}."
+    return f"{flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}."

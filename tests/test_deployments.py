@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UI, ArticleServer, quick_config
+from conftest import UI, ArticleServer, free_port, quick_config
 
 from tasks.config import stable_hash
 from tasks.train import RESULT_FIELDS
@@ -126,11 +126,7 @@ def test_failed_layer_resumes_by_retrying_the_flow_run(
 def test_dead_network_fails_the_run_with_the_sentence(
     ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
 ) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     url = f"http://127.0.0.1:{port}/wiki/Light-emitting_diode"
     config = run_config(tiny_model, article_server, tmp_path) | {"url": url, "fetch_retries": 0}
     run = run_deployment(ui, "quick", config)

@@ -65,47 +65,39 @@ def test_server_and_worker_end_with_the_launcher(how: signal.Signals, tmp_path: 
         ui.stop()
 
 
-def test_port_in_use_is_one_sentence_before_anything_starts(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "LAMINAR_UI_PORT": str(port)}
-        out = subprocess.run(
-            [str(ROOT / "scripts" / "laminar-ui.sh")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert out.returncode == 2
-    assert out.stderr.strip() == (
-        f"laminar-ui: port {port} on 127.0.0.1 is already in use (another Prefect server?): "
-        f"stop that process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui."
-    )
-    assert not (tmp_path / "home").exists()  # nothing was started
-
-
-def test_off_loopback_without_a_password_is_refused(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "home"),
-        "LAMINAR_UI_HOST": "0.0.0.0",
-        "LAMINAR_UI_PORT": str(free_port()),
-    }
-    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+def refused(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The launcher as `make ui` starts it, with a private Prefect home and `env` added."""
+    full = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), **env}
+    full.pop("PREFECT_SERVER_API_AUTH_STRING", None)
     out = subprocess.run(
         [str(ROOT / "scripts" / "laminar-ui.sh")],
-        env=env,
+        env=full,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 2
+    assert not (tmp_path / "home").exists()  # nothing was started
+    return out
+
+
+def test_port_in_use_is_one_sentence_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = refused(tmp_path, LAMINAR_UI_PORT=str(port))
+    assert out.stderr.strip() == (
+        f"laminar-ui: port {port} on 127.0.0.1 is already in use (another Prefect server?): "
+        f"stop that process, or choose another port, e.g. LAMINAR_UI_PORT={port + 1} make ui."
+    )
+
+
+def test_off_loopback_without_a_password_is_refused(tmp_path: Path) -> None:
+    out = refused(tmp_path, LAMINAR_UI_HOST="0.0.0.0", LAMINAR_UI_PORT=str(free_port()))
     assert out.stderr.strip() == (
         "laminar-ui: LAMINAR_UI_HOST=0.0.0.0 would open the Prefect server (runs, logs, "
         "deployments) to the network without a password: set "
         "PREFECT_SERVER_API_AUTH_STRING='user:password' as well, or keep the default 127.0.0.1 "
         "and reach it through an SSH tunnel."
     )
-    assert not (tmp_path / "home").exists()  # nothing was started, nothing listened

@@ -6,21 +6,23 @@ model in the hub cache) without the user setting HF_HUB_OFFLINE."""
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import ARTICLE, ArticleServer, quick_config, raw_response, run_cli, said, wiki_page
+from conftest import (
+    ARTICLE,
+    ArticleServer,
+    free_port,
+    quick_config,
+    raw_response,
+    run_cli,
+    said,
+    wiki_page,
+)
 
 from tasks.config import to_args
 
 pytestmark = pytest.mark.faults
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hub_cache(hf_home: Path, repo_id: str, folder: Path) -> str:
@@ -70,7 +72,7 @@ def fail_one(tmp_path: Path, server: ArticleServer, case: str) -> tuple[str, dic
     """The URL (and environment) of one way the article server can fail."""
     page = wiki_page(["Prose."]).encode()
     if case == "refused":
-        return f"http://127.0.0.1:{closed_port()}/wiki/LED", {}
+        return f"http://127.0.0.1:{free_port()}/wiki/LED", {}
     if case == "dns":
         return "https://en.wikipedia.invalid/wiki/Light-emitting_diode", dns_env(tmp_path)
     if case == "timeout":
@@ -116,7 +118,7 @@ def test_hub_model_neither_cached_nor_reachable(
     args = ["--models", "laminar-test/not-cached", "--url", article_server.url("/wiki/x")]
     env = {
         "HF_HOME": str(tmp_path / "hf"),
-        "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
         "HF_HUB_OFFLINE": None,  # the user did not say offline: laminar finds out
     }
     out = run_cli(*args, "--artifacts-dir", str(tmp_path / "art"), cwd=tmp_path, env=env)
@@ -137,7 +139,7 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     cfg = quick_config(tiny_model, server, tmp_path / "art", models=["laminar-test/tiny-gpt2"])
     env = {
         "HF_HOME": str(hf),
-        "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",  # the hub is gone
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # the hub is gone
         "HF_HUB_OFFLINE": None,
     }
     try:

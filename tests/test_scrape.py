@@ -11,7 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import ArticleServer, raw_response, wiki_page
+from conftest import ArticleServer, free_port, raw_response, wiki_page
 
 from tasks.config import Config, LaminarError
 from tasks.scrape import (
@@ -50,14 +50,8 @@ def test_http_errors(article_server: ArticleServer) -> None:
     assert not isinstance(e.value, TransientFetchError)  # a 404 is never retried
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 def test_refused_connection() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/wiki/x"
+    url = f"http://127.0.0.1:{free_port()}/wiki/x"
     with pytest.raises(TransientFetchError) as e:
         download(url)
     assert str(e.value) == (
