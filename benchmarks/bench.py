@@ -26,7 +26,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import N_TOKENS, SHAPES, matmul_rate, timed, timed_once  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    COURSE,
+    N_TOKENS,
+    SHAPES,
+    matmul_rate,
+    timed,
+    timed_once,
+    train_sae,
+)
 from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
 from tasks import sae, store  # noqa: E402
@@ -36,33 +44,36 @@ from tasks.config import Config  # noqa: E402
 def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], float]:
     """The baseline: the course's SAE written the straightforward way (autograd, sorted top-k)."""
     d = x.shape[1]
-    enc = torch.nn.Linear(d, 2 * d, bias=False).to(x.device)
+    m = COURSE.expansion * d
+    k = sae.topk_k(m, COURSE.topk_frac)
+    enc = torch.nn.Linear(d, m, bias=False).to(x.device)
     with torch.no_grad():
-        enc.weight.copy_(sae.TiedSAE(d, 2 * d, 0, torch.Generator().manual_seed(seed)).weight)
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-4)
+        enc.weight.copy_(sae.TiedSAE(d, m, 0, torch.Generator().manual_seed(seed)).weight)
+    opt = torch.optim.Adam(enc.parameters(), lr=COURSE.lr)
     losses = []
     for _ in range(epochs):
         z = torch.relu(enc(x))
-        kth = torch.topk(z, z.shape[1] // 3, dim=1).values[:, -1:]
+        kth = torch.topk(z, k, dim=1).values[:, -1:]
         z = torch.where(z >= kth, z, torch.zeros_like(z))
-        loss = torch.nn.functional.mse_loss(z @ enc.weight, x) + z.abs().mean()
+        loss = torch.nn.functional.mse_loss(z @ enc.weight, x) + COURSE.l1 * z.abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     with torch.no_grad():
         z = torch.relu(enc(x))
-        kth = torch.topk(z, z.shape[1] // 3, dim=1).values[:, -1:]
+        kth = torch.topk(z, k, dim=1).values[:, -1:]
         density = 100 * ((z >= kth) & (z > 0)).float().mean().item()
     return losses, density
 
 
 def bench_sae(n: int, d: int, epochs: int, device: str, rate: float) -> dict[str, Any]:
     x = torch.randn(n, d, device=device)
-    flop = 10 * n * d * (2 * d) * epochs
+    m = COURSE.expansion * d
+    flop = 10 * n * d * m * epochs
 
     def ours(x: torch.Tensor = x) -> sae.TrainResult:
-        return sae.train(x, expansion=2, topk_frac=1 / 3, epochs=epochs, lr=1e-4, l1=1.0, seed=0)
+        return train_sae(x, epochs)
 
     ours(x[:256]), course_loop(x[:256], 1, 0)  # warm-up: kernels, allocator, thread pool
     t_ours, res = timed_once(ours, device)
@@ -71,7 +82,7 @@ def bench_sae(n: int, d: int, epochs: int, device: str, rate: float) -> dict[str
     return {
         "N": n,
         "d": d,
-        "m": 2 * d,
+        "m": m,
         "epochs": epochs,
         "s_per_epoch": t_ours / epochs,
         "baseline_s_per_epoch": t_base / epochs,
@@ -94,9 +105,7 @@ def bench_tf32(n: int, d: int, epochs: int, device: str) -> dict[str, Any]:
         with sae.matmul_precision(precision):
 
             def run() -> sae.TrainResult:
-                return sae.train(
-                    x, expansion=2, topk_frac=1 / 3, epochs=epochs, lr=1e-4, l1=1.0, seed=0
-                )
+                return train_sae(x, epochs)
 
             run()  # warm-up
             t, res = timed_once(run, device)
@@ -152,14 +161,14 @@ XL = (48, 1600, 6400)  # GPT-2 xl: n_layer, d_model, d_mlp (for the scale-out es
 # memory (RSS on a CPU, allocated GPU memory on CUDA), what one Dask worker needs per layer.
 _XL_CHILD = """
 import json, resource, sys, time, torch
-from tasks import sae
+from benchmarks.common import train_sae
 n, d, epochs, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 x = torch.randn(n, d, device=device)
-sae.train(x[:256], expansion=2, topk_frac=1/3, epochs=1, lr=1e-4, l1=1.0, seed=0)
+train_sae(x[:256], 1)
 if device == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()
-sae.train(x, expansion=2, topk_frac=1/3, epochs=epochs, lr=1e-4, l1=1.0, seed=0)
+train_sae(x, epochs)
 if device == "cuda":
     torch.cuda.synchronize()
 peak = (torch.cuda.max_memory_allocated() if device == "cuda"
@@ -174,7 +183,7 @@ def xl_layer(n: int, epochs: int, device: str) -> dict[str, Any]:
     cmd = [sys.executable, "-c", _XL_CHILD, str(n), str(d), str(epochs), device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"N": n, "d": d, "m": 2 * d, "epochs": epochs, "device": device, **row}
+    return {"N": n, "d": d, "m": COURSE.expansion * d, "epochs": epochs, "device": device, **row}
 
 
 def dask_fixed_cost(folder: Path) -> dict[str, float]:
@@ -206,7 +215,7 @@ def scaling(device: str) -> list[dict[str, float]]:
         x = torch.randn(n, d, device=device)
 
         def run(x: torch.Tensor = x) -> sae.TrainResult:
-            return sae.train(x, expansion=2, topk_frac=1 / 3, epochs=2, lr=1e-4, l1=1.0, seed=0)
+            return train_sae(x, 2)
 
         run(x[:256])
         rows.append({"N": n, "d": d, "s_per_epoch": timed_once(run, device)[0] / 2})
@@ -221,7 +230,7 @@ def section_sae(args: argparse.Namespace, n: int) -> dict[str, Any]:
     )
     rows = []
     for d, label in widths:
-        rate = matmul_rate(n, d, 2 * d, args.device)
+        rate = matmul_rate(n, d, COURSE.expansion * d, args.device)
         rows.append(
             {
                 "shape": label,

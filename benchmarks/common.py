@@ -7,6 +7,10 @@ from typing import Any
 
 import torch
 
+from tasks import sae
+from tasks.config import SAE_FIELDS, Config
+
+COURSE = Config()  # every benchmark trains the default (the course's) SAE settings
 SHAPES = {  # name: (n_layer, d_model, d_mlp)
     "gpt2-small": (12, 768, 3072),
     "gpt2-large": (36, 1280, 5120),
@@ -45,3 +49,8 @@ def timed_once(fn: Any, device: str) -> tuple[float, Any]:
     out = fn()
     sync(device)
     return time.perf_counter() - start, out
+
+
+def train_sae(x: torch.Tensor, epochs: int, seed: int = 0) -> sae.TrainResult:
+    """laminar's SAE training with the default settings, for `epochs` epochs."""
+    return sae.train(x, **{**COURSE.subset(*SAE_FIELDS), "epochs": epochs}, seed=seed)

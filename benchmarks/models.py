@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import N_TOKENS, SHAPES, matmul_rate, timed_once
+from benchmarks.common import COURSE, N_TOKENS, SHAPES, matmul_rate, timed_once, train_sae
 from tasks import sae, store
 
 
@@ -68,11 +68,10 @@ def extract_child(
     from tasks.config import Config
     from tasks.extract import extract_activations
     from tasks.models import load_model
-    from tasks.tokens import write_batch
 
     cfg = Config(artifacts_dir=out, n_seqs=n_seqs, device=device, extract_batch=extract_batch)
     batch = np.random.default_rng(0).integers(0, 50257, (n_seqs, 1024)).astype(np.int32)
-    write_batch(batch, Path(out) / "tokens.parquet")
+    store.write_batch(batch, Path(out) / "tokens.parquet")
     tokens = {"tokens": store.file_record(Path(out) / "tokens.parquet")}
     weights_gb = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1e9
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
@@ -133,11 +132,10 @@ def extracted(shape: str, device: str, folder: Path) -> tuple[float, list[dict[s
 
     from tasks.config import Config
     from tasks.extract import extract_activations
-    from tasks.tokens import write_batch
 
     cfg = Config(artifacts_dir=str(folder / f"sweep-{shape}"), device=device)
     batch = np.random.default_rng(0).integers(0, 50257, (10, 1024)).astype(np.int32)
-    write_batch(batch, cfg.root / "tokens.parquet")
+    store.write_batch(batch, cfg.root / "tokens.parquet")
     tokens = {"tokens": store.file_record(cfg.root / "tokens.parquet")}
     model = str(build_model(shape, folder))
     with disable_run_logger():
@@ -159,7 +157,8 @@ def sweep(shape: str, precision: str, device: str, folder: Path, epochs: int = 7
     except ImportError:
         t_extract, layers = float("nan"), [None] * n_layer
     with sae.matmul_precision(precision):
-        rate = matmul_rate(N_TOKENS, d, 2 * d, device)
+        m = COURSE.expansion * d
+        rate = matmul_rate(N_TOKENS, d, m, device)
         start = time.perf_counter()
         for f in layers:
             x_np = (
@@ -168,12 +167,12 @@ def sweep(shape: str, precision: str, device: str, folder: Path, epochs: int = 7
                 else np.random.default_rng(0).standard_normal((N_TOKENS, d), dtype=np.float32)
             )
             x = torch.from_numpy(x_np).to(device)
-            res = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=epochs, lr=1e-4, l1=1.0, seed=0)
+            res = train_sae(x, epochs)
             sae.metrics(res.sae, x)
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    floor = 10 * N_TOKENS * d * 2 * d * epochs * n_layer / (rate * 1e9)
+    floor = 10 * N_TOKENS * d * m * epochs * n_layer / (rate * 1e9)
     return {
         "shape": shape,
         "precision": precision,

@@ -65,12 +65,7 @@ def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tasks.figures import plt, save_png  # pyplot on the Agg backend
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 4.2))
     for ax, m in zip(axes, METRICS, strict=True):
@@ -87,11 +82,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set(title=m, xlabel="relative depth")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def provenance_lines(folders: list[Path], labels: list[str]) -> list[str]:

@@ -22,16 +22,16 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import provenance
+from tasks import models, paths, provenance
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
-from tasks.extract import describe_model, extract_activations
+from tasks.extract import extract_activations
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner, announce
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.store import check_writable
 from tasks.tokens import tokenize
-from tasks.train import layer_json_path, train_sae
+from tasks.train import train_sae
 
 # Dask workers unpickle this flow (its run context travels with every task). Run as a script
 # (__main__) or loaded by a Prefect deployment (as 'laminar'), the module cannot be imported on a
@@ -57,36 +57,31 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     """Profile SAE density and loss across the depth of each model."""
     cfg = config
     started_at = provenance.now()
-    models = preflight(cfg)
+    described = preflight(cfg)
     run = Runner(cfg)
     page = run(fetch_page.with_options(retries=cfg.fetch_retries), cfg)
     text = run(parse_page, cfg, page)
     tokens = {}
-    for m in models:
-        if m["tokenizer"] not in tokens:
-            tokens[m["tokenizer"]] = run(tokenize, cfg, text, m["model"], m["tokenizer"])
+    for m in described:
+        if (fp := m["tokenizer_fingerprint"]) not in tokens:
+            tokens[fp] = run(tokenize, cfg, text, m["model"], fp)
     publish_text(page, text, list(tokens.values()))
-    announce(cfg, models, tokens)
+    announce(cfg, described, tokens)
     extractions, jobs = [], []
     with fanout(cfg) as pool:
         print(f"laminar: per-layer work on the {pool.describe()}")
-        for m in models:
-            ext = run.on(
-                pool,
-                extract_activations,
-                cfg,
-                m["model"],
-                m["name"],
-                m["fingerprint"],
-                tokens[m["tokenizer"]],
-            )
+        for m in described:
+            batch = tokens[m["tokenizer_fingerprint"]]
+            args = (cfg, m["model"], m["name"], m["weights_fingerprint"], batch)
+            ext = run.on(pool, extract_activations, *args)
             extractions.append(ext)
             for f in ext["files"]:
                 for seed, label in sae_labels(cfg, m["name"], f["layer"]):
-                    args = (cfg, m["name"], f["layer"], f, seed, label)
-                    name, future = run.submit(pool, train_sae, *args)
-                    epochs_file = layer_json_path(cfg, Path(f["path"]), seed)
-                    jobs.append(Job(name, future, m["name"], epochs_file.with_suffix(".progress")))
+                    name, future = run.submit(
+                        pool, train_sae, cfg, m["name"], f["layer"], f, seed, label
+                    )
+                    progress = paths.epochs_file(paths.layer_json(cfg, Path(f["path"]), seed))
+                    jobs.append(Job(name, future, m["name"], progress))
         results, failed = run.gather(jobs, pool.slots)
     batches = list(tokens.values())
     report = run(write_report, cfg, page, text, batches, extractions, results, failed, started_at)
@@ -113,14 +108,25 @@ def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
     return [(s, f"{name} L{layer}" + (f" s{s}" if many else "")) for s in cfg.sae_seeds]
 
 
-def preflight(cfg: Config) -> list[dict[str, Any]]:
+_CHECKED: dict[str, list[dict[str, Any]]] = {}  # config JSON -> its models, checked by main
+
+
+def preflight(cfg: Config, *, keep: bool = False) -> list[dict[str, Any]]:
     """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
     the artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
-    which check it themselves), every model and its layers resolve."""
+    which check it themselves), every model and its layers resolve. The CLI runs it before
+    Prefect starts and keeps the answer (`keep`) for the flow run it starts next, which takes
+    it instead of loading every tokenizer and model config again; any other flow run (a
+    deployment's, a second run in one process) checks for itself."""
+    if (checked := _CHECKED.pop(cfg.model_dump_json(), None)) is not None:
+        return checked
     check_writable(cfg.root)
     if cfg.task_runner == "thread":
         resolve_device(cfg.device)
-    return [describe_model(cfg, m) for m in cfg.models]
+    described = [models.describe(cfg, m) for m in cfg.models]
+    if keep:
+        _CHECKED[cfg.model_dump_json()] = described
+    return described
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             handler.addFilter(_NoTracebackForUserErrors())
     try:
         cfg = config_from_args(argv)
-        preflight(cfg)  # before Prefect's server starts: bad input fails in seconds
+        preflight(cfg, keep=True)  # before Prefect's server starts: bad input fails in seconds
         summary = laminar(cfg)
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)

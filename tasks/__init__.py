@@ -1,0 +1,28 @@
+"""laminar's modules, in layers: each imports only from layers below its own (never from its own
+layer or above), so the import graph reads top-down like the DAG it serves. flows/ sits on top
+and may import any of them; tests/test_layers.py walks every import to hold this.
+
+    runs                                       the run machinery the flow drives
+    cluster                                    where per-layer work runs (threads, Dask)
+    scrape  tokens  extract  train  report     the tasks, one module per job
+    cache  wikitext  figures  progress  provenance   what the tasks share
+    sae  stats                                 the SAE and the statistics of a profile
+    models                                     models and tokenizers: loading, fingerprints
+    store                                      files: atomic writes, hashes, Parquet layouts
+    host  prefect_api                          this process and machine; Prefect's private API
+    paths                                      where every file of a run goes
+    config                                     the settings: CLI, UI form, cache keys
+"""
+
+LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
+    ("config",),
+    ("paths",),
+    ("host", "prefect_api"),
+    ("store",),
+    ("models",),
+    ("sae", "stats"),
+    ("cache", "wikitext", "figures", "progress", "provenance"),
+    ("scrape", "tokens", "extract", "train", "report"),
+    ("cluster",),
+    ("runs",),
+)

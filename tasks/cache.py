@@ -4,7 +4,9 @@ Prefect's default policy includes the run id (nothing is reused across runs) and
 task function's own source. Here a key is the hash of
   * the config fields the task depends on (not the whole config: another `--epochs` must not
     re-extract activations),
-  * the source of every module the task's result depends on,
+  * the code of every module the task's result depends on, as Python parses it: comments,
+    docstrings, type annotations, imports and layout do not count, so a change that leaves what
+    runs alone (a typed signature, a reworded comment) keeps every key,
   * the other inputs as canonical JSON; upstream results are small records that carry the
     sha256 of the files they point to, so a changed file changes the key.
 Before a key is handed to Prefect, the record it would replay is checked: if a file it names
@@ -12,6 +14,7 @@ has vanished or changed size, the record is dropped and the task runs again."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -23,16 +26,71 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
 
 from tasks.config import Config, stable_hash
+from tasks.prefect_api import LockFiles
 from tasks.store import atomic_path, pid_alive, verify
 
 log = logging.getLogger(__name__)
 
 
+class _WhatRuns(ast.NodeTransformer):
+    """Drops from a module's syntax tree what does not change what it computes."""
+
+    in_function = False
+
+    def visit_Import(self, node: ast.AST) -> None:
+        return None
+
+    visit_ImportFrom = visit_Import  # noqa: N815
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = None
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST | None:
+        self.generic_visit(node)
+        if not self.in_function:  # a declaration in a class body (a dataclass field) stays
+            node.annotation = ast.Constant(value="")
+            return node
+        if node.value is None:  # `x: int` inside a function does nothing
+            return None
+        return ast.Assign(targets=[node.target], value=node.value)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.returns = None
+        outer, self.in_function = self.in_function, True
+        try:
+            return self._body(node)
+        finally:
+            self.in_function = outer
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        return self._body(node)
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        return self._body(node)
+
+    def _body(self, node: Any) -> Any:
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        node.body = body
+        self.generic_visit(node)
+        node.body = node.body or [ast.Pass()]
+        return node
+
+
+def code_digest(module: str) -> str:
+    """Hash of what a module runs (see the module docstring)."""
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    return stable_hash(ast.dump(_WhatRuns().visit(tree)))
+
+
 def _source_digest(modules: tuple[str, ...]) -> str:
-    return stable_hash([inspect.getsource(importlib.import_module(m)) for m in modules])
+    return stable_hash([code_digest(m) for m in modules])
 
 
 def _file_records(obj: Any) -> list[dict[str, Any]]:
@@ -94,7 +152,7 @@ class ContentKey(CachePolicy):
         return key
 
 
-class ProcessLockManager(FileSystemLockManager):
+class ProcessLockManager(LockFiles):
     """Prefect's file locks, plus the holder's pid: a lock whose process died (kill -9) is
     released instead of making every later run wait for it forever."""
 
@@ -107,30 +165,30 @@ class ProcessLockManager(FileSystemLockManager):
     def acquire_lock(self, key: str, holder: str, *args: Any, **kwargs: Any) -> bool:
         acquired = super().acquire_lock(key, holder, *args, **kwargs)
         if acquired:
-            path = Path(self._lock_path_for_key(key))
+            path = self.lock_path(key)
             info = json.loads(path.read_bytes())
             data = json.dumps({**info, "pid": os.getpid(), "host": self.host}).encode()
             with atomic_path(path) as tmp:  # readers see the old or the new file, never half
                 tmp.write_bytes(data)
         return acquired
 
-    def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+    def read_info(self, key: str, use_cache: bool) -> Any:
         # Prefect creates a lock file, then writes it: a reader in between sees an empty file.
         # That is a lock being taken, so: locked, holder unknown (never us).
         try:
-            return super()._get_lock_info(key, use_cache=use_cache)
+            return super().read_info(key, use_cache)
         except ValueError:
-            return {"holder": "", "expiration": None, "path": self._lock_path_for_key(key)}
+            return {"holder": "", "expiration": None, "path": self.lock_path(key)}
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         if not super().is_locked(key, use_cache=use_cache):
             return False
-        info = self._get_lock_info(key, use_cache=False) or {}
+        info = self.read_info(key, use_cache=False) or {}
         pid, host = info.get("pid"), info.get("host")
         if host == self.host and isinstance(pid, int) and not pid_alive(pid):
             log.warning("releasing the lock on %s left by process %s, which is gone", key, pid)
-            Path(self._lock_path_for_key(key)).unlink(missing_ok=True)
-            self._locks.pop(key, None)
+            self.lock_path(key).unlink(missing_ok=True)
+            self.forget(key)
             return False
         if host and host != self.host and key not in self._told:
             # Another machine's pid cannot be checked from here: say what we wait on and how to
@@ -142,6 +200,6 @@ class ProcessLockManager(FileSystemLockManager):
                 key,
                 pid,
                 host,
-                self._lock_path_for_key(key),
+                self.lock_path(key),
             )
         return True

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks import paths
 from tasks.config import Config, LaminarError, flag, resolve_device
 from tasks.host import logger
+from tasks.prefect_api import temporary_server_url, thread_slots
 
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
 WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
@@ -48,7 +50,7 @@ def fanout(cfg: Config) -> Iterator[Pool]:
 
     if cfg.task_runner == "thread":
         runner = FlowRunContext.get().task_runner  # the flow's own ThreadPoolTaskRunner
-        yield Pool(runner, slots=getattr(runner, "_max_workers", 1) or 1, remote=False)
+        yield Pool(runner, slots=thread_slots(runner), remote=False)
         return
     from prefect_dask import DaskTaskRunner
 
@@ -145,17 +147,12 @@ def api_for_workers() -> Iterator[str]:
     configured: the workers inherit PREFECT_API_URL with the rest of the flow's settings)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():
+    url = "" if PREFECT_API_URL.value() else temporary_server_url()
+    if not url:  # a configured server, or no temporary one running: nothing to point at
         yield ""
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    if server.port is None:  # no temporary server running: nothing to point at
-        yield ""
-        return
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server.api_url
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield url
 
 
 @contextlib.contextmanager
@@ -210,7 +207,7 @@ def check_workers(client: Any, cfg: Config, api: str) -> int:
             f"the Dask scheduler at {where} has no workers after {WORKER_TIMEOUT} s: start some "
             f"with `dask worker {cfg.dask_address or 'ADDRESS'}` and rerun."
         ) from None
-    probe = cfg.root / ".cache" / f"probe-{secrets.token_hex(8)}"
+    probe = paths.worker_probe(cfg.root, secrets.token_hex(8))
     probe.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     probe.write_text(token)

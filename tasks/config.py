@@ -39,6 +39,10 @@ EXECUTION_FIELDS = frozenset(
         "quiet",
     }
 )
+# The SAE's hyperparameters (tasks.sae.train's keyword arguments), and with the matmul precision
+# and the seed, everything a layer's numbers depend on besides its activations.
+SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
+RESULT_FIELDS = (*SAE_FIELDS, "precision")
 # A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
 _DASK_ADDRESS = re.compile(r"^([a-z]+://)?[\w.\-\[\]:]+:\d+$")
 

@@ -18,27 +18,11 @@ import pyarrow.parquet as pq
 import torch
 from prefect import task
 
-from tasks import cache, store
-from tasks.config import (
-    Config,
-    LaminarError,
-    parse_layer_spec,
-    resolve_device,
-    short_name,
-)
+from tasks import cache, paths, store
+from tasks.config import Config, LaminarError, parse_layer_spec, resolve_device
 from tasks.host import describe_device, this_process
-from tasks.models import (
-    check_local_folder,
-    ensure_hub_or_offline,
-    load_model,
-    load_tokenizer,
-    model_fingerprint,
-    shape,
-    tokenizer_fingerprint,
-    warn_if_pickled,
-)
+from tasks.models import load_model
 from tasks.progress import Ticker
-from tasks.tokens import read_batch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +45,7 @@ class LayerWriters:
         self.writers: dict[int, pq.ParquetWriter] = {}
 
     def path(self, layer: int) -> Path:
-        return self.out_dir / f"L{layer:02d}.parquet"
+        return paths.layer_file(self.out_dir, layer)
 
     def write(self, layer: int, rows: tuple[np.ndarray, ...], acts: np.ndarray) -> None:
         if layer not in self.writers:
@@ -121,18 +105,6 @@ def forward_hooks(bridge: Any, names: dict[int, str], capture: Any) -> list[tupl
     return hooks
 
 
-def activation_dir(cfg: Config, name: str, fingerprint: str, tokens_sha: str) -> Path:
-    """artifacts/activations/<model>-<weights>/<hook>/<tokens>[-pos0]: one file per layer."""
-    pos0 = "-pos0" if cfg.keep_first_token else ""
-    return (
-        cfg.root
-        / "activations"
-        / f"{name}-{fingerprint[:8]}"
-        / cfg.hook
-        / f"{tokens_sha[:16]}{pos0}"
-    )
-
-
 @task(
     name="extract",
     task_run_name="extract {name}",
@@ -141,17 +113,17 @@ def activation_dir(cfg: Config, name: str, fingerprint: str, tokens_sha: str) ->
     ),
 )
 def extract_activations(
-    cfg: Config, model: str, name: str, fingerprint: str, tokens: dict[str, Any]
+    cfg: Config, model: str, name: str, weights_fingerprint: str, tokens: dict[str, Any]
 ) -> dict[str, Any]:
     """Run the batch through `model` once and write one activation file per requested layer."""
     bridge = load_model(model, resolve_device(cfg.device))
     n_layers = bridge.cfg.n_layers
     layers = parse_layer_spec(cfg.layers, n_layers)
     names = hook_names(bridge, cfg.hook, layers)
-    batch = read_batch(tokens["tokens"])  # (n_seqs, seq_len)
+    batch = store.read_batch(tokens["tokens"])  # (n_seqs, seq_len)
     first = 0 if cfg.keep_first_token else 1
     sha = tokens["tokens"]["sha256"]
-    out_dir = activation_dir(cfg, name, fingerprint, sha)
+    out_dir = paths.activation_dir(cfg, name, weights_fingerprint, sha)
     meta = {
         "model": model,
         "hook": cfg.hook,
@@ -185,22 +157,4 @@ def extract_activations(
         "files": files,
         "ran_on": this_process(),
         "hardware": describe_device(str(device)),
-    }
-
-
-def describe_model(cfg: Config, model: str) -> dict[str, Any]:
-    """Cheap facts about a model, checked before any heavy work: its short name, weight and
-    tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
-    check_local_folder(model)
-    warn_if_pickled(model)
-    ensure_hub_or_offline([model])
-    tokenizer = load_tokenizer(model)
-    n_layers, d = shape(model, cfg.hook)
-    return {
-        "model": model,
-        "name": short_name(model),
-        "fingerprint": model_fingerprint(model),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "layers": parse_layer_spec(cfg.layers, n_layers),
-        "d": d,
     }

@@ -21,7 +21,8 @@ PANELS = [
 ]
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
+    """Lay out, render at the report's resolution, close, and write atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -49,7 +50,7 @@ def profile_overlay(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set(title=title, xlabel="relative depth = layer / (n_layers − 1)", xlim=(-0.03, 1.03))
         ax.grid(alpha=0.3)
     axes[0].legend()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
@@ -67,7 +68,7 @@ def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
         )
         ax.set(title=f"{model}: {title}", xlabel="layer")
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def loss_curves(curves: list[dict[str, Any]], model: str, n_layers: int, path: Path) -> None:
@@ -81,7 +82,7 @@ def loss_curves(curves: list[dict[str, Any]], model: str, n_layers: int, path: P
     fig.colorbar(sm, ax=ax, label="layer")
     ax.set(title=f"{model}: SAE training loss", xlabel="epoch", ylabel="loss", yscale="log")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def density_heatmap(
@@ -105,4 +106,4 @@ def density_heatmap(
         xlabel="log10 firing frequency (fraction of tokens)",
         ylabel="layer",
     )
-    _save(fig, path)
+    save_png(fig, path)

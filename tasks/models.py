@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.config import LaminarError, short_name, stable_hash
+from tasks.config import Config, LaminarError, parse_layer_spec, short_name, stable_hash
 from tasks.host import logger
 
 HUB_PROBE_TIMEOUT = 5.0  # s: a hub that has not answered by then is treated as unreachable
@@ -195,4 +195,22 @@ def identity(model: str) -> dict[str, Any]:
         "folder": str(Path(model).resolve()) if local else None,
         "hub_revision": hub_revision(model),
         "fingerprint": model_fingerprint(model),
+    }
+
+
+def describe(cfg: Config, model: str) -> dict[str, Any]:
+    """Cheap facts about a model, checked before any heavy work: its short name, weight and
+    tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
+    check_local_folder(model)
+    warn_if_pickled(model)
+    ensure_hub_or_offline([model])
+    tokenizer = load_tokenizer(model)
+    n_layers, d = shape(model, cfg.hook)
+    return {
+        "model": model,
+        "name": short_name(model),
+        "weights_fingerprint": model_fingerprint(model),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "layers": parse_layer_spec(cfg.layers, n_layers),
+        "d": d,
     }

@@ -20,7 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks import paths
 from tasks.host import describe_device, logger
+from tasks.sae import matmul_precision
+from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
 CALIBRATION_REPEATS = 20  # or this many times, whichever comes first (small shapes)
@@ -53,8 +56,6 @@ def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> fl
     """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats."""
     import torch
 
-    from tasks.sae import matmul_precision
-
     a = torch.randn(n, d, device=device)
     b = torch.randn(d, latent, device=device)
     with matmul_precision(precision):
@@ -77,9 +78,7 @@ def calibrated_rate(
     second run measures nothing."""
     import torch
 
-    from tasks.store import write_json
-
-    path = root / ".cache" / "calibration.json"
+    path = paths.calibration(root)
     n = min(n_tokens, CALIBRATION_ROWS)
     key = f"{describe_device(device)} | {precision} | {torch.get_num_threads()} | {n}x{d}x{latent}"
     try:

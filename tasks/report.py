@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import cache, figures, provenance
+from tasks import cache, figures, paths, provenance
 from tasks.config import EXECUTION_FIELDS, Config
-from tasks.stats import claims, claims_markdown
+from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
-from tasks.train import FREQ_BINS
 
 SPREAD = ["density_pct", "final_loss", "final_mse", "fvu", "l0", "dead_pct", "density_activation"]
 INPUTS = ["x_mean_norm", "x_var", "x_neg_frac"]
@@ -162,7 +161,7 @@ def write_report(
     started_at: str,
 ) -> dict[str, Any]:
     """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
-    out = cfg.root / "reports" / cfg.digest()[:12]
+    out = paths.report_dir(cfg)
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
     by_seed = sorted(

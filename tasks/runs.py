@@ -24,12 +24,12 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 
+from tasks import paths
 from tasks.cache import ProcessLockManager
 from tasks.cluster import Pool
 from tasks.config import Config, LaminarError, resolve_device
-from tasks.extract import activation_dir
+from tasks.prefect_api import dask_future
 from tasks.progress import calibrated_rate, estimate, overall, read_epochs
-from tasks.train import layer_json_path
 
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
 ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
@@ -159,8 +159,8 @@ def why_failed(future: Any, state: Any) -> str:
     Dask gave up after its retries: KilledWorker), say so and where to look."""
     if state.is_final():
         return str(state.message)
-    dask_future = getattr(future, "wrapped_future", None)
-    error = dask_future.exception() if dask_future is not None else None
+    inner = dask_future(future)
+    error = inner.exception() if inner is not None else None
     worker = getattr(getattr(error, "last_worker", None), "address", "?")
     tries = getattr(error, "allowed_failures", -1) + 1
     return (
@@ -175,14 +175,14 @@ class Runner:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.options = {
-            "result_storage": cfg.root / ".cache" / "results",
+            "result_storage": paths.results_dir(cfg.root),
             "persist_result": True,
             "result_serializer": "json",
             "refresh_cache": cfg.refresh,
         }
         # Two runs on one artifacts dir: the second waits on the first's lock, then reads
         # its result as Cached instead of computing the same thing again.
-        self.locks = ProcessLockManager(lock_files_directory=cfg.root / ".cache" / "locks")
+        self.locks = ProcessLockManager(lock_files_directory=paths.locks_dir(cfg.root))
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
 
     def bind(self, task: Any) -> Any:
@@ -252,11 +252,11 @@ def announce(cfg: Config, models: list[dict[str, Any]], batches: dict[str, Any])
     n_tokens = cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
     lines = []
     for m in models:
-        sha = batches[m["tokenizer"]]["tokens"]["sha256"]
-        folder = activation_dir(cfg, m["name"], m["fingerprint"], sha)
+        sha = batches[m["tokenizer_fingerprint"]]["tokens"]["sha256"]
+        folder = paths.activation_dir(cfg, m["name"], m["weights_fingerprint"], sha)
         runs = [(layer, s) for layer in m["layers"] for s in cfg.sae_seeds]
         cached = sum(
-            layer_json_path(cfg, folder / f"L{layer:02d}.parquet", s).exists() for layer, s in runs
+            paths.layer_json(cfg, paths.layer_file(folder, layer), s).exists() for layer, s in runs
         )
         latent = cfg.expansion * m["d"]
         rate = calibrated_rate(cfg.root, device, cfg.precision, n_tokens, m["d"], latent)

@@ -31,6 +31,15 @@ def topk_k(latent: int, frac: float) -> int:
     return math.floor(latent * frac + 1e-9)
 
 
+def topk_mask(z: torch.Tensor, k: int) -> torch.Tensor | None:
+    """(N, m) bool: True where an entry is >= its row's k-th largest (ties at the k-th value are
+    all kept); None when k keeps every entry."""
+    if not 0 < k < z.shape[1]:
+        return None
+    kth = z.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values  # (N, 1)
+    return z >= kth
+
+
 class TiedSAE(torch.nn.Module):
     def __init__(self, d: int, latent: int, k: int, generator: torch.Generator):
         super().__init__()
@@ -43,11 +52,8 @@ class TiedSAE(torch.nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(x @ self.weight.T)  # (N, m)
-        if 0 < self.k < z.shape[1]:
-            # Keep entries >= the k-th largest of each token (ties kept), zero the rest.
-            kth = z.topk(self.k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-            z = z * (z >= kth)
-        return z
+        keep = topk_mask(z, self.k)
+        return z if keep is None else z * keep
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
@@ -74,9 +80,8 @@ def loss_and_grad(sae: TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
     w = sae.weight
     n, d = x.shape
     z = torch.mm(x, w.t()).clamp_(min=0)  # (N, m) pre-activations, ReLU in place
-    if 0 < sae.k < z.shape[1]:
-        kth = z.topk(sae.k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-        z.mul_(z >= kth)  # keep entries >= each token's k-th largest
+    if (keep := topk_mask(z, sae.k)) is not None:
+        z.mul_(keep)
     err = torch.mm(z, w).sub_(x)  # (N, d) x̂ - x
     loss = err.pow(2).mean() + l1 * z.mean()  # z >= 0, so mean|z| = mean z
     g_err = err.mul_(2.0 / (n * d))  # (N, d) dL/dx̂, reusing err's memory
@@ -120,7 +125,7 @@ def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
     x_hat, z = sae(x)
     active = z != 0  # (N, m)
     mse = F.mse_loss(x_hat, x).item()
-    var = (x - x.mean(dim=0)).pow(2).mean().item()  # variance of x about its (per-feature) mean
+    var = variance(x)
     per_latent = active.float().mean(dim=0)  # (m,) firing frequency
     fired = active.sum(dim=0)
     mean_mag = torch.where(fired > 0, z.sum(dim=0) / fired.clamp(min=1), 0.0)  # (m,)
@@ -133,6 +138,11 @@ def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
         "dead_pct": 100.0 * (fired == 0).float().mean().item(),
         "density_activation": (_minmax(per_latent) * _minmax(mean_mag)).mean().item(),
     }
+
+
+def variance(x: torch.Tensor) -> float:
+    """Mean squared deviation of x (N, d) from its per-feature mean: the denominator of FVU."""
+    return (x - x.mean(dim=0)).pow(2).mean().item()
 
 
 def _minmax(v: torch.Tensor) -> torch.Tensor:

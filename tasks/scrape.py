@@ -16,7 +16,7 @@ import requests
 from prefect import task
 from requests.exceptions import ContentDecodingError
 
-from tasks import cache
+from tasks import cache, paths
 from tasks.config import Config, LaminarError
 from tasks.store import file_record, write_bytes, write_json
 from tasks.wikitext import body_text, html_slice
@@ -169,7 +169,7 @@ def fetch_page(cfg: Config) -> dict[str, Any]:
     """Download the article once; later runs replay this record (use --refresh to re-fetch)."""
     html = download(cfg.url, cfg.fetch_timeout, cfg.max_page_mb)
     sha = hashlib.sha256(html).hexdigest()
-    path = cfg.root / "pages" / f"{sha[:16]}.html"
+    path = paths.page_html(cfg.root, sha)
     write_bytes(path, html)
     match = _REVISION.search(html.decode("utf-8", "replace"))
     meta = {
@@ -178,7 +178,7 @@ def fetch_page(cfg: Config) -> dict[str, Any]:
         "revision_id": int(match.group(1)) if match else None,
         "html": file_record(path),
     }
-    write_json(path.with_suffix(".json"), meta)
+    write_json(paths.page_meta(cfg.root, sha), meta)
     return meta
 
 
@@ -191,7 +191,7 @@ def parse_page(cfg: Config, page: dict[str, Any]) -> dict[str, Any]:
     """Cut the body out of the fetched HTML and store it as UTF-8 text."""
     html = Path(page["html"]["path"]).read_bytes().decode("utf-8", "replace")
     text = body_text(html, page["url"]) if cfg.text == "text" else html_slice(html, page["url"])
-    path = cfg.root / "pages" / f"{page['html']['sha256'][:16]}.{cfg.text}.txt"
+    path = paths.page_text(cfg.root, page["html"]["sha256"], cfg.text)
     write_bytes(path, text.encode())
     return {"text": file_record(path), "chars": len(text)}
 

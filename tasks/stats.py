@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+FREQ_BINS = np.linspace(-6, 0, 25)  # log10 firing frequency of a latent, for the heatmap
 MIN_LAYERS = 4  # fewer points say nothing about a trend or a U
 RHO_MIN, P_MAX = 0.5, 0.05
 VERTEX_RANGE = (0.15, 0.85)

@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, content hashes and the Parquet layout of activations.
+"""Files on disk: atomic writes, content hashes and the Parquet layouts of tokens and activations.
 
 Every file is written under a temporary name and renamed into place, so a killed run never
 leaves a file that a later run trusts. Each task returns a small record of what it wrote
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.config import LaminarError
@@ -106,7 +107,27 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
-# ------------------------------------------------------------------- activations as Parquet
+# -------------------------------------------------------- token batches and activations as Parquet
+
+
+def write_batch(batch: np.ndarray, path: Path) -> None:
+    n, length = batch.shape
+    table = pa.table(
+        {
+            "seq": pa.array(np.repeat(np.arange(n), length), pa.int32()),
+            "pos": pa.array(np.tile(np.arange(length), n), pa.int32()),
+            "token_id": pa.array(batch.reshape(-1), pa.int32()),
+        }
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_batch(record: dict[str, Any]) -> np.ndarray:
+    """(n_seqs, seq_len) int64 token ids from a batch file written by `tokenize`."""
+    table = pq.read_table(record["path"])
+    n = int(pc.max(table["seq"]).as_py()) + 1
+    return table["token_id"].to_numpy().astype(np.int64).reshape(n, -1)
 
 
 def activation_table(

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 
-from tasks import cache
+from tasks import cache, paths
 from tasks.config import Config, LaminarError
 from tasks.models import load_tokenizer
-from tasks.store import atomic_path, file_record
+from tasks.store import file_record, write_batch
 
 
 def sample_windows(n_tokens: int, n_seqs: int, seq_len: int, how: str, seed: int) -> np.ndarray:
@@ -44,26 +41,6 @@ def token_batch(ids: list[int], cfg: Config) -> np.ndarray:
     return np.stack([stream[s : s + cfg.seq_len] for s in starts])
 
 
-def write_batch(batch: np.ndarray, path: Path) -> None:
-    n, length = batch.shape
-    table = pa.table(
-        {
-            "seq": pa.array(np.repeat(np.arange(n), length), pa.int32()),
-            "pos": pa.array(np.tile(np.arange(length), n), pa.int32()),
-            "token_id": pa.array(batch.reshape(-1), pa.int32()),
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_batch(record: dict[str, Any]) -> np.ndarray:
-    """(n_seqs, seq_len) int64 token ids from a batch file written by `tokenize`."""
-    table = pq.read_table(record["path"])
-    n = int(pc.max(table["seq"]).as_py()) + 1
-    return table["token_id"].to_numpy().astype(np.int64).reshape(n, -1)
-
-
 @task(
     name="tokenize",
     task_run_name="tokenize {tokenizer_of}",
@@ -72,13 +49,12 @@ def read_batch(record: dict[str, Any]) -> np.ndarray:
     ),
 )
 def tokenize(
-    cfg: Config, text: dict[str, Any], tokenizer_of: str, fingerprint: str
+    cfg: Config, text: dict[str, Any], tokenizer_of: str, tokenizer_fingerprint: str
 ) -> dict[str, Any]:
     """Tokenize the text with `tokenizer_of`'s tokenizer and persist the sampled batch."""
     tokenizer = load_tokenizer(tokenizer_of)
     ids = tokenizer(Path(text["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)
     batch = token_batch(ids["input_ids"], cfg)
-    key = f"{fingerprint[:12]}-{text['text']['sha256'][:12]}-{cfg.sampling}-s{cfg.seed}"
-    path = cfg.root / "tokens" / f"{key}-{cfg.n_seqs}x{cfg.seq_len}.parquet"
+    path = paths.token_batch(cfg, tokenizer_fingerprint, text["text"]["sha256"])
     write_batch(batch, path)
     return {"tokens": file_record(path), "n_article_tokens": len(ids["input_ids"])}

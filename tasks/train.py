@@ -14,21 +14,18 @@ import torch
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks import cache, sae, store
-from tasks.config import Config, LaminarError, resolve_device, stable_hash
+from tasks import cache, paths, sae, store
+from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.progress import EpochReporter
-
-SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
-RESULT_FIELDS = (*SAE_FIELDS, "precision")  # with the seed, what a layer's numbers depend on
-FREQ_BINS = np.linspace(-6, 0, 25)  # log10 firing frequency of a latent, for the heatmap
+from tasks.stats import FREQ_BINS
 
 
 def input_stats(x: torch.Tensor) -> dict[str, float]:
     """What the SAE is fed: mean row norm, variance about the mean, share of negatives."""
     return {
         "x_mean_norm": x.norm(dim=1).mean().item(),
-        "x_var": (x - x.mean(dim=0)).pow(2).mean().item(),
+        "x_var": sae.variance(x),
         "x_neg_frac": (x < 0).float().mean().item(),
     }
 
@@ -76,22 +73,12 @@ def train_layer(
     return out
 
 
-def layer_json_path(cfg: Config, activations: Path, seed: int) -> Path:
-    """Where a layer's metrics go, beside the activations' layout:
-    activations/<model>/<hook>/<tokens>/L03.parquet -> sae/<model>/<hook>/<tokens>/L03/<key>.json
-    where <key> hashes the SAE settings, so other settings never overwrite this file. The same
-    path with the suffix .progress holds the epochs done while the layer trains."""
-    rel = activations.relative_to(cfg.root / "activations")
-    settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
-    return cfg.root / "sae" / rel.parent / rel.stem / f"{stable_hash(settings)[:16]}.json"
-
-
 def write_layer_json(
     cfg: Config, acts: dict[str, Any], row: dict[str, Any], label: str, seed: int
 ) -> dict[str, Any]:
-    """Metrics and loss curve as JSON at layer_json_path."""
-    settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
-    path = layer_json_path(cfg, Path(acts["path"]), seed)
+    """Metrics and loss curve as JSON at paths.layer_json."""
+    path = paths.layer_json(cfg, Path(acts["path"]), seed)
+    settings = paths.layer_settings(cfg, seed)
     try:
         store.write_json(path, {**row, "settings": settings, "activations": acts})
     except OSError as exc:
@@ -116,7 +103,7 @@ def train_sae(
     """Train the layer's SAE from seed `sae_seed`; the result is one metrics row (plus its loss
     curve and latent-frequency histogram). `label` names the run: 'gpt2 L3' (or 'gpt2 L3 s1'
     when several seeds are trained)."""
-    progress = layer_json_path(cfg, Path(acts["path"]), sae_seed).with_suffix(".progress")
+    progress = paths.epochs_file(paths.layer_json(cfg, Path(acts["path"]), sae_seed))
     progress.parent.mkdir(parents=True, exist_ok=True)
     every = -1.0 if cfg.quiet else cfg.progress_every
     report = EpochReporter(label, cfg.epochs, every, progress)

@@ -61,7 +61,7 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
     locks = ProcessLockManager(lock_files_directory=tmp_path)
     for key, host in [("here", ProcessLockManager.host), ("there", "gpu-node-7")]:
         assert locks.acquire_lock(key, holder=f"run-{key}")
-        path = Path(locks._lock_path_for_key(key))
+        path = locks.lock_path(key)
         info = json.loads(path.read_text())
         path.write_text(json.dumps({**info, "pid": dead.pid, "host": host}))
 
@@ -72,3 +72,89 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
     [warning] = [r.getMessage() for r in caplog.records if "waiting for there" in r.getMessage()]
     assert f"process {dead.pid} on gpu-node-7" in warning
     assert f"delete {tmp_path / 'there.lock'}" in warning
+
+
+# ---------------------------------------------------------------- keys across laminar versions
+
+KEYS_FILE = Path(__file__).parent / "data" / "cache_keys.json"
+
+
+def _record(name: str) -> dict[str, Any]:
+    sha = name.encode().hex().ljust(64, "0")
+    return {"path": f"/artifacts/{name}", "size": 1234, "sha256": sha}
+
+
+# One canned value per task parameter name, shaped like what the flow passes.
+CANNED: dict[str, Any] = {
+    "cfg": Config(artifacts_dir="/artifacts"),
+    "page": {"url": "u", "fetched_at": "t", "revision_id": 7, "html": _record("p.html")},
+    "text": {"text": _record("p.text.txt"), "chars": 10},
+    "tokenizer_of": "gpt2",
+    "tokenizer_fingerprint": "b" * 64,
+    "model": "gpt2",
+    "name": "gpt2",
+    "weights_fingerprint": "c" * 64,
+    "tokens": {"tokens": _record("t.parquet"), "n_article_tokens": 12000},
+    "layer": 3,
+    "acts": {"layer": 3, **_record("L03.parquet")},
+    "sae_seed": 0,
+    "label": "gpt2 L3",
+    "extractions": [],
+    "results": [],
+    "failed": [],
+    "started_at": "2026-01-01T00:00:00+00:00",
+}
+
+
+def task_keys() -> dict[str, str]:
+    """The cache key of every task of the flow for the canned inputs."""
+    import inspect
+
+    from tasks.extract import extract_activations
+    from tasks.report import write_report
+    from tasks.scrape import fetch_page, parse_page
+    from tasks.tokens import tokenize
+    from tasks.train import train_sae
+
+    keys = {}
+    for t in (fetch_page, parse_page, tokenize, extract_activations, train_sae, write_report):
+        inputs = {p: CANNED[p] for p in inspect.signature(t.fn).parameters}
+        task = SimpleNamespace(name=t.name, fn=t.fn, result_storage=None)
+        keys[t.name] = t.cache_policy.compute_key(SimpleNamespace(task=task), inputs, {})
+    return keys
+
+
+def test_cache_keys_are_those_of_the_recorded_version() -> None:
+    """A user's cached pages, activations and SAEs stay valid across laminar versions unless the
+    code that computes them changed. When this fails, the change invalidates every user's cache
+    for the named tasks: if that is meant (the results change), record the new keys with
+    `python tests/test_cache.py` and say so in the commit; if not, undo what changed what runs."""
+    recorded = json.loads(KEYS_FILE.read_text())
+    changed = {t: k for t, k in task_keys().items() if recorded.get(t) != k}
+    assert not changed, f"cache keys changed for {sorted(changed)}"
+
+
+def test_comments_docstrings_and_types_do_not_change_keys() -> None:
+    from tasks.cache import _WhatRuns
+
+    def digest(src: str) -> str:
+        import ast
+
+        return ast.dump(_WhatRuns().visit(ast.parse(src)))
+
+    typed = (
+        '"""Module."""\nfrom typing import Any\n\n\n'
+        'def f(a: Any, b: int = 2) -> int:  # sum\n    """Add."""\n    c: int\n'
+        "    s: int = a + b\n    return s\n"
+    )
+    plain = "def f(a, b=2):\n    s = a + b\n    return s\n"
+    assert digest(plain) == digest(typed)
+    assert digest(plain) != digest(plain.replace("a + b", "a - b"))
+    field = "class C:\n    x: int = 1\n"
+    assert digest(field) == digest(field.replace("int", "float"))
+    assert digest(field) != digest(field.replace("x: int = 1", "x = 1"))
+
+
+if __name__ == "__main__":  # record the current keys (see the test above)
+    KEYS_FILE.write_text(json.dumps(task_keys(), indent=2, sort_keys=True) + "\n")
+    print(f"recorded {KEYS_FILE}")

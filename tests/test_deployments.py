@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from conftest import UI, ArticleServer, free_port, quick_config
 
-from tasks.config import stable_hash
-from tasks.train import RESULT_FIELDS
+from tasks.config import RESULT_FIELDS, stable_hash
 
 pytestmark = pytest.mark.ui
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from tasks.config import Config, LaminarError
-from tasks.extract import describe_model, extract_activations, hook_names
+from tasks.extract import extract_activations, hook_names
 from tasks.models import load_model
-from tasks.store import file_record, read_activations
-from tasks.tokens import write_batch
+from tasks.store import file_record, read_activations, write_batch
 
 
 def reference_c_fc(model_dir: Path, batch: np.ndarray) -> list[np.ndarray]:
@@ -82,12 +81,3 @@ def test_unknown_hook_lists_valid_ones(tiny_model: Path) -> None:
     bridge = load_model(str(tiny_model), "cpu")
     with pytest.raises(LaminarError, match=r"--hook 'mlp.nope'.*mlp\.hook_post"):
         hook_names(bridge, "mlp.nope", [0])
-
-
-def test_describe_model_checks_layers_and_folders(tmp_path: Path, tiny_model: Path) -> None:
-    info = describe_model(Config(layers="0,2"), str(tiny_model))
-    assert info["layers"] == [0, 2] and info["name"] == "tiny-gpt2"
-    with pytest.raises(LaminarError, match="has 3 layers"):
-        describe_model(Config(layers="5"), str(tiny_model))
-    with pytest.raises(LaminarError, match="not a model folder"):
-        describe_model(Config(), str(tmp_path))

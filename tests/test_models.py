@@ -12,8 +12,7 @@ import pytest
 from conftest import make_model
 
 from tasks import models
-from tasks.config import Config
-from tasks.extract import describe_model
+from tasks.config import Config, LaminarError
 
 
 def test_pickled_weights_only_is_one_warning_line(
@@ -29,8 +28,8 @@ def test_pickled_weights_only_is_one_warning_line(
     safe = make_model(tmp_path / "safe", tokenizer_dir)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # the CLI and the flow both check a model: still one line
-            describe_model(Config(), str(folder))
-        describe_model(Config(), str(safe))
+            models.describe(Config(), str(folder))
+        models.describe(Config(), str(safe))
     lines = [r.getMessage() for r in caplog.records if "pickled weights" in r.getMessage()]
     assert lines == [
         f"--models '{folder}' offers only pickled weights (pytorch_model.bin): a pickle can "
@@ -48,7 +47,7 @@ def test_code_shipped_in_a_model_folder_is_never_run(tmp_path: Path, tiny_model:
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"}
     (folder / "config.json").write_text(json.dumps(config))
-    describe_model(Config(), str(folder))
+    models.describe(Config(), str(folder))
     models.load_model(str(folder), "cpu")
     assert not marker.exists()
 
@@ -61,3 +60,12 @@ def test_local_fingerprint_changes_with_the_weights(tmp_path: Path, tokenizer_di
     assert models.model_fingerprint(str(folder)) != before
     assert models.hub_revision(str(folder)) is None
     assert models.identity(str(folder))["source"] == "local folder"
+
+
+def test_describe_checks_layers_and_folders(tmp_path: Path, tiny_model: Path) -> None:
+    info = models.describe(Config(layers="0,2"), str(tiny_model))
+    assert info["layers"] == [0, 2] and info["name"] == "tiny-gpt2"
+    with pytest.raises(LaminarError, match="has 3 layers"):
+        models.describe(Config(layers="5"), str(tiny_model))
+    with pytest.raises(LaminarError, match="not a model folder"):
+        models.describe(Config(), str(tmp_path))

@@ -11,8 +11,8 @@ from conftest import gpt2_tokenizer
 
 from tasks.config import Config, LaminarError
 from tasks.models import tokenizer_fingerprint
-from tasks.store import file_record
-from tasks.tokens import read_batch, sample_windows, token_batch, write_batch
+from tasks.store import file_record, read_batch, write_batch
+from tasks.tokens import sample_windows, token_batch
 
 
 def test_real_gpt2_ids(tokenizer_dir: Path) -> None:
