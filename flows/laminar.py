@@ -26,6 +26,7 @@ from tasks import models, paths, provenance
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import extract_activations
+from tasks.records import ModelFacts
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner, announce
 from tasks.scrape import fetch_page, parse_page, publish_text
@@ -108,10 +109,10 @@ def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
     return [(s, f"{name} L{layer}" + (f" s{s}" if many else "")) for s in cfg.sae_seeds]
 
 
-_CHECKED: dict[str, list[dict[str, Any]]] = {}  # config JSON -> its models, checked by main
+_CHECKED: dict[str, list[ModelFacts]] = {}  # config JSON -> its models, checked by main
 
 
-def preflight(cfg: Config, *, keep: bool = False) -> list[dict[str, Any]]:
+def preflight(cfg: Config, *, keep: bool = False) -> list[ModelFacts]:
     """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
     the artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
     which check it themselves), every model and its layers resolve. The CLI runs it before

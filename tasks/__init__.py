@@ -11,11 +11,11 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     store                                      files: atomic writes, hashes, Parquet layouts
     host  prefect_api                          this process and machine; Prefect's private API
     paths                                      where every file of a run goes
-    config                                     the settings: CLI, UI form, cache keys
+    config  records                            the settings; the records tasks hand on
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
-    ("config",),
+    ("config", "records"),
     ("paths",),
     ("host", "prefect_api"),
     ("store",),

@@ -23,6 +23,7 @@ from tasks.config import Config, LaminarError, parse_layer_spec, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.models import load_model
 from tasks.progress import Ticker
+from tasks.records import Batch, Extraction, LayerFile
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ def forward_hooks(bridge: Any, names: dict[int, str], capture: Any) -> list[tupl
     ),
 )
 def extract_activations(
-    cfg: Config, model: str, name: str, weights_fingerprint: str, tokens: dict[str, Any]
-) -> dict[str, Any]:
+    cfg: Config, model: str, name: str, weights_fingerprint: str, tokens: Batch
+) -> Extraction:
     """Run the batch through `model` once and write one activation file per requested layer."""
     bridge = load_model(model, resolve_device(cfg.device))
     n_layers = bridge.cfg.n_layers
@@ -148,7 +149,9 @@ def extract_activations(
                     return_type=None,
                     stop_at_layer=max(layers) + 1,  # blocks past the last hooked one never run
                 )
-    files = [{"layer": layer, **store.file_record(out.path(layer))} for layer in layers]
+    files: list[LayerFile] = [
+        {"layer": layer, **store.file_record(out.path(layer))} for layer in layers
+    ]
     log.info("%s: wrote %d activation files under %s", name, len(files), out_dir)
     return {
         "model": model,

@@ -15,6 +15,7 @@ from typing import Any
 
 from tasks.config import Config, LaminarError, parse_layer_spec, short_name, stable_hash
 from tasks.host import logger
+from tasks.records import ModelFacts
 
 HUB_PROBE_TIMEOUT = 5.0  # s: a hub that has not answered by then is treated as unreachable
 
@@ -198,7 +199,7 @@ def identity(model: str) -> dict[str, Any]:
     }
 
 
-def describe(cfg: Config, model: str) -> dict[str, Any]:
+def describe(cfg: Config, model: str) -> ModelFacts:
     """Cheap facts about a model, checked before any heavy work: its short name, weight and
     tokenizer fingerprints, and the layers the run will profile (out-of-range layers fail here)."""
     check_local_folder(model)

@@ -19,6 +19,7 @@ from typing import Any
 from tasks import models
 from tasks.config import Config
 from tasks.host import describe_device
+from tasks.records import Batch, Extraction, LayerResult, Page, Text
 
 LIBRARIES = ["torch", "transformer-lens", "transformers", "prefect", "pyarrow", "numpy"]
 REPO = Path(__file__).resolve().parent.parent
@@ -65,11 +66,11 @@ def software() -> dict[str, str]:
 
 def collect(
     cfg: Config,
-    page: dict[str, Any],
-    text: dict[str, Any],
-    tokens: list[dict[str, Any]],
-    extractions: list[dict[str, Any]],
-    results: list[dict[str, Any]],
+    page: Page,
+    text: Text,
+    tokens: list[Batch],
+    extractions: list[Extraction],
+    results: list[LayerResult],
     started_at: str,
 ) -> dict[str, Any]:
     """The provenance record of one report (see the module docstring)."""

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import cache, figures, paths, provenance
 from tasks.config import EXECUTION_FIELDS, Config
+from tasks.records import Batch, Extraction, LayerResult, Page, Report, Text
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
@@ -41,7 +42,7 @@ COLUMNS = [
 TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
 
 
-def metric_rows(results: list[dict[str, Any]], n_layers: dict[str, int]) -> list[dict[str, Any]]:
+def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[dict[str, Any]]:
     """One row per (model, layer): the mean over SAE seeds, `<metric>_sd` their spread (0 for
     one seed), relative depth = layer / (n_layers - 1)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -115,7 +116,9 @@ def markdown(
     return "\n".join(lines)
 
 
-def draw(rows: list[dict], results: list[dict], n_layers: dict[str, int], out: Path) -> list[str]:
+def draw(
+    rows: list[dict], results: list[LayerResult], n_layers: dict[str, int], out: Path
+) -> list[str]:
     """Every figure of the report; returns their file names in report order."""
     if not rows:
         return []
@@ -152,14 +155,14 @@ def draw(rows: list[dict], results: list[dict], n_layers: dict[str, int], out: P
 )
 def write_report(
     cfg: Config,
-    page: dict[str, Any],
-    text: dict[str, Any],
-    tokens: list[dict[str, Any]],
-    extractions: list[dict[str, Any]],
-    results: list[dict[str, Any]],
+    page: Page,
+    text: Text,
+    tokens: list[Batch],
+    extractions: list[Extraction],
+    results: list[LayerResult],
     failed: list[str],
     started_at: str,
-) -> dict[str, Any]:
+) -> Report:
     """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
     out = paths.report_dir(cfg)
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
@@ -191,7 +194,7 @@ def write_report(
     return {"dir": str(out), "files": files, "failed": failed}
 
 
-def publish(report: dict[str, Any]) -> None:
+def publish(report: Report) -> None:
     """The table and report.md as artifacts of the current flow run, under stable keys (the
     Prefect UI keeps their history); also on a rerun whose report task was Cached."""
     out = Path(report["dir"])

@@ -30,6 +30,7 @@ from tasks.cluster import Pool
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.prefect_api import dask_future
 from tasks.progress import calibrated_rate, estimate, overall, read_epochs
+from tasks.records import Batch, ModelFacts
 
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
 ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
@@ -242,7 +243,7 @@ class Runner:
         return dict(Counter(self.states.values()))
 
 
-def announce(cfg: Config, models: list[dict[str, Any]], batches: dict[str, Any]) -> list[str]:
+def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
     device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
     try:

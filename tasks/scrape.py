@@ -18,6 +18,7 @@ from requests.exceptions import ContentDecodingError
 
 from tasks import cache, paths
 from tasks.config import Config, LaminarError
+from tasks.records import Batch, Page, Text
 from tasks.store import file_record, write_bytes, write_json
 from tasks.wikitext import body_text, html_slice
 
@@ -165,14 +166,14 @@ def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
     retry_condition_fn=_retry_transient,
     cache_policy=cache.ContentKey(fields=("url",)),
 )
-def fetch_page(cfg: Config) -> dict[str, Any]:
+def fetch_page(cfg: Config) -> Page:
     """Download the article once; later runs replay this record (use --refresh to re-fetch)."""
     html = download(cfg.url, cfg.fetch_timeout, cfg.max_page_mb)
     sha = hashlib.sha256(html).hexdigest()
     path = paths.page_html(cfg.root, sha)
     write_bytes(path, html)
     match = _REVISION.search(html.decode("utf-8", "replace"))
-    meta = {
+    meta: Page = {
         "url": cfg.url,
         "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "revision_id": int(match.group(1)) if match else None,
@@ -187,7 +188,7 @@ def fetch_page(cfg: Config) -> dict[str, Any]:
     task_run_name="parse {cfg.text}",
     cache_policy=cache.ContentKey(fields=("text",), modules=("tasks.wikitext",)),
 )
-def parse_page(cfg: Config, page: dict[str, Any]) -> dict[str, Any]:
+def parse_page(cfg: Config, page: Page) -> Text:
     """Cut the body out of the fetched HTML and store it as UTF-8 text."""
     html = Path(page["html"]["path"]).read_bytes().decode("utf-8", "replace")
     text = body_text(html, page["url"]) if cfg.text == "text" else html_slice(html, page["url"])
@@ -200,7 +201,7 @@ TEXT_KEY = "laminar-text"
 PREVIEW_LINES = 60
 
 
-def publish_text(page: dict[str, Any], text: dict[str, Any], tokens: list[dict[str, Any]]) -> None:
+def publish_text(page: Page, text: Text, tokens: list[Batch]) -> None:
     """What was fed to the models, as a markdown artifact of the flow run (`laminar-text`): the
     article's URL and revision, its size in characters and tokens, and its first lines."""
     from prefect.artifacts import create_markdown_artifact

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import LaminarError
 from tasks.host import on_worker
+from tasks.records import FileRecord
 
 
 def sha256_file(path: Path) -> str:
@@ -33,12 +34,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def file_record(path: Path) -> dict[str, Any]:
+def file_record(path: Path) -> FileRecord:
     """What a task promises about a file it wrote; `verify` checks it later."""
     return {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def verify(record: dict[str, Any], *, hash_check: bool = False) -> bool:
+def verify(record: FileRecord, *, hash_check: bool = False) -> bool:
     """True when the file is still there with the recorded size (and hash, if asked)."""
     path = Path(record["path"])
     try:
@@ -123,7 +124,7 @@ def write_batch(batch: np.ndarray, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
-def read_batch(record: dict[str, Any]) -> np.ndarray:
+def read_batch(record: FileRecord) -> np.ndarray:
     """(n_seqs, seq_len) int64 token ids from a batch file written by `tokenize`."""
     table = pq.read_table(record["path"])
     n = int(pc.max(table["seq"]).as_py()) + 1
@@ -159,7 +160,7 @@ def activation_schema(d: int, metadata: dict[str, str]) -> pa.Schema:
     )
 
 
-def read_activations(record: dict[str, Any]) -> np.ndarray:
+def read_activations(record: FileRecord) -> np.ndarray:
     """(rows, d) float32 from an activation file, straight from Arrow's buffer (no per-row
     Python objects). A file that does not match its record (size and sha256) is never read as
     data: it is deleted, so the next run's cache check rebuilds it."""

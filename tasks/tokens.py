@@ -6,7 +6,6 @@ activations of both models are measured on identical tokens."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prefect import task
@@ -14,6 +13,7 @@ from prefect import task
 from tasks import cache, paths
 from tasks.config import Config, LaminarError
 from tasks.models import load_tokenizer
+from tasks.records import Batch, Text
 from tasks.store import file_record, write_batch
 
 
@@ -48,9 +48,7 @@ def token_batch(ids: list[int], cfg: Config) -> np.ndarray:
         fields=("n_seqs", "seq_len", "sampling", "seed"), exclude=("tokenizer_of",)
     ),
 )
-def tokenize(
-    cfg: Config, text: dict[str, Any], tokenizer_of: str, tokenizer_fingerprint: str
-) -> dict[str, Any]:
+def tokenize(cfg: Config, text: Text, tokenizer_of: str, tokenizer_fingerprint: str) -> Batch:
     """Tokenize the text with `tokenizer_of`'s tokenizer and persist the sampled batch."""
     tokenizer = load_tokenizer(tokenizer_of)
     ids = tokenizer(Path(text["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)

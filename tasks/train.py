@@ -18,6 +18,7 @@ from tasks import cache, paths, sae, store
 from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.progress import EpochReporter
+from tasks.records import FileRecord, LayerFile, LayerResult
 from tasks.stats import FREQ_BINS
 
 
@@ -74,8 +75,8 @@ def train_layer(
 
 
 def write_layer_json(
-    cfg: Config, acts: dict[str, Any], row: dict[str, Any], label: str, seed: int
-) -> dict[str, Any]:
+    cfg: Config, acts: LayerFile, row: dict[str, Any], label: str, seed: int
+) -> FileRecord:
     """Metrics and loss curve as JSON at paths.layer_json."""
     path = paths.layer_json(cfg, Path(acts["path"]), seed)
     settings = paths.layer_settings(cfg, seed)
@@ -98,8 +99,8 @@ def write_layer_json(
     retries=0,  # training is deterministic: a retry would fail the same way
 )
 def train_sae(
-    cfg: Config, name: str, layer: int, acts: dict[str, Any], sae_seed: int, label: str
-) -> dict[str, Any]:
+    cfg: Config, name: str, layer: int, acts: LayerFile, sae_seed: int, label: str
+) -> LayerResult:
     """Train the layer's SAE from seed `sae_seed`; the result is one metrics row (plus its loss
     curve and latent-frequency histogram). `label` names the run: 'gpt2 L3' (or 'gpt2 L3 s1'
     when several seeds are trained)."""

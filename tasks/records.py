@@ -1,0 +1,107 @@
+"""The records tasks hand each other: what each task returns and the next one reads.
+
+They are plain dicts at run time (Prefect stores them as JSON, and the cache replays them), so
+these types only name the contract: which keys a record has and what each holds. A record that
+names a file carries its size and sha256 (FileRecord): the cache checks it before replaying, and
+the next task's key changes when the file does."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class FileRecord(TypedDict):
+    """A file a task wrote (tasks.store.file_record)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class Page(TypedDict):
+    """scrape.fetch_page: the article's HTML as fetched."""
+
+    url: str
+    fetched_at: str  # ISO 8601, UTC
+    revision_id: int | None  # MediaWiki's wgRevisionId, None if the page does not say
+    html: FileRecord
+
+
+class Text(TypedDict):
+    """scrape.parse_page: what the models read."""
+
+    text: FileRecord
+    chars: int
+
+
+class Batch(TypedDict):
+    """tokens.tokenize: the token batch (n_seqs x seq_len ids) of one tokenizer."""
+
+    tokens: FileRecord
+    n_article_tokens: int  # tokens in the whole text, before sampling windows
+
+
+class LayerFile(FileRecord):
+    """One layer's activation file (extract)."""
+
+    layer: int
+
+
+class Extraction(TypedDict):
+    """extract.extract_activations: one model's activation files."""
+
+    model: str  # hub id or folder
+    name: str  # short name (config.short_name)
+    n_layers: int  # blocks of the model (not only those extracted)
+    files: list[LayerFile]
+    ran_on: str  # host:pid
+    hardware: str  # host.describe_device
+
+
+class ModelFacts(TypedDict):
+    """models.describe: checked before any heavy work (the flow's preflight)."""
+
+    model: str
+    name: str
+    weights_fingerprint: str  # models.model_fingerprint: which weights
+    tokenizer_fingerprint: str  # models.tokenizer_fingerprint: which vocabulary and merges
+    layers: list[int]  # the layers this run profiles
+    d: int  # width of the hooked activation
+
+
+class LayerResult(TypedDict):
+    """train.train_sae: one SAE's metrics (the report's per-seed row) and where it came from."""
+
+    name: str
+    layer: int
+    sae_seed: int
+    activations: LayerFile
+    json: FileRecord  # the metrics JSON (paths.layer_json)
+    density_pct: float  # % of (token, latent) entries non-zero
+    final_mse: float
+    fvu: float  # final_mse / variance of the activations
+    l0: float  # mean non-zero latents per token
+    dead_pct: float  # % of latents that never fire
+    density_activation: float
+    x_mean_norm: float
+    x_var: float
+    x_neg_frac: float
+    freq_hist: list[int]  # latents per log10-frequency bin (stats.FREQ_BINS)
+    final_loss: float
+    loss_curve: list[float]  # loss of each epoch, before its update
+    seconds: float
+    device: str
+    hardware: str
+    ran_on: str
+    n_tokens: int
+    d: int
+    latent: int
+    k: int
+
+
+class Report(TypedDict):
+    """report.write_report: the report folder and every file in it."""
+
+    dir: str
+    files: list[FileRecord]
+    failed: list[str]  # 'name: message' of each layer that failed
