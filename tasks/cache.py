@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +153,16 @@ class ContentKey(CachePolicy):
         return key
 
 
+# Prefect creates a lock file, then writes its holder; laminar then adds the pid and host. Each
+# step follows the last within milliseconds, so a lock file still without a pid after this many
+# seconds was left by a process that died while taking the lock (Prefect's locks never expire).
+LOCK_GRACE_S = 10.0
+
+
 class ProcessLockManager(LockFiles):
-    """Prefect's file locks, plus the holder's pid: a lock whose process died (kill -9) is
-    released instead of making every later run wait for it forever."""
+    """Prefect's file locks, plus the holder's pid and host. Released instead of making every
+    later run wait forever: a lock whose process died on this machine (kill -9), and a lock file
+    that is empty or has no pid LOCK_GRACE_S after it was last written (its taker died)."""
 
     host = socket.gethostname()
 
@@ -187,9 +195,15 @@ class ProcessLockManager(LockFiles):
         pid, host = info.get("pid"), info.get("host")
         if host == self.host and isinstance(pid, int) and not pid_alive(pid):
             log.warning("releasing the lock on %s left by process %s, which is gone", key, pid)
-            self.lock_path(key).unlink(missing_ok=True)
-            self.forget(key)
-            return False
+            return self._release(key)
+        if pid is None and (age := self._age(key)) > LOCK_GRACE_S:
+            log.warning(
+                "releasing the lock on %s: its file has had no holder pid for %.0f s, so the "
+                "process taking it died",
+                key,
+                age,
+            )
+            return self._release(key)
         if host and host != self.host and key not in self._told:
             # Another machine's pid cannot be checked from here: say what we wait on and how to
             # end the wait if that machine is gone.
@@ -203,3 +217,15 @@ class ProcessLockManager(LockFiles):
                 self.lock_path(key),
             )
         return True
+
+    def _release(self, key: str) -> bool:
+        self.lock_path(key).unlink(missing_ok=True)
+        self.forget(key)
+        return False
+
+    def _age(self, key: str) -> float:
+        """Seconds since the lock file was last written (0 if it just vanished)."""
+        try:
+            return time.time() - self.lock_path(key).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0

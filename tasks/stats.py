@@ -8,7 +8,6 @@ are above the median layer's."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -23,12 +22,12 @@ VERTEX_RANGE = (0.15, 0.85)
 def density_trend(depth: list[float], density: list[float]) -> dict[str, Any]:
     """Spearman ρ (and p) and a linear fit (slope per unit relative depth, R²)."""
     x, y = np.asarray(depth, float), np.asarray(density, float)
-    if len(x) < MIN_LAYERS or np.ptp(y) == 0:
+    if len(x) < MIN_LAYERS or np.ptp(y) == 0:  # ρ and R² are undefined: None, never NaN
         return {
-            "rho": math.nan,
-            "p": math.nan,
-            "slope": 0.0 if len(x) > 1 else math.nan,
-            "r2": math.nan,
+            "rho": None,
+            "p": None,
+            "slope": 0.0 if len(x) > 1 else None,
+            "r2": None,
             "holds": False if len(x) >= MIN_LAYERS else None,
         }
     rho, p = stats.spearmanr(x, y)
@@ -48,29 +47,30 @@ def loss_shape(depth: list[float], loss: list[float]) -> dict[str, Any]:
     the first and last layers' loss over the median layer's."""
     x, y = np.asarray(depth, float), np.asarray(loss, float)
     if len(x) < MIN_LAYERS:
-        return {
-            "curvature": math.nan,
-            "vertex": math.nan,
-            "min_depth": math.nan,
-            "first_ratio": math.nan,
-            "last_ratio": math.nan,
-            "holds": None,
-        }
+        return dict.fromkeys(
+            ["curvature", "vertex", "min_depth", "first_ratio", "last_ratio", "holds"]
+        )
     order = np.argsort(x)
     x, y = x[order], y[order]
     a, b, _ = np.polyfit(x, y, 2)
-    vertex = -b / (2 * a) if a != 0 else math.nan
+    vertex = float(-b / (2 * a)) if a != 0 else None  # a straight line has no vertex
     median = float(np.median(y))
     first, last = float(y[0] / median), float(y[-1] / median)
-    holds = bool(a > 0 and VERTEX_RANGE[0] <= vertex <= VERTEX_RANGE[1] and first > 1 and last > 1)
+    centred = vertex is not None and VERTEX_RANGE[0] <= vertex <= VERTEX_RANGE[1]
+    holds = bool(a > 0 and centred and first > 1 and last > 1)
     return {
         "curvature": float(a),
-        "vertex": float(vertex),
+        "vertex": vertex,
         "min_depth": float(x[np.argmin(y)]),
         "first_ratio": first,
         "last_ratio": last,
         "holds": holds,
     }
+
+
+def num(value: float | None, spec: str) -> str:
+    """A statistic for the report: formatted, or 'undefined' where it has no value."""
+    return "undefined" if value is None else format(value, spec)
 
 
 def verdict(holds: bool | None) -> str:
@@ -99,11 +99,12 @@ def claims_markdown(result: dict[str, dict[str, Any]]) -> list[str]:
             continue
         lines += [
             f"**{model}** — density rises with depth: **{verdict(d['holds'])}** "
-            f"(Spearman ρ = {d['rho']:.3f}, p = {d['p']:.3g}; slope {d['slope']:.3g} %/depth, "
-            f"R² = {d['r2']:.3f}). Loss is U-shaped: **{verdict(u['holds'])}** (curvature "
-            f"{u['curvature']:.3g}, vertex at depth {u['vertex']:.2f}, minimum at depth "
-            f"{u['min_depth']:.2f}, first/median {u['first_ratio']:.3f}, last/median "
-            f"{u['last_ratio']:.3f}).",
+            f"(Spearman ρ = {num(d['rho'], '.3f')}, p = {num(d['p'], '.3g')}; slope "
+            f"{num(d['slope'], '.3g')} %/depth, R² = {num(d['r2'], '.3f')}). Loss is U-shaped: "
+            f"**{verdict(u['holds'])}** (curvature {num(u['curvature'], '.3g')}, vertex at "
+            f"depth {num(u['vertex'], '.2f')}, minimum at depth {num(u['min_depth'], '.2f')}, "
+            f"first/median {num(u['first_ratio'], '.3f')}, last/median "
+            f"{num(u['last_ratio'], '.3f')}).",
             "",
         ]
     lines += [

@@ -91,7 +91,12 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+    """Strict JSON: NaN or inf (which JSON has no words for) is refused, never written."""
+    try:
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise LaminarError(f"refusing to write '{path}': {exc} (NaN or inf in a result).") from None
+    write_bytes(path, data.encode())
 
 
 def check_writable(root: Path) -> None:

@@ -46,6 +46,13 @@ def train_layer(
     with warnings.catch_warnings():  # Arrow's buffer is read-only; nothing writes to x
         warnings.simplefilter("ignore", UserWarning)
         x = torch.from_numpy(x_np).to(device)
+    if (var := sae.variance(x)) == 0:
+        kind = "all zero" if not x.any() else "the same vector for every token"
+        raise LaminarError(
+            f"{label}: its activations do not vary ({kind}, {x.shape[0]} tokens): an SAE has "
+            "nothing to learn there and FVU is undefined; check --hook, or leave the layer out "
+            "with --layers."
+        )
     with sae.matmul_precision(cfg.precision):
         result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed, on_epoch=on_epoch)
     losses = result.losses
@@ -71,6 +78,12 @@ def train_layer(
         k=result.sae.k,
         loss_curve=losses,
     )
+    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # never reported as a number: the layer fails by name instead
+        raise LaminarError(
+            f"{label}: {', '.join(bad)} came out as {out[bad[0]]} (activation variance {var:.3g}); "
+            "nothing was written for this layer."
+        )
     return out
 
 

@@ -4,9 +4,13 @@ were truncated is dropped, so the task runs again instead of replaying it."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from tasks.cache import ContentKey
 from tasks.config import Config
@@ -72,6 +76,31 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
     [warning] = [r.getMessage() for r in caplog.records if "waiting for there" in r.getMessage()]
     assert f"process {dead.pid} on gpu-node-7" in warning
     assert f"delete {tmp_path / 'there.lock'}" in warning
+
+
+@pytest.mark.parametrize("content", [b"", b'{"holder": "run-a", "expiration": null}'])
+def test_lock_without_a_pid_is_released_after_the_grace_period(
+    tmp_path: Path, content: bytes, caplog: Any
+) -> None:
+    """An empty lock file (its taker died between Prefect creating and writing it) and one with
+    a holder but no pid (died before laminar added it): locked at first, released once unchanged
+    for LOCK_GRACE_S, so a resume waits a bounded time instead of forever."""
+    from tasks.cache import LOCK_GRACE_S, ProcessLockManager
+
+    locks = ProcessLockManager(lock_files_directory=tmp_path)
+    path = locks.lock_path("k")
+    path.write_bytes(content)
+    assert locks.is_locked("k")  # a lock being taken right now: wait for it
+    young = time.time() - LOCK_GRACE_S + 2
+    os.utime(path, (young, young))
+    assert locks.is_locked("k")
+    old = time.time() - LOCK_GRACE_S - 1
+    os.utime(path, (old, old))
+    with caplog.at_level("WARNING", logger="tasks.cache"):
+        assert not locks.is_locked("k")
+    assert not path.exists()
+    assert any("has had no holder pid" in r.getMessage() for r in caplog.records)
+    assert locks.acquire_lock("k", holder="me", acquire_timeout=1)  # free to take
 
 
 # ---------------------------------------------------------------- keys across laminar versions

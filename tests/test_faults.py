@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, ArticleServer, make_model, quick_config, wiki_page
+from conftest import ROOT, ArticleServer, make_model, quick_config, run_cli, said, wiki_page
 
 from flows.laminar import laminar
 from tasks.config import Config, to_args
@@ -113,6 +114,63 @@ def test_sigkill_while_writing_activations_leaves_no_torn_file(
     assert resumed["tasks"]["extract slow-gpt2"] == "Completed"
     assert not list(acts.rglob("*.tmp")), "the killed run's temporaries were swept"
     assert [int(r["layer"]) for r in metrics(resumed["report"])] == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------- layers that cannot be measured
+
+
+def poisoned_model(folder: Path, tokenizer_dir: Path) -> Path:
+    """4 layers whose MLP pre-activations (mlp.hook_pre = c_fc's output) are: L0 ordinary, L1
+    the same vector for every token (zero weight, bias 0.5), L2 all zero, L3 NaN."""
+    import torch
+    import transformers
+
+    make_model(folder, tokenizer_dir, n_layer=4)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    with torch.no_grad():
+        for layer, bias in [(1, 0.5), (2, 0.0), (3, float("nan"))]:
+            fc = model.transformer.h[layer].mlp.c_fc
+            fc.weight.zero_()
+            fc.bias.fill_(bias)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_unmeasurable_layers_fail_by_name_and_the_run_exits_1(
+    tmp_path: Path, tokenizer_dir: Path, article_server: ArticleServer
+) -> None:
+    model = poisoned_model(tmp_path / "poisoned-gpt2", tokenizer_dir)
+    cfg = quick_config(model, article_server, tmp_path / "art")
+    out = run_cli(*to_args(cfg), cwd=tmp_path, env={"PREFECT_HOME": str(tmp_path / "home")})
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    [sentence] = said(out.stderr)
+    assert sentence.startswith("laminar: 3 layer(s) failed and are missing from the report")
+    assert "poisoned-gpt2 L1: its activations do not vary (the same vector for every token" in (
+        sentence
+    )
+    assert "poisoned-gpt2 L2: its activations do not vary (all zero" in sentence
+    assert "poisoned-gpt2 L3: activations contain NaN or inf" in sentence
+    [report] = (tmp_path / "art" / "reports").iterdir()
+    assert [r["layer"] for r in metrics(report)] == ["0"]  # the measurable layer is reported
+    for table in report.glob("*.csv"):  # every number a number: no nan, no inf
+        cells = [c for row in csv.reader(table.open()) for c in row]
+        assert all(math.isfinite(float(c)) for c in cells if is_number(c)), table
+        assert not {c.lower() for c in cells} & {"nan", "inf", "-inf"}, table
+    for record in [*report.glob("*.json"), *(tmp_path / "art" / "sae").rglob("*.json")]:
+        json.loads(record.read_text(), parse_constant=refuse)  # NaN/Infinity are not JSON
+
+
+def is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} in a JSON file")
 
 
 # ----------------------------------------------------------------- corrupt or missing files

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -42,7 +40,30 @@ def test_flat_or_monotone_loss_is_no_u() -> None:
 def test_too_few_layers_is_not_judged() -> None:
     assert density_trend([0, 1], [1, 2])["holds"] is None
     r = loss_shape([0, 0.5, 1], [2, 1, 2])
-    assert r["holds"] is None and math.isnan(r["vertex"])
+    assert r["holds"] is None and r["vertex"] is None
+
+
+def test_undefined_statistics_are_null_never_nan() -> None:
+    """A flat density (ρ undefined) and too few layers give JSON null and 'undefined' in the
+    report, never NaN (which is not JSON, and reads as a number)."""
+    import json
+
+    rows = [
+        {"model": m, "rel_depth": x, "density_pct": 33.3, "final_loss": 1 + (x - 0.5) ** 2}
+        for m, depths in (("flat", DEPTH), ("short", [0.0, 1.0]))
+        for x in depths
+    ]
+    result = claims(rows)
+    json.dumps(result, allow_nan=False)  # raises on NaN or inf
+    assert result["flat"]["density"] == {
+        "rho": None,
+        "p": None,
+        "slope": 0.0,
+        "r2": None,
+        "holds": False,
+    }
+    text = "\n".join(claims_markdown(result))
+    assert "Spearman ρ = undefined, p = undefined" in text and "nan" not in text.lower()
 
 
 def test_claims_per_model_and_markdown() -> None:

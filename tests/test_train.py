@@ -24,8 +24,18 @@ def test_nan_activations_fail_by_name() -> None:
 
 def test_overflowing_loss_fails_by_name() -> None:
     x = np.full((10, 4), 1e25, dtype=np.float32)
+    x[::2] *= -1  # varies (a constant layer fails earlier, for another reason)
     with pytest.raises(LaminarError, match=r"gpt2 L1: the SAE loss became (inf|nan) at epoch 0"):
         train_layer(x, Config(device="cpu", epochs=2), "gpt2 L1")
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(0.0, "all zero"), (0.5, "the same vector for every token")]
+)
+def test_activations_that_do_not_vary_fail_by_name(value: float, kind: str) -> None:
+    x = np.full((10, 4), value, dtype=np.float32)
+    with pytest.raises(LaminarError, match=f"gpt2 L2: its activations do not vary \\({kind}, 10"):
+        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L2")
 
 
 def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
