@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
@@ -32,7 +33,9 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
     report = json.loads(out.read_text())
     [sae] = report["sae"]
     assert sae["max_rel_loss_diff"] < 1e-5 and sae["density_diff_pct_points"] == 0
-    assert sae["gflops"] > 0 and sae["pct_of_matmul"] > 0
+    flop_per_epoch = 10 * sae["N"] * sae["d"] * sae["m"]  # five (N, d, m) matmuls
+    assert sae["gflops"] == pytest.approx(flop_per_epoch / sae["s_per_epoch"] / 1e9)
+    assert sae["speedup"] == pytest.approx(sae["baseline_s_per_epoch"] / sae["s_per_epoch"])
     assert report["parquet"]["MB"] > 0 and report["parquet"]["read_MB_s"] > 0
     xl = report["xl"]  # one GPT-2-xl-shaped layer (d 6400) on 512 tokens, in a fresh process
     assert (xl["d"], xl["m"], xl["N"]) == (6400, 12800, 512)

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ import pytest
 from conftest import ROOT, ArticleServer, make_model, quick_config, run_cli, said, wiki_page
 
 from flows.laminar import laminar
+from tasks.cache import _file_records
 from tasks.config import Config, to_args
 from tasks.runs import Runner
 from tasks.scrape import fetch_page
+from tasks.store import verify
 
 pytestmark = pytest.mark.faults
 
@@ -79,41 +82,89 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
 
 # ------------------------------------------------------------------------------ kill -9
 
+# A resume of these small runs takes 20-40 s on this 2-core machine (Prefect's server start
+# included; 45 s at worst while the suite runs beside it): 180 s fails a hang without flaking.
+RESUME_TIMEOUT_S = 180
+
+
+def resume(cfg: Config, home: Path) -> dict[str, str]:
+    """The same command again, as the user reruns it: a subprocess with a time limit. Returns
+    each task run's final state, read from Prefect's log lines."""
+    out = run_cli(
+        *to_args(cfg), cwd=home.parent, env={"PREFECT_HOME": str(home)}, timeout=RESUME_TIMEOUT_S
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(re.findall(r"Task run '([^']+)' - Finished in state (\w+)\(", out.stderr))
+
+
+def lock_pids(root: Path) -> set[int]:
+    """The pids that laminar's lock files name."""
+    pids = set()
+    for lock in (root / ".cache" / "locks").glob("*.lock"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.add(json.loads(lock.read_text()).get("pid"))
+    return pids
+
+
+def check_files_against_records(cfg: Config) -> int:
+    """Every file that a cached result names is there with its recorded size and sha256, and
+    every Parquet file of tokens or activations has its full row count. Returns files checked."""
+    records = []
+    for result in (cfg.root / ".cache" / "results").iterdir():
+        records += _file_records(json.loads(json.loads(result.read_text())["result"]))
+    rows = {"tokens": cfg.n_seqs * cfg.seq_len, "activations": cfg.n_seqs * (cfg.seq_len - 1)}
+    for r in records:
+        assert verify(r, hash_check=True), r["path"]
+        part = Path(r["path"]).relative_to(cfg.root).parts[0]
+        if part in rows:
+            assert pq.read_metadata(r["path"]).num_rows == rows[part], r["path"]
+    return len(records)
+
 
 def test_sigkill_during_training_resumes_without_recomputing(
     tmp_path: Path, slow_model: Path, article_server: ArticleServer
 ) -> None:
     cfg = quick_config(slow_model, article_server, tmp_path / "a", epochs=80, seq_len=64)
     proc = spawn(cfg, tmp_path / "home")
-    killed = kill_when(proc, lambda: any((tmp_path / "a" / "sae").rglob("L01/*.json")))
+    l1_done = lambda: any((tmp_path / "a" / "sae").rglob("L01/*.json"))  # noqa: E731
+    killed = kill_when(proc, lambda: l1_done() and proc.pid in lock_pids(tmp_path / "a"))
     assert killed, "the run ended before it could be killed"
+    assert proc.pid in lock_pids(tmp_path / "a"), "a lock of the dead run is left to release"
     [l0] = (tmp_path / "a" / "sae").rglob("L00/*.json")
     l0_mtime = l0.stat().st_mtime_ns
 
-    resumed = laminar(cfg)
-    assert resumed["tasks"]["sae slow-gpt2 L0"] == "Cached"
-    assert resumed["tasks"]["sae slow-gpt2 L3"] == "Completed"
+    states = resume(cfg, tmp_path / "home")
+    assert states["sae slow-gpt2 L0"] == "Cached"  # L1 may have died before its record
+    assert states["sae slow-gpt2 L3"] == "Completed"
     assert l0.stat().st_mtime_ns == l0_mtime
+    assert proc.pid not in lock_pids(tmp_path / "a")
+    assert check_files_against_records(cfg) >= 4 + 4 + 2  # activations, layer JSONs, page, text
     reference = laminar(cfg.model_copy(update={"artifacts_dir": str(tmp_path / "b")}))
-    assert metrics(resumed["report"]) == metrics(reference["report"])
+    [report] = (tmp_path / "a" / "reports").iterdir()
+    assert metrics(report) == metrics(reference["report"])
 
 
 def test_sigkill_while_writing_activations_leaves_no_torn_file(
     tmp_path: Path, slow_model: Path, article_server: ArticleServer
 ) -> None:
     cfg = quick_config(
-        slow_model, article_server, tmp_path, n_seqs=24, seq_len=128, extract_batch=1
+        slow_model, article_server, tmp_path / "a", n_seqs=24, seq_len=128, extract_batch=1
     )
-    acts = tmp_path / "activations"
+    acts = tmp_path / "a" / "activations"
     proc = spawn(cfg, tmp_path / "home")
     assert kill_when(proc, lambda: any(acts.rglob(".L0*.tmp"))), "never caught mid-write"
-    for final in acts.rglob("L*.parquet"):  # a file in place is whole, never torn
-        assert pq.read_metadata(final).num_rows == 24 * 127
+    # The state this test is about: temporaries half-written, and no activation file in place
+    # (a file is renamed into place only once all its rows are written).
+    assert any(acts.rglob(".L0*.tmp")) and not list(acts.rglob("L*.parquet"))
 
-    resumed = laminar(cfg)
-    assert resumed["tasks"]["extract slow-gpt2"] == "Completed"
+    states = resume(cfg, tmp_path / "home")
+    assert states["extract slow-gpt2"] == "Completed"
     assert not list(acts.rglob("*.tmp")), "the killed run's temporaries were swept"
-    assert [int(r["layer"]) for r in metrics(resumed["report"])] == [0, 1, 2, 3]
+    assert len(list(acts.rglob("L*.parquet"))) == 4
+    check_files_against_records(cfg)
+    reference = laminar(cfg.model_copy(update={"artifacts_dir": str(tmp_path / "b")}))
+    [report] = (tmp_path / "a" / "reports").iterdir()
+    assert metrics(report) == metrics(reference["report"])
 
 
 # ------------------------------------------------------------- layers that cannot be measured
@@ -179,21 +230,31 @@ def refuse(constant: str) -> None:
 def test_truncated_deleted_and_garbled_files_are_rebuilt(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
+    """One fault at a time, each followed by a rerun: each is found on its own, and only the
+    task that wrote the damaged file runs again (it writes the same bytes, so nothing after it
+    does)."""
     cfg = quick_config(tiny_model, article_server, tmp_path)
     first = laminar(cfg)
     l1, l2 = sorted((tmp_path / "activations").rglob("L0[12].parquet"))
-    good = l1.read_bytes()
-    l1.write_bytes(good[: len(good) // 2])  # truncated
-    l2.unlink()  # deleted
     [tokens] = (tmp_path / "tokens").glob("*.parquet")
-    tokens.unlink()
-    [record] = (tmp_path / ".cache" / "results").glob("parse-*")
-    record.write_text("{ not json")  # a garbled cache record
+    [parsed] = (tmp_path / ".cache" / "results").glob("parse-*")
+    good = l1.read_bytes()
 
-    second = laminar(cfg)
-    assert executed(second) == ["extract tiny-gpt2", "parse text", "tokenize " + str(tiny_model)]
-    assert l1.read_bytes() == good and l2.exists()
-    assert metrics(second["report"]) == metrics(first["report"])
+    def truncate() -> None:
+        l1.write_bytes(good[: len(good) // 2])
+
+    faults = [
+        (truncate, ["extract tiny-gpt2"]),
+        (l2.unlink, ["extract tiny-gpt2"]),
+        (tokens.unlink, ["tokenize " + str(tiny_model)]),
+        (lambda: parsed.write_text("{ not json"), ["parse text"]),  # a garbled cache record
+    ]
+    for fault, reruns in faults:
+        fault()
+        again = laminar(cfg)
+        assert executed(again) == reruns, fault
+        assert metrics(again["report"]) == metrics(first["report"])
+    assert l1.read_bytes() == good and l2.exists() and tokens.exists()
 
 
 def test_same_size_corruption_is_never_trained_on(
@@ -240,11 +301,14 @@ def test_fetch_failures_retry_only_when_it_can_help(
     path = f"/fault/{route[0]}-{len(route)}"
     article_server.routes[path] = route
     words = words.format(port=article_server.httpd.server_port)
-    cfg = Config(url=article_server.url(path), artifacts_dir=str(tmp_path), fetch_timeout=0.3)
+    # Only the stalled answer (3 s) needs a short --fetch-timeout; the 404 and 503 keep the
+    # default (30 s), so a busy machine's slow answer is never mistaken for a timeout.
+    stall = {"fetch_timeout": 0.3} if len(route) == 3 else {}
+    cfg = Config(url=article_server.url(path), artifacts_dir=str(tmp_path), **stall)
     with pytest.raises(Exception, match=words.replace("(", r"\(").replace(")", r"\)")):
         fetch(cfg)
     assert article_server.hits[path] == hits
-    assert not list((tmp_path / "pages").glob("*.html")) if (tmp_path / "pages").exists() else True
+    assert list(tmp_path.rglob("*.html")) == []  # nothing saved from a failed fetch
 
 
 def test_server_down_is_retried_then_explained(tmp_path: Path) -> None:
@@ -306,23 +370,58 @@ def test_two_runs_at_once_share_work_and_agree(
 # ------------------------------------------------------------------- changing a setting
 
 
+SAES = ["sae tiny-gpt2 L0", "sae tiny-gpt2 L1", "sae tiny-gpt2 L2"]
+TOK = "tokenize {model}"
+# Each setting of README "Changing a setting", changed alone from the base run, and the task runs
+# that then execute (the rest are Cached).
+SETTINGS = [
+    ({"epochs": 4}, ["report", *SAES]),
+    ({"lr": 2e-4}, ["report", *SAES]),
+    ({"l1": 0.5}, ["report", *SAES]),
+    ({"expansion": 3}, ["report", *SAES]),
+    ({"topk_frac": 0.25}, ["report", *SAES]),
+    ({"precision": "tf32"}, ["report", *SAES]),
+    ({"seed": 1}, ["extract tiny-gpt2", "report", *SAES, TOK]),
+    ({"n_seqs": 5}, ["extract tiny-gpt2", "report", *SAES, TOK]),
+    ({"seq_len": 33}, ["extract tiny-gpt2", "report", *SAES, TOK]),
+    ({"sampling": "first"}, ["extract tiny-gpt2", "report", *SAES, TOK]),
+    # Layers 0 and 1 again: the same bytes as before, so their SAEs are reused.
+    ({"layers": "0,1"}, ["extract tiny-gpt2", "report"]),
+    ({"hook": "hook_resid_pre"}, ["extract tiny-gpt2", "report", *SAES]),
+    ({"keep_first_token": True}, ["extract tiny-gpt2", "report", *SAES]),
+    (
+        {"models": "{other}"},
+        ["extract other-gpt2", "report", "sae other-gpt2 L0", "sae other-gpt2 L1"],
+    ),
+    ({"refresh": True}, ["extract tiny-gpt2", "fetch", "parse text", "report", *SAES, TOK]),
+]
+
+
+@pytest.fixture(scope="module")
+def base_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    tokenizer_dir: Path,
+    article_server: ArticleServer,
+) -> tuple[Config, Path]:
+    root = tmp_path_factory.mktemp("settings")
+    cfg = quick_config(tiny_model, article_server, root / "art")
+    assert set(laminar(cfg)["tasks"].values()) == {"Completed"}
+    return cfg, make_model(root / "other-gpt2", tokenizer_dir, seed=1, n_layer=2)
+
+
+@pytest.mark.parametrize(("change", "expected"), SETTINGS, ids=[next(iter(c)) for c, _ in SETTINGS])
 def test_each_setting_recomputes_what_depends_on_it(
-    tmp_path: Path, tiny_model: Path, tokenizer_dir: Path, article_server: ArticleServer
+    change: dict, expected: list[str], base_run: tuple[Config, Path], tiny_model: Path
 ) -> None:
-    cfg = quick_config(tiny_model, article_server, tmp_path)
-    laminar(cfg)
-    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "activations").rglob("*.parquet")}
-
-    reseeded = laminar(cfg.model_copy(update={"seed": 1}))
-    assert "fetch" not in executed(reseeded) and "parse text" not in executed(reseeded)
-    assert {"extract tiny-gpt2", "tokenize " + str(tiny_model)} <= set(executed(reseeded))
-
-    other = make_model(tmp_path / "other-gpt2", tokenizer_dir, seed=1, n_layer=2)
-    laminar(cfg.model_copy(update={"models": [str(other)]}))
-    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # the first model's files untouched
-
-    refreshed = laminar(cfg.model_copy(update={"refresh": True}))
-    assert set(refreshed["tasks"].values()) == {"Completed"}
+    cfg, other = base_run
+    if change.get("models") == "{other}":
+        change = {"models": [str(other)]}
+    expected = sorted(e.format(model=tiny_model) for e in expected)
+    before = {p: p.stat().st_mtime_ns for p in cfg.root.rglob("tiny-gpt2-*/**/*.parquet")}
+    assert executed(laminar(cfg.model_copy(update=change))) == expected
+    if "models" in change:  # the first model's files are left alone
+        assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_layer_json_is_json_and_names_its_inputs(
