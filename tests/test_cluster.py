@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ArticleServer, free_port, make_model, quick_config
+from conftest import ROOT, ArticleServer, free_port, make_model, quick_config
 
 from flows.laminar import LayerFailedError, laminar
 from tasks import cluster
@@ -59,10 +59,12 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
-    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer, monkeypatch: Any
 ) -> None:
     base = {"n_seqs": 8, "seq_len": 64, "epochs": 20}
-    # Float sums depend on the threads per process: give both runners the same (one each).
+    # Float sums depend on the BLAS threads per process: one on both sides, on any machine (the
+    # local cluster gives each of its 2 workers cpu_count // 2 threads).
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with torch_threads(1):
         laminar(quick_config(tiny_model, article_server, tmp_path / "t", **base))
     dask = quick_config(
@@ -77,6 +79,11 @@ def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
         "sae tiny-gpt2 L1": "Completed",
         "sae tiny-gpt2 L2": "Completed",
     }
+    threads = {
+        json.loads(p.read_text())["hardware"].split(", ")[-1].split(" on ")[0]
+        for p in (tmp_path / "d" / "sae").rglob("*.json")
+    }
+    assert threads == {"1 threads"}  # the pin held in the workers
     assert layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")  # loss curves too, exactly
     assert os.getpid() not in pids_of(tmp_path / "d")  # trained in the worker processes
     [extract] = (tmp_path / "d" / ".cache" / "results").glob("extract-*")
@@ -93,8 +100,14 @@ class DaskCluster:
     stopped by process group whatever happens."""
 
     def __init__(
-        self, n_workers: int, logs: Path, tls: dict[str, str] | None = None, **scheduler_env: str
+        self,
+        n_workers: int,
+        logs: Path,
+        tls: dict[str, str] | None = None,
+        wrap: dict[int, tuple[list[str], dict[str, str]]] | None = None,
+        **scheduler_env: str,
     ) -> None:
+        """`wrap` starts worker i under a command prefix and with extra environment."""
         from distributed import Client, Security
 
         self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{free_port()}"
@@ -109,7 +122,8 @@ class DaskCluster:
         self.procs = [self._start(logs / "scheduler.log", *scheduler, env=scheduler_env)]
         for i in range(n_workers):
             worker = ["worker", self.address, "--nthreads", "1", *certs]
-            self.procs.append(self._start(logs / f"worker{i}.log", *worker))
+            prefix, env = (wrap or {}).get(i, ([], {}))
+            self.procs.append(self._start(logs / f"worker{i}.log", *worker, prefix=prefix, env=env))
         security = (
             Security(tls_ca_file=tls["ca"], tls_client_cert=tls["cert"], tls_client_key=tls["key"])
             if tls
@@ -119,9 +133,11 @@ class DaskCluster:
         self.client.wait_for_workers(n_workers, timeout=120)
 
     @staticmethod
-    def _start(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _start(
+        log: Path, *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [DASK, *args, "--no-dashboard"],
+            [*(prefix or []), DASK, *args, "--no-dashboard"],
             env={**os.environ, **(env or {})},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -346,54 +362,32 @@ def test_worker_problem_names_what_a_worker_cannot_do(tmp_path: Path) -> None:
         )
 
 
-class FakeClient:
-    """The two calls check_workers makes of a Dask client, with canned worker answers."""
-
-    def __init__(self, answers: dict[str, str]) -> None:
-        self.answers = answers
-
-    def wait_for_workers(self, n: int, timeout: float) -> None:
-        if not self.answers:
-            raise TimeoutError
-
-    def run(self, fn: Any, *args: Any) -> dict[str, str]:
-        if "missing" in self.answers:  # as Dask reports a worker that cannot unpickle fn
-            raise Exception("ModuleNotFoundError(\"No module named 'tasks'\")")
-        return self.answers
-
-    def scheduler_info(self) -> dict[str, Any]:
-        return {"workers": {a: {"nthreads": 2} for a in self.answers}}
-
-
-def test_check_workers_counts_slots_or_names_the_worker(tmp_path: Path) -> None:
-    cfg = Config(artifacts_dir=str(tmp_path), task_runner="dask", dask_address="tcp://h:1")
-    assert cluster.check_workers(FakeClient({"tcp://a:1": "", "tcp://b:1": ""}), cfg, "") == 4
-    bad = FakeClient({"tcp://a:1": "", "tcp://b:1": "cannot read and write '/x' (No such file)"})
-    with pytest.raises(LaminarError) as err:
-        cluster.check_workers(bad, cfg, "")
-    assert str(err.value).startswith("Dask worker tcp://b:1 cannot read and write '/x'")
-    assert "(1 of 2 workers affected)" in str(err.value) and "shared filesystem" in str(err.value)
-    with pytest.raises(LaminarError, match=r"cannot import laminar .* \(`pip install -e \.`"):
-        cluster.check_workers(FakeClient({"missing": ""}), cfg, "")
-    with pytest.raises(LaminarError, match="has no workers after"):
-        cluster.check_workers(FakeClient({}), cfg, "")
-    assert not list((tmp_path / ".cache").iterdir())  # the probe is gone
-
-
-def test_a_local_cluster_that_cannot_start_is_one_sentence() -> None:
-    class Unstartable:  # as when a user's script calls laminar() without a __main__ guard
-        @property
-        def client(self) -> Any:
-            raise RuntimeError("Nanny failed to start.")
-
-    with pytest.raises(LaminarError) as err:
-        cluster.connect(Unstartable(), Config(task_runner="dask"))
-    assert str(err.value).startswith(
-        "the local Dask cluster did not start (Nanny failed to start.): Dask starts its workers"
+def test_a_local_cluster_that_cannot_start_is_one_sentence(tmp_path: Path) -> None:
+    """A user's script that runs the flow without a __main__ guard: Dask's workers re-import it
+    while they start, and fail; the run ends with laminar's sentence saying why and what to do."""
+    script = tmp_path / "my_experiment.py"
+    script.write_text(
+        "from prefect import flow\n"
+        "from tasks.cluster import fanout\n"
+        "from tasks.config import Config\n\n\n"
+        "@flow\n"
+        "def experiment():\n"
+        f"    with fanout(Config(task_runner='dask', artifacts_dir={str(tmp_path / 'art')!r})):\n"
+        "        pass\n\n\n"
+        "experiment()  # no `if __name__ == '__main__':`\n"
     )
-    assert "if __name__ == '__main__':" in str(err.value)
-    with pytest.raises(RuntimeError):  # a user's cluster: Dask's own error stands
-        cluster.connect(Unstartable(), Config(task_runner="dask", dask_address="tcp://h:1"))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    # ~15 s alone on this 2-core machine (three worker starts, each failing), 30 s under load.
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=240
+    )
+    assert out.returncode == 1
+    assert (
+        "LaminarError: the local Dask cluster did not start (Nanny failed to start.): Dask "
+        "starts its workers by re-importing the script that runs the flow, so a script of yours "
+        "that calls laminar() must do it under `if __name__ == '__main__':`; or use "
+        "--task-runner thread."
+    ) in out.stderr
 
 
 def test_local_cluster_shares_the_cores_out() -> None:
@@ -436,23 +430,6 @@ def test_flow_loaded_as_a_deployment_unpickles_where_it_cannot_be_imported(
     assert out.stdout.decode().strip() == "laminar"
 
 
-def test_a_worker_that_cannot_see_an_activation_file_says_so(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    from tasks import host, store
-
-    assert host.on_worker() == ""  # not inside a Dask worker here
-    monkeypatch.setattr(store, "on_worker", lambda: " on Dask worker tcp://10.0.0.9:40000")
-    record = {"path": str(tmp_path / "L00.parquet"), "size": 1, "sha256": "0" * 64}
-    with pytest.raises(LaminarError) as err:
-        store.read_activations(record)
-    assert str(err.value) == (
-        f"activation file '{tmp_path / 'L00.parquet'}' that the flow wrote is not visible on "
-        "Dask worker tcp://10.0.0.9:40000: every Dask worker must see the artifacts dir at the "
-        "same path (a shared filesystem)."
-    )
-
-
 def test_only_this_machines_dead_writers_temporaries_are_swept(tmp_path: Path) -> None:
     """On a shared filesystem a pid from another machine says nothing here: its temporaries
     are left alone; this machine's dead writers' temporaries go, live ones stay."""
@@ -475,3 +452,88 @@ def test_only_this_machines_dead_writers_temporaries_are_swept(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [names["alive here"], names["dead elsewhere"], "L03.parquet"]
     )
+
+
+# ------------------------------------------------ real workers that cannot serve the run
+
+
+def hidden(folder: Path) -> list[str]:
+    """A command prefix: run in a mount namespace of its own in which `folder` is an empty
+    tmpfs, as on a machine where the artifacts dir is not the shared filesystem."""
+    mount = f'mount -t tmpfs none "{folder}" && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"]
+
+
+def without_laminar(folder: Path) -> dict[str, str]:
+    """An environment whose Python cannot import laminar: a PYTHONPATH whose sitecustomize
+    drops the editable install's import hooks (as a worker started outside the project's
+    environment, or with a broken PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in f.__module__]\n"
+        "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable__' not in h.__module__]\n"
+        f"sys.path[:] = [p for p in sys.path if p.rstrip('/') != {str(ROOT)!r}]\n"
+    )
+    return {"PYTHONPATH": str(folder)}
+
+
+@pytest.fixture(scope="module")
+def can_unshare(tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("ns")
+    probe = subprocess.run([*hidden(folder), "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here (unshare -m: {probe.stderr.strip()})")
+
+
+def test_real_worker_that_cannot_see_the_artifacts_dir_is_named(
+    tmp_path: Path, can_unshare: None
+) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tasks import store
+
+    art = tmp_path / "art"
+    path = art / "activations" / "L00.parquet"
+    path.parent.mkdir(parents=True)
+    rows = np.arange(6)
+    pq.write_table(store.activation_table(rows, rows, rows, np.ones((6, 4), np.float32)), path)
+    record = store.file_record(path)
+    wrap = {1: (hidden(art), {})}
+    with started(DaskCluster(2, tmp_path, wrap=wrap)) as dc:
+        sees = dc.client.run(os.path.exists, str(path))
+        [blind] = [w for w, seen in sees.items() if not seen]
+        cfg = Config(artifacts_dir=str(art), task_runner="dask", dask_address=dc.address)
+        with pytest.raises(LaminarError) as err:
+            cluster.check_workers(dc.client, cfg, "")
+        assert str(err.value).startswith(
+            f"Dask worker {blind} cannot read and write '{art / '.cache'}' (No such file"
+        )
+        assert "(1 of 2 workers affected)" in str(err.value)
+        # A task that reaches that worker anyway says what is wrong, in one sentence.
+        future = dc.client.submit(store.read_activations, record, workers=[blind], pure=False)
+        with pytest.raises(LaminarError) as err:
+            future.result()
+        assert str(err.value) == (
+            f"activation file '{path}' that the flow wrote is not visible on Dask worker "
+            f"{blind}: every Dask worker must see the artifacts dir at the same path (a shared "
+            "filesystem)."
+        )
+        dc.client.retire_workers([blind])
+        assert cluster.check_workers(dc.client, cfg, "") == 1  # one worker, one thread: 1 slot
+
+
+def test_real_worker_that_cannot_import_laminar_is_named(tmp_path: Path) -> None:
+    wrap = {0: ([], without_laminar(tmp_path / "hide"))}
+    with started(DaskCluster(1, tmp_path, wrap=wrap)) as dc:
+        assert dc.client.run(lambda: __import__("importlib.util").util.find_spec("tasks")) == {
+            w: None for w in dc.client.scheduler_info()["workers"]
+        }
+        cfg = Config(
+            artifacts_dir=str(tmp_path / "art"), task_runner="dask", dask_address=dc.address
+        )
+        with pytest.raises(LaminarError) as err:
+            cluster.check_workers(dc.client, cfg, "")
+    assert str(err.value).startswith(f"the Dask workers of {dc.address} cannot import laminar (")
+    assert "No module named 'tasks'" in str(err.value) and "pip install -e ." in str(err.value)

@@ -58,7 +58,9 @@ def spawn(cfg: Config, home: Path) -> subprocess.Popen[str]:
 
 
 def kill_when(proc: subprocess.Popen[str], ready: callable, limit_s: float = 240) -> bool:
-    """SIGKILL `proc`'s process group as soon as `ready()` holds; False if it ended first."""
+    """SIGKILL `proc`'s process group as soon as `ready()` holds; False if it ended first.
+    The runs here reach their kill point within about a minute even on a loaded 2-core machine
+    (the whole kill-and-resume test takes ~95 s there); 240 s only ends a run that never does."""
     deadline = time.monotonic() + limit_s
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -346,6 +348,7 @@ def test_two_runs_at_once_share_work_and_agree(
 ) -> None:
     cfg = quick_config(tiny_model, article_server, tmp_path / "art", epochs=200)
     procs = [spawn(cfg, tmp_path / f"home{i}") for i in range(2)]
+    # Two whole runs side by side on 2 cores: ~60 s; 300 s ends a pair that deadlocks.
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     done = [

@@ -137,17 +137,6 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
 
 
-def test_cli_runs_and_exits_0(
-    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
-) -> None:
-    common = to_args(
-        quick_config(tiny_model, article_server, tmp_path, n_seqs=2, seq_len=16, epochs=2)
-    )
-    ok = run_cli(*common, "--layers", "1", cwd=tmp_path)
-    assert ok.returncode == 0, ok.stderr
-    assert "report: " in ok.stdout and "sae tiny-gpt2 L1" in ok.stdout + ok.stderr
-
-
 def test_cli_help_lists_every_option() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "laminar.py"), "--help"],
