@@ -3,7 +3,9 @@ layer) rows (means over SAE seeds, with `<metric>_sd`)."""
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,28 @@ def density_heatmap(
         ylabel="layer",
     )
     save_png(fig, path)
+
+
+ARTIFACT_WIDTH = 900  # px: figures as the Prefect UI shows them (the report folder keeps 1650)
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+_RELATIVE = re.compile(r"\]\((?!data:|[a-z]+://|/)([^)\s]+)\)")
+
+
+def data_uri(png: Path, width: int = ARTIFACT_WIDTH) -> str:
+    """The figure as a data: URI, downscaled to `width` pixels if wider."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        if im.width > width:
+            im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def for_the_ui(markdown: str, folder: Path) -> str:
+    """Markdown written beside its figures, made to render where that folder cannot be read
+    (the Prefect UI in a browser): figures embedded as data URIs, other links made absolute
+    paths on the machine that wrote them."""
+    embedded = _IMAGE.sub(lambda m: f"![{m[1]}]({data_uri(folder / m[2])})", markdown)
+    return _RELATIVE.sub(lambda m: f"]({folder / m[1]})", embedded)

@@ -205,6 +205,6 @@ def publish(report: Report) -> None:
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"laminar metrics in {out}")
     create_markdown_artifact(
         key=REPORT_KEY,
-        markdown=(out / "report.md").read_text().replace("](", f"]({out}/"),
+        markdown=figures.for_the_ui((out / "report.md").read_text(), out),
         description=f"laminar report: {out / 'report.md'}",
     )

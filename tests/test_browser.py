@@ -14,6 +14,7 @@ from conftest import ROOT, UI, ArticleServer
 
 pytestmark = pytest.mark.ui
 SCREENSHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-run.png"
+REPORT_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-report.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -77,6 +78,34 @@ def test_custom_run_from_the_ui_completes(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     reports = list((tmp_path / "reports").glob("*/metrics.csv"))
     assert len(reports) == 1 and len(reports[0].read_text().splitlines()) == 3  # L0, L2
+
+    # The run's report artifact, opened as a user would: every figure shows.
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    from tasks.report import REPORT_KEY
+
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    with ui.client() as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[REPORT_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
+        )
+    page.goto(f"{ui.url}/artifacts/artifact/{artifact.id}")
+    page.get_by_text("The claims").first.wait_for()
+    page.locator("img[src^='data:image/png']").nth(3).wait_for()  # laminar + 3 of the model's
+    page.wait_for_load_state("load")
+    shown = page.locator("img").evaluate_all(
+        "els => els.map(e => [e.src.slice(0, 22), e.complete ? e.naturalWidth : 0])"
+    )
+    assert all(width > 0 for _, width in shown), shown  # no broken image on the page
+    assert sum(src == "data:image/png;base64," for src, _ in shown) == 4, shown
+    page.screenshot(path=str(REPORT_SHOT), full_page=True)
 
 
 def test_password_protected_server(

@@ -3,15 +3,20 @@ a person reads; the claims judged in report.md."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from prefect.logging import disable_run_logger
 
 from tasks.config import Config
+from tasks.figures import ARTIFACT_WIDTH, for_the_ui
 from tasks.report import COLUMNS, metric_rows, write_report
 
 
@@ -121,3 +126,12 @@ def test_report_files(tmp_path: Path) -> None:
     for png in ["laminar.png", "m-panels.png", "m-loss.png", "m-density.png"]:
         assert f"]({png})" in md
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What the Prefect UI gets: the same text, its figures embedded (downscaled), links absolute.
+    ui = for_the_ui(md, folder)
+    uris = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[^)]+)\)", ui)
+    assert len(uris) == 4 and "](laminar.png)" not in ui
+    for uri in uris:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+            assert im.format == "PNG" and im.width <= ARTIFACT_WIDTH
+    assert f"]({folder}/../../pages/p.text.txt)" in ui
+    assert len(ui) < 1_000_000  # 0.23 MB for one model's four figures
