@@ -37,6 +37,7 @@ EXECUTION_FIELDS = frozenset(
         "dask_tls_key",
         "progress_every",
         "quiet",
+        "save_saes",  # which files are kept, not what any number is
     }
 )
 # The SAE's hyperparameters (tasks.sae.train's keyword arguments), and with the matmul precision
@@ -125,6 +126,12 @@ class Config(BaseModel):
         default="fp32",
         description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
         "cores (several times faster, small differences: see the benchmark).",
+    )
+    save_saes: bool = Field(
+        default=True,
+        description="Keep every trained SAE beside its metrics, in SAELens's on-disk format "
+        "(cfg.json + sae_weights.safetensors: 151 MB a GPT-2-small layer, 419 MB a "
+        "GPT-2-large one); --no-save-saes keeps only the metrics.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where to run: 'auto' takes CUDA when present."

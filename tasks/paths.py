@@ -8,6 +8,7 @@
       activations/<model>-<weights fp8>/<hook>/<tokens sha16>[-pos0]/L03.parquet
       sae/<model>-<weights fp8>/<hook>/<tokens sha16>[-pos0]/L03/<settings hash16>.json
                                               a layer's metrics; .progress beside it while it trains
+      sae/<...>/L03/<settings hash16>/cfg.json, sae_weights.safetensors   its SAE (SAELens format)
       reports/<config digest12>/              tables, figures, provenance.json, report.md
       .cache/results/  .cache/locks/          Prefect's results and locks (content keys)
       .cache/calibration.json                 measured matmul rates (the run's estimate)
@@ -63,6 +64,11 @@ def layer_json(cfg: Config, activations: Path, seed: int) -> Path:
     rel = activations.relative_to(cfg.root / "activations")
     name = f"{stable_hash(layer_settings(cfg, seed))[:16]}.json"
     return cfg.root / "sae" / rel.parent / rel.stem / name
+
+
+def sae_dir(layer_json_path: Path) -> Path:
+    """The trained SAE beside its metrics: <settings hash16>/ with cfg.json and weights."""
+    return layer_json_path.with_suffix("")
 
 
 def epochs_file(layer_json_path: Path) -> Path:

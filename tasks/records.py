@@ -77,6 +77,7 @@ class LayerResult(TypedDict):
     sae_seed: int
     activations: LayerFile
     json: FileRecord  # the metrics JSON (paths.layer_json)
+    sae_files: list[FileRecord]  # the SAE's weights and cfg.json (paths.sae_dir); [] if not kept
     density_pct: float  # % of (token, latent) entries non-zero
     final_mse: float
     fvu: float  # final_mse / variance of the activations

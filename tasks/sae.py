@@ -7,12 +7,17 @@ trained with Adam on the full batch, one step per epoch. Shapes: x (N, d), z (N,
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+from tasks import store
 
 
 @contextlib.contextmanager
@@ -148,3 +153,53 @@ def variance(x: torch.Tensor) -> float:
 def _minmax(v: torch.Tensor) -> torch.Tensor:
     span = v.max() - v.min()
     return (v - v.min()) / span if span > 0 else torch.zeros_like(v)
+
+
+# ------------------------------------------------------------- on disk, in SAELens's format
+
+WEIGHTS_FILE, CFG_FILE = "sae_weights.safetensors", "cfg.json"
+
+
+def save(sae: TiedSAE, folder: Path, hook_name: str, model_name: str, laminar: dict) -> None:
+    """Write the SAE as SAELens writes a TopK SAE (SAE.load_from_disk(folder) reads it): its
+    encoder W_enc = Wᵀ (d, m), decoder W_dec = W (m, d), zero biases (laminar's SAE has none),
+    and cfg.json with k, the hook and the model, plus laminar's own record under "laminar".
+    Both files are written atomically; the weights first, so a cfg.json means a whole SAE."""
+    from safetensors.torch import save as to_bytes
+
+    w = sae.weight.detach().float().cpu()  # (m, d)
+    m, d = w.shape
+    state = {
+        "W_enc": w.t().contiguous(),
+        "W_dec": w.contiguous(),
+        "b_enc": torch.zeros(m),
+        "b_dec": torch.zeros(d),
+    }
+    cfg = {
+        "architecture": "topk",
+        "d_in": d,
+        "d_sae": m,
+        "k": sae.k if 0 < sae.k < m else m,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"model_name": model_name, "hook_name": hook_name, "hook_head_index": None},
+        "laminar": laminar,
+    }
+    store.write_bytes(folder / WEIGHTS_FILE, to_bytes(state))
+    store.write_json(folder / CFG_FILE, cfg)
+
+
+def load(folder: str | Path) -> TiedSAE:
+    """A saved SAE (see `save`) as laminar's TiedSAE, on the CPU, without SAELens."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg: dict[str, Any] = json.loads((folder / CFG_FILE).read_text())
+    w = load_file(folder / WEIGHTS_FILE)["W_dec"]  # (m, d)
+    sae = TiedSAE(cfg["d_in"], cfg["d_sae"], cfg["k"], torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.weight.copy_(w)
+    return sae

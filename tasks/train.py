@@ -37,8 +37,8 @@ def train_layer(
     label: str,
     seed: int = 0,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
-) -> dict[str, Any]:
-    """Train on one layer's activations (N, d) and return its metrics and loss curve."""
+) -> tuple[dict[str, Any], sae.TiedSAE]:
+    """Train on one layer's activations (N, d): its metrics and loss curve, and the SAE."""
     if not np.isfinite(x_np).all():
         raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
     device = resolve_device(cfg.device)
@@ -84,7 +84,7 @@ def train_layer(
             f"{label}: {', '.join(bad)} came out as {out[bad[0]]} (activation variance {var:.3g}); "
             "nothing was written for this layer."
         )
-    return out
+    return out, result.sae
 
 
 def write_layer_json(
@@ -107,7 +107,9 @@ def write_layer_json(
     name="sae",
     task_run_name="sae {label}",
     cache_policy=cache.ContentKey(
-        fields=RESULT_FIELDS, modules=("tasks.sae", "tasks.store"), exclude=("label",)
+        fields=(*RESULT_FIELDS, "save_saes"),
+        modules=("tasks.sae", "tasks.store"),
+        exclude=("label",),
     ),
     retries=0,  # training is deterministic: a retry would fail the same way
 )
@@ -117,14 +119,22 @@ def train_sae(
     """Train the layer's SAE from seed `sae_seed`; the result is one metrics row (plus its loss
     curve and latent-frequency histogram). `label` names the run: 'gpt2 L3' (or 'gpt2 L3 s1'
     when several seeds are trained)."""
-    progress = paths.epochs_file(paths.layer_json(cfg, Path(acts["path"]), sae_seed))
+    json_path = paths.layer_json(cfg, Path(acts["path"]), sae_seed)
+    progress = paths.epochs_file(json_path)
     progress.parent.mkdir(parents=True, exist_ok=True)
     every = -1.0 if cfg.quiet else cfg.progress_every
     report = EpochReporter(label, cfg.epochs, every, progress)
     try:
-        out = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
+        out, model = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
     finally:
         progress.unlink(missing_ok=True)
+    saved = []
+    if cfg.save_saes:  # before the metrics JSON, which marks the layer done
+        folder = paths.sae_dir(json_path)
+        about = {"layer": layer, "sae_seed": sae_seed, "activations": acts}
+        about["settings"] = paths.layer_settings(cfg, sae_seed)
+        sae.save(model, folder, f"blocks.{layer}.{cfg.hook}", name, about)
+        saved = [store.file_record(folder / f) for f in (sae.WEIGHTS_FILE, sae.CFG_FILE)]
     row = {"model": name, "layer": layer, "sae_seed": sae_seed, **out}
     record = write_layer_json(cfg, acts, row, label, sae_seed)
     get_run_logger().info(
@@ -141,5 +151,6 @@ def train_sae(
         "layer": layer,
         "activations": acts,
         "json": record,
+        "sae_files": saved,
         **out,
     }

@@ -384,6 +384,7 @@ SETTINGS = [
     ({"expansion": 3}, ["report", *SAES]),
     ({"topk_frac": 0.25}, ["report", *SAES]),
     ({"precision": "tf32"}, ["report", *SAES]),
+    ({"save_saes": False}, ["report", *SAES]),  # the SAEs trained again, their files not kept
     ({"seed": 1}, ["extract tiny-gpt2", "report", *SAES, TOK]),
     ({"n_seqs": 5}, ["extract tiny-gpt2", "report", *SAES, TOK]),
     ({"seq_len": 33}, ["extract tiny-gpt2", "report", *SAES, TOK]),

@@ -4,6 +4,7 @@ computes every task, a second executes none, and a failed layer is the only one 
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def test_first_run_computes_and_rerun_executes_nothing(
         assert 0 < float(r["density_pct"]) <= 100 * (512 // 3) / 512 + 1e-9
         assert float(r["final_loss"]) > float(r["final_mse"]) > 0
         assert r["n_tokens"] == str(4 * 31) and r["d"] == "256" and r["latent"] == "512"
+    saes = sorted((tmp_path / "sae").rglob("cfg.json"))  # every SAE kept, in SAELens's format
+    assert [json.loads(p.read_text())["laminar"]["layer"] for p in saes] == [0, 1, 2]
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
     table, report = latest_artifacts()
     assert [row["layer"] for row in table] == ["0", "1", "2"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,3 +111,38 @@ def test_hand_gradient_equals_autograd(k: int) -> None:
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_saved_sae_reads_back_in_saelens_terms(tmp_path: Path) -> None:
+    """The files `save` writes, read the way SAELens's TopK SAE reads them: encode is
+    topk(x W_enc + b_enc) then ReLU on the kept values, decode z W_dec + b_dec. On data without
+    ties at the k-th value (SAELens keeps exactly k, laminar every entry equal to the k-th)
+    that gives laminar's latents and reconstruction."""
+    from safetensors.torch import load_file
+
+    from tasks.sae import CFG_FILE, WEIGHTS_FILE, load, save
+
+    gen = torch.Generator().manual_seed(3)
+    model = sae.TiedSAE(8, 16, 5, gen)
+    save(model, tmp_path / "sae", "blocks.2.mlp.hook_pre", "gpt2", {"layer": 2})
+    cfg = json.loads((tmp_path / "sae" / CFG_FILE).read_text())
+    assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 8, 16, 5)
+    assert cfg["metadata"] == {
+        "model_name": "gpt2",
+        "hook_name": "blocks.2.mlp.hook_pre",
+        "hook_head_index": None,
+    }
+    assert cfg["apply_b_dec_to_input"] is False and cfg["laminar"] == {"layer": 2}
+    w = load_file(tmp_path / "sae" / WEIGHTS_FILE)
+    assert w["W_enc"].shape == (8, 16) and w["W_dec"].shape == (16, 8)
+    assert not w["b_enc"].any() and not w["b_dec"].any()
+
+    x = torch.randn(50, 8, generator=gen)
+    pre = x @ w["W_enc"] + w["b_enc"]
+    top = pre.topk(cfg["k"], dim=-1)
+    z = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+    x_hat, z_ours = model(x)
+    assert torch.equal(z != 0, z_ours != 0)
+    torch.testing.assert_close(z, z_ours, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z @ w["W_dec"] + w["b_dec"], x_hat, rtol=1e-5, atol=1e-6)
+    assert torch.equal(load(tmp_path / "sae").weight, model.weight)

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 from prefect.logging import disable_run_logger
 
+from tasks import sae
 from tasks.config import Config, LaminarError
 from tasks.store import activation_table, file_record
 from tasks.train import train_layer, train_sae
@@ -39,8 +42,6 @@ def test_activations_that_do_not_vary_fail_by_name(value: float, kind: str) -> N
 
 
 def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
-    import pyarrow.parquet as pq
-
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(40, 8)).astype(np.float32)
     path = tmp_path / "activations" / "m-1234" / "mlp.hook_pre" / "abc" / "L03.parquet"
@@ -58,4 +59,28 @@ def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
         1 - out["dead_pct"] / 100
     )
     assert out["x_neg_frac"] == pytest.approx(float((acts < 0).mean()))
+    # The SAE is kept beside its metrics: loading it reproduces the layer's numbers.
+    folder = Path(out["json"]["path"]).with_suffix("")
+    assert [Path(r["path"]) for r in out["sae_files"]] == [
+        folder / "sae_weights.safetensors",
+        folder / "cfg.json",
+    ]
+    again = sae.metrics(sae.load(folder), torch.from_numpy(acts))
+    assert again["density_pct"] == saved["density_pct"]
+    assert again["final_mse"] == pytest.approx(saved["final_mse"], rel=1e-6)
+    cfg_json = json.loads((folder / "cfg.json").read_text())
+    assert cfg_json["metadata"]["hook_name"] == "blocks.3.mlp.hook_pre"
+    assert cfg_json["laminar"]["settings"] == saved["settings"]
+    assert cfg_json["laminar"]["activations"]["sha256"] == file_record(path)["sha256"]
+
+
+def test_no_save_saes_keeps_only_the_metrics(tmp_path: Path) -> None:
+    acts = np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32)
+    path = tmp_path / "activations" / "m-1" / "mlp.hook_pre" / "abc" / "L00.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(activation_table(np.zeros(20), np.arange(20), np.zeros(20), acts), path)
+    cfg = Config(artifacts_dir=str(tmp_path), epochs=2, device="cpu", save_saes=False)
+    with disable_run_logger():
+        out = train_sae.fn(cfg, "m", 0, {"layer": 0, **file_record(path)}, 0, "m L0")
+    assert out["sae_files"] == [] and not list((tmp_path / "sae").rglob("*.safetensors"))
     assert out["x_var"] == pytest.approx(float(((acts - acts.mean(0)) ** 2).mean()), rel=1e-5)
