@@ -9,7 +9,12 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: run test ui setup browser clean-venv
+.PHONY: run test ui setup browser interop clean-venv
+
+# SAELens, for the interop test that loads laminar's saved SAEs with it. Its own environment:
+# sae-lens 6 needs transformer-lens < 4, laminar needs 4. Built once, reused (`make clean-venv`).
+INTEROP := .venv-interop
+SAE_LENS_SPEC ?= sae-lens>=6,<7
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +24,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 setup: $(VENV)/.installed
+
+$(INTEROP)/.installed: Makefile
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q --upgrade pip
+	$(INTEROP)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(INTEROP)/bin/python -m pip install -q "$(SAE_LENS_SPEC)"
+	touch $@
+
+interop: $(INTEROP)/.installed
 
 run: setup
 	$(PY) flows/laminar.py $(ARGS)
@@ -30,7 +44,7 @@ browser:
 	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium not installed: the browser test will skip"
 
-test: setup browser
+test: setup browser interop
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(ARGS)
@@ -39,4 +53,4 @@ ui: setup
 	scripts/laminar-ui.sh
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(INTEROP)

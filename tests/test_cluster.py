@@ -32,7 +32,7 @@ DASK = str(Path(sys.executable).with_name("dask"))
 def layer_rows(root: Path) -> dict[str, dict[str, Any]]:
     """Every layer's JSON under root/sae, by layer folder, without its timing fields."""
     rows = {}
-    for path in sorted((root / "sae").rglob("*.json")):
+    for path in sorted((root / "sae").rglob("L*/*.json")):
         row = json.loads(path.read_text())
         rows[path.parent.name] = {
             k: v
@@ -44,7 +44,7 @@ def layer_rows(root: Path) -> dict[str, dict[str, Any]]:
 
 def pids_of(root: Path, paths: list[Path] | None = None) -> set[int]:
     """The processes that trained the layers (all under root, or those paths)."""
-    rows = [json.loads(p.read_text()) for p in paths or (root / "sae").rglob("*.json")]
+    rows = [json.loads(p.read_text()) for p in paths or (root / "sae").rglob("L*/*.json")]
     return {int(r["ran_on"].rsplit(":", 1)[1]) for r in rows}
 
 
@@ -81,7 +81,7 @@ def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
     }
     threads = {
         json.loads(p.read_text())["hardware"].split(", ")[-1].split(" on ")[0]
-        for p in (tmp_path / "d" / "sae").rglob("*.json")
+        for p in (tmp_path / "d" / "sae").rglob("L*/*.json")
     }
     assert threads == {"1 threads"}  # the pin held in the workers
     assert layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")  # loss curves too, exactly
@@ -228,12 +228,12 @@ def test_worker_killed_mid_run_on_a_cli_started_cluster(
         assert not summary["failed"]
         saes = {n: s for n, s in summary["tasks"].items() if n.startswith("sae")}
         assert len(saes) == 6 and set(saes.values()) <= {"Completed", "Cached"}, saes
-        assert len(list((cfg.root / "sae").rglob("*.json"))) == 6
+        assert len(list((cfg.root / "sae").rglob("L*/*.json"))) == 6
         # What had finished before the kill was never trained again (its file is untouched).
         for path, mtime in seen["done"].items():
             assert path.stat().st_mtime_ns == mtime, path
         # Whatever was trained after the kill (the interrupted layer included) ran elsewhere.
-        later = [p for p in (cfg.root / "sae").rglob("*.json") if p not in seen["done"]]
+        later = [p for p in (cfg.root / "sae").rglob("L*/*.json") if p not in seen["done"]]
         assert later and seen["killed"] not in pids_of(cfg.root, later)
         rerun = laminar(cfg)
         assert set(rerun["tasks"].values()) == {"Cached"}, rerun["tasks"]

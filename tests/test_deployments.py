@@ -108,7 +108,7 @@ def test_failed_layer_resumes_by_retrying_the_flow_run(
 
     failed = run_deployment(ui, "quick", cfg)
     assert failed.state.type.value == "FAILED"
-    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "sae").rglob("*.json") if p.is_file()}
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "sae").rglob("L*/*.json") if p.is_file()}
     assert len(done) == 2  # layers 0 and 1 finished despite layer 2
 
     blocker.rmdir()
@@ -119,7 +119,7 @@ def test_failed_layer_resumes_by_retrying_the_flow_run(
     retried = wait_final(ui, failed.id)
     assert retried.state.type.value == "COMPLETED", retried.state.message
     assert {p: p.stat().st_mtime_ns for p in done} == done  # layers 0 and 1 not recomputed
-    assert len(list((tmp_path / "sae").rglob("*.json"))) == 3
+    assert len(list((tmp_path / "sae").rglob("L*/*.json"))) == 3
 
 
 def test_dead_network_fails_the_run_with_the_sentence(
