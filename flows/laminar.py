@@ -26,6 +26,7 @@ from tasks import models, paths, provenance
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, config_from_args, resolve_device
 from tasks.extract import extract_activations
+from tasks.latents import latent_cards
 from tasks.records import ModelFacts
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner, announce
@@ -84,8 +85,15 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
                     progress = paths.epochs_file(paths.layer_json(cfg, Path(f["path"]), seed))
                     jobs.append(Job(name, future, m["name"], progress))
         results, failed = run.gather(jobs, pool.slots)
+    cards = []
+    for m in described if cfg.save_saes else []:
+        first_seed = [r for r in results if r["sae_seed"] == cfg.sae_seeds[0]]
+        if mine := [r for r in first_seed if r["name"] == m["name"]]:
+            batch = tokens[m["tokenizer_fingerprint"]]
+            cards += run(latent_cards, cfg, m["model"], m["name"], mine, batch)
     batches = list(tokens.values())
-    report = run(write_report, cfg, page, text, batches, extractions, results, failed, started_at)
+    args = (cfg, page, text, batches, extractions, results, failed, cards, started_at)
+    report = run(write_report, *args)
     publish(report)
     summary = {
         "report": report["dir"],

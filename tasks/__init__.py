@@ -4,7 +4,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
 
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
-    scrape  tokens  extract  train  report     the tasks, one module per job
+    scrape tokens extract train latents report the tasks, one module per job
     cache  wikitext  figures  progress  provenance   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "progress", "provenance"),
-    ("scrape", "tokens", "extract", "train", "report"),
+    ("scrape", "tokens", "extract", "train", "latents", "report"),
     ("cluster",),
     ("runs",),
 )

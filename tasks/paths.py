@@ -54,8 +54,11 @@ def layer_file(folder: Path, layer: int) -> Path:
 
 
 def layer_settings(cfg: Config, seed: int) -> dict[str, object]:
-    """What a layer's SAE numbers depend on besides its activations."""
-    return {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed}
+    """What a layer's SAE numbers depend on besides its activations; and, for a run that does
+    not keep its SAEs, that: its metrics file is its own, never one a run that keeps them
+    points to (each names the other's file as changed otherwise, and retrains)."""
+    kept = {} if cfg.save_saes else {"save_saes": False}
+    return {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed, **kept}
 
 
 def layer_json(cfg: Config, activations: Path, seed: int) -> Path:

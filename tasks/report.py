@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import cache, figures, paths, provenance
 from tasks.config import EXECUTION_FIELDS, Config
-from tasks.records import Batch, Extraction, LayerResult, Page, Report, Text
+from tasks.records import Batch, Extraction, FileRecord, LayerResult, Page, Report, Text
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
@@ -161,6 +161,7 @@ def write_report(
     extractions: list[Extraction],
     results: list[LayerResult],
     failed: list[str],
+    cards: list[FileRecord],
     started_at: str,
 ) -> Report:
     """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
@@ -185,12 +186,19 @@ def write_report(
     prov = provenance.collect(cfg, page, text, tokens, extractions, results, started_at)
     write_json(out / "provenance.json", prov)
     md = markdown(cfg, prov, rows, failed, images, out)
+    if cards:  # the latent cards, written beside the report by the latents task
+        pages = [Path(c["path"]).name for c in cards if c["path"].endswith(".html")]
+        md += (
+            "\nLatent cards (what each layer's latents fire on): "
+            + ", ".join(f"[{p}]({p})" for p in pages)
+            + "\n"
+        )
     write_bytes(out / "report.md", md.encode())
     names = [f"{s}.{x}" for s, t in tables.items() if t for x in ("csv", "parquet")]
     files = [
         file_record(out / f)
         for f in [*names, *images, "claims.json", "provenance.json", "report.md"]
-    ]
+    ] + list(cards)
     return {"dir": str(out), "files": files, "failed": failed}
 
 

@@ -15,6 +15,7 @@ from conftest import ROOT, UI, ArticleServer
 pytestmark = pytest.mark.ui
 SCREENSHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-run.png"
 REPORT_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-report.png"
+CARDS_SHOT = ROOT / "artifacts" / "test-output" / "latent-cards.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -106,6 +107,18 @@ def test_custom_run_from_the_ui_completes(
     assert all(width > 0 for _, width in shown), shown  # no broken image on the page
     assert sum(src == "data:image/png;base64," for src, _ in shown) == 4, shown
     page.screenshot(path=str(REPORT_SHOT), full_page=True)
+
+    # The latent cards page of the same run, as a browser shows it: 24 cards per layer, each
+    # token marked as latents.json has it.
+    folder = reports[0].parent
+    cards = json.loads((folder / "tiny-gpt2-latents.json").read_text())
+    page.goto((folder / "tiny-gpt2-latents.html").as_uri())
+    for layer, expected in cards.items():
+        section = page.locator(f"section#L{int(layer):02d}")
+        assert section.locator(".card").count() == 24
+        marked = section.locator(".card").first.locator("mark").all_inner_texts()
+        assert marked == [c["token"] for c in expected[0]["contexts"]]
+    page.locator("section#L02").screenshot(path=str(CARDS_SHOT))
 
 
 def test_password_protected_server(

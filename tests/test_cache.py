@@ -131,6 +131,7 @@ CANNED: dict[str, Any] = {
     "extractions": [],
     "results": [],
     "failed": [],
+    "cards": [],
     "started_at": "2026-01-01T00:00:00+00:00",
 }
 
@@ -140,13 +141,15 @@ def task_keys() -> dict[str, str]:
     import inspect
 
     from tasks.extract import extract_activations
+    from tasks.latents import latent_cards
     from tasks.report import write_report
     from tasks.scrape import fetch_page, parse_page
     from tasks.tokens import tokenize
     from tasks.train import train_sae
 
     keys = {}
-    for t in (fetch_page, parse_page, tokenize, extract_activations, train_sae, write_report):
+    tasks = (fetch_page, parse_page, tokenize, extract_activations, train_sae, latent_cards)
+    for t in (*tasks, write_report):
         inputs = {p: CANNED[p] for p in inspect.signature(t.fn).parameters}
         task = SimpleNamespace(name=t.name, fn=t.fn, result_storage=None)
         keys[t.name] = t.cache_policy.compute_key(SimpleNamespace(task=task), inputs, {})

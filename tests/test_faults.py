@@ -28,6 +28,7 @@ from tasks.scrape import fetch_page
 from tasks.store import verify
 
 pytestmark = pytest.mark.faults
+LAT = "latents tiny-gpt2"  # the latent cards' task run
 
 
 def executed(summary: dict) -> list[str]:
@@ -272,7 +273,12 @@ def test_same_size_corruption_is_never_trained_on(
         laminar(cfg.model_copy(update={"epochs": 4}))  # needs the file: training reads it
     assert not l0.exists()  # removed, so the next run rebuilds it
     rebuilt = laminar(cfg.model_copy(update={"epochs": 4}))
-    assert executed(rebuilt) == ["extract tiny-gpt2", "report", "sae tiny-gpt2 L0"]
+    assert executed(rebuilt) == [
+        "extract tiny-gpt2",
+        "latents tiny-gpt2",
+        "report",
+        "sae tiny-gpt2 L0",
+    ]
 
 
 # ------------------------------------------------------------------------ network faults
@@ -378,26 +384,32 @@ TOK = "tokenize {model}"
 # Each setting of README "Changing a setting", changed alone from the base run, and the task runs
 # that then execute (the rest are Cached).
 SETTINGS = [
-    ({"epochs": 4}, ["report", *SAES]),
-    ({"lr": 2e-4}, ["report", *SAES]),
-    ({"l1": 0.5}, ["report", *SAES]),
-    ({"expansion": 3}, ["report", *SAES]),
-    ({"topk_frac": 0.25}, ["report", *SAES]),
-    ({"precision": "tf32"}, ["report", *SAES]),
+    ({"epochs": 4}, [LAT, "report", *SAES]),
+    ({"lr": 2e-4}, [LAT, "report", *SAES]),
+    ({"l1": 0.5}, [LAT, "report", *SAES]),
+    ({"expansion": 3}, [LAT, "report", *SAES]),
+    ({"topk_frac": 0.25}, [LAT, "report", *SAES]),
+    ({"precision": "tf32"}, [LAT, "report", *SAES]),
     ({"save_saes": False}, ["report", *SAES]),  # the SAEs trained again, their files not kept
-    ({"seed": 1}, ["extract tiny-gpt2", "report", *SAES, TOK]),
-    ({"n_seqs": 5}, ["extract tiny-gpt2", "report", *SAES, TOK]),
-    ({"seq_len": 33}, ["extract tiny-gpt2", "report", *SAES, TOK]),
-    ({"sampling": "first"}, ["extract tiny-gpt2", "report", *SAES, TOK]),
+    ({"seed": 1}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),
+    ({"n_seqs": 5}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),
+    ({"seq_len": 33}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),
+    ({"sampling": "first"}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),
     # Layers 0 and 1 again: the same bytes as before, so their SAEs are reused.
-    ({"layers": "0,1"}, ["extract tiny-gpt2", "report"]),
-    ({"hook": "hook_resid_pre"}, ["extract tiny-gpt2", "report", *SAES]),
-    ({"keep_first_token": True}, ["extract tiny-gpt2", "report", *SAES]),
+    ({"layers": "0,1"}, ["extract tiny-gpt2", LAT, "report"]),
+    ({"hook": "hook_resid_pre"}, ["extract tiny-gpt2", LAT, "report", *SAES]),
+    ({"keep_first_token": True}, ["extract tiny-gpt2", LAT, "report", *SAES]),
     (
         {"models": "{other}"},
-        ["extract other-gpt2", "report", "sae other-gpt2 L0", "sae other-gpt2 L1"],
+        [
+            "extract other-gpt2",
+            "latents other-gpt2",
+            "report",
+            "sae other-gpt2 L0",
+            "sae other-gpt2 L1",
+        ],
     ),
-    ({"refresh": True}, ["extract tiny-gpt2", "fetch", "parse text", "report", *SAES, TOK]),
+    ({"refresh": True}, ["extract tiny-gpt2", "fetch", LAT, "parse text", "report", *SAES, TOK]),
 ]
 
 

@@ -73,6 +73,7 @@ def test_first_run_computes_and_rerun_executes_nothing(
         "sae tiny-gpt2 L0",
         "sae tiny-gpt2 L1",
         "sae tiny-gpt2 L2",
+        "latents tiny-gpt2",
         "report",
     ]
     assert [n.split(" /")[0].split(" http")[0] for n in first["tasks"]] == names
@@ -89,6 +90,10 @@ def test_first_run_computes_and_rerun_executes_nothing(
         assert r["n_tokens"] == str(4 * 31) and r["d"] == "256" and r["latent"] == "512"
     saes = sorted((tmp_path / "sae").rglob("cfg.json"))  # every SAE kept, in SAELens's format
     assert [json.loads(p.read_text())["laminar"]["layer"] for p in saes] == [0, 1, 2]
+    out = Path(first["report"])  # the latent cards, beside the report and linked from it
+    cards = json.loads((out / "tiny-gpt2-latents.json").read_text())
+    assert list(cards) == ["0", "1", "2"] and all(len(c) == 24 for c in cards.values())
+    assert "[tiny-gpt2-latents.html](tiny-gpt2-latents.html)" in (out / "report.md").read_text()
     files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
     table, report = latest_artifacts()
     assert [row["layer"] for row in table] == ["0", "1", "2"]
@@ -111,7 +116,13 @@ def test_first_run_computes_and_rerun_executes_nothing(
     # Another --epochs retrains the SAEs and reuses the article, tokens and activations.
     third = laminar(cfg.model_copy(update={"epochs": 4}))
     executed = sorted(n for n, s in third["tasks"].items() if s != "Cached")
-    assert executed == ["report", "sae tiny-gpt2 L0", "sae tiny-gpt2 L1", "sae tiny-gpt2 L2"]
+    assert executed == [
+        "latents tiny-gpt2",
+        "report",
+        "sae tiny-gpt2 L0",
+        "sae tiny-gpt2 L1",
+        "sae tiny-gpt2 L2",
+    ]
     assert {
         p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet") if "reports" not in p.parts
     } == {p: t for p, t in files.items() if "reports" not in p.parts}
@@ -136,7 +147,7 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     blocker.unlink()
     rerun = laminar(cfg)
     executed = sorted(n for n, s in rerun["tasks"].items() if s != "Cached")
-    assert executed == ["report", "sae tiny-gpt2 L2"], rerun["tasks"]
+    assert executed == ["latents tiny-gpt2", "report", "sae tiny-gpt2 L2"], rerun["tasks"]
     assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
 
 

@@ -99,6 +99,7 @@ def test_report_files(tmp_path: Path) -> None:
             [extraction],
             [result("m", layer, 10 + 5 * layer) for layer in (4, 0, 1, 2)],
             ["sae m L3: boom"],
+            [],  # no latent cards
             "2026-01-01T00:00:01+00:00",
         )
     folder = Path(out["dir"])

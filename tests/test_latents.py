@@ -1,0 +1,70 @@
+"""Latent cards: the latents chosen and the contexts shown for planted activations, computed
+by hand; the cards of a real run are written beside its report and linked from it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.latents import cards, pick, to_html
+
+# 60 tokens in 5 sequences of 13 (position 0 dropped, as laminar does): token i sits at
+# sequence i // 12, position i % 12 + 1, and its id is 100 * sequence + position.
+N, M = 60, 30
+WHERE = np.array([(i // 12, i % 12 + 1) for i in range(N)])
+BATCH = np.array([[100 * s + p for p in range(13)] for s in range(5)])
+
+
+def planted() -> np.ndarray:
+    """Latent l fires on tokens 0 .. 29-l (30-l times), with activation i + 1 on token i."""
+    z = np.zeros((N, M), np.float32)
+    for latent in range(M):
+        fires = np.arange(30 - latent)
+        z[fires, latent] = fires + 1
+    return z
+
+
+def decode(ids: list[int]) -> str:
+    return " ".join(map(str, ids))
+
+
+def test_the_latents_chosen() -> None:
+    counts = (planted() > 0).sum(axis=0)
+    chosen = pick(counts, seed=0)
+    assert [lat for lat, g in chosen if g == "frequent"] == [0, 1, 2, 3, 4, 5, 6, 7]
+    # The rarest that fire at least 3 times: 27 fires 3 times, 28 and 29 fewer.
+    assert [lat for lat, g in chosen if g == "rare"] == [27, 26, 25, 24, 23, 22, 21, 20]
+    drawn = [lat for lat, g in chosen if g == "random"]
+    assert len(drawn) == 8 and set(drawn) <= {*range(8, 20), 28, 29}  # any other live latent
+    assert drawn == sorted(drawn) and pick(counts, seed=0) == chosen  # seeded
+    assert pick(counts, seed=1) != chosen
+
+
+def test_cards_show_the_top_tokens_in_context() -> None:
+    made = cards(planted(), WHERE, BATCH, decode, seed=0)
+    assert len(made) == 24
+    first = made[0]
+    assert (first["latent"], first["group"]) == (0, "frequent")
+    assert first["freq"] == 30 / 60 and first["mean_activation"] == np.mean(np.arange(1, 31))
+    # Its strongest token is token 29: sequence 2, position 6, activation 30.
+    top = first["contexts"][0]
+    assert top == {
+        "before": "200 201 202 203 204 205",
+        "token": "206",
+        "after": "207 208 209 210 211 212",
+        "activation": 30.0,
+    }
+    assert [c["activation"] for c in first["contexts"]] == [30.0, 29.0, 28.0, 27.0, 26.0, 25.0]
+    rare = next(c for c in made if c["latent"] == 27)
+    assert [c["token"] for c in rare["contexts"]] == [
+        "3",
+        "2",
+        "1",
+    ]  # its 3 tokens, strongest first
+
+
+def test_html_is_self_contained_and_escaped() -> None:
+    made = cards(planted(), WHERE, BATCH, lambda ids: "<b>&" + decode(ids), seed=0)
+    page = to_html("m", {3: made})
+    assert page.count('class="card"') == 24 and 'id="L03"' in page
+    assert "<b>&" not in page and "&lt;b&gt;&amp;" in page
+    assert "http" not in page and "<script" not in page
