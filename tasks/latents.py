@@ -103,7 +103,10 @@ CSS = (
 
 def to_html(name: str, layers: dict[int, list[dict]]) -> str:
     """One self-contained page: a section per layer, a card per latent."""
-    e = html.escape
+
+    def e(text: str) -> str:  # escaped, a line break shown as ↵ so each context stays one line
+        return html.escape(text).replace("\n", "↵")
+
     nav = " ".join(f'<a href="#L{layer:02d}">L{layer}</a>' for layer in layers)
     parts = [f"<!doctype html><meta charset=utf-8><title>{e(name)} latents</title>"]
     parts += [f"<style>{CSS}</style><h1>{e(name)}: latent cards</h1><nav>{nav}</nav>"]
