@@ -117,7 +117,7 @@ def test_custom_run_from_the_ui_completes(
         section = page.locator(f"section#L{int(layer):02d}")
         assert section.locator(".card").count() == 24
         marked = section.locator(".card").first.locator("mark").all_inner_texts()
-        assert marked == [c["token"] for c in expected[0]["contexts"]]
+        assert marked == [c["token"].replace("\n", "↵") for c in expected[0]["contexts"]]
     page.locator("section#L02").screenshot(path=str(CARDS_SHOT))
 
 
