@@ -37,7 +37,6 @@ EXECUTION_FIELDS = frozenset(
         "dask_tls_key",
         "progress_every",
         "quiet",
-        "save_saes",  # which files are kept, not what any number is
     }
 )
 # The SAE's hyperparameters (tasks.sae.train's keyword arguments), and with the matmul precision

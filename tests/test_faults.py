@@ -21,6 +21,7 @@ import pytest
 from conftest import ROOT, ArticleServer, make_model, quick_config, run_cli, said, wiki_page
 
 from flows.laminar import laminar
+from tasks import paths
 from tasks.cache import _file_records
 from tasks.config import Config, to_args
 from tasks.runs import Runner
@@ -435,7 +436,11 @@ def test_each_setting_recomputes_what_depends_on_it(
         change = {"models": [str(other)]}
     expected = sorted(e.format(model=tiny_model) for e in expected)
     before = {p: p.stat().st_mtime_ns for p in cfg.root.rglob("tiny-gpt2-*/**/*.parquet")}
-    assert executed(laminar(cfg.model_copy(update=change))) == expected
+    run = laminar(cfg.model_copy(update=change))
+    assert executed(run) == expected
+    if change.get("save_saes") is False:  # a report of its own: the saving run's stays whole
+        assert Path(run["report"]) != paths.report_dir(cfg)
+        assert (paths.report_dir(cfg) / "tiny-gpt2-latents.html").exists()
     if "models" in change:  # the first model's files are left alone
         assert {p: p.stat().st_mtime_ns for p in before} == before
 
