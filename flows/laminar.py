@@ -16,6 +16,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
 os.environ.setdefault("DO_NOT_TRACK", "1")
+if __name__ == "__main__":  # a malformed flag fails in a second, before torch and Prefect load
+    from tasks.config import exit_on_bad_flags
+
+    exit_on_bad_flags(sys.argv[1:])
 
 import cloudpickle
 from prefect import flow

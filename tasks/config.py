@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -335,6 +336,16 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         return Config(**args)
     except ValidationError as exc:
         raise LaminarError(describe_validation_error(exc)) from None
+
+
+def exit_on_bad_flags(argv: list[str]) -> None:
+    """Parse the command line; on a value the config refuses, print its one sentence and exit 2.
+    Needs only pydantic, so the CLI runs it before importing anything heavy."""
+    try:
+        config_from_args(argv)
+    except LaminarError as exc:
+        print(f"laminar: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
