@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
+from benchmarks.stream import stream_memory  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
 
@@ -275,6 +276,7 @@ SECTIONS = {
     "fixed": lambda a, n: {"fixed": {**fixed_costs(), **dask_fixed_cost(a.models_dir)}},
     "xl": lambda a, n: {"xl": xl_layer(512 if a.quick else n, a.epochs, a.device)},
     "expect": lambda a, n: {"expect": {**estimates(a.device), **quick_run(a.models_dir)}},
+    "stream": lambda a, n: {"stream": stream_memory(a.models_dir, a.quick)},
 }
 
 
@@ -306,9 +308,9 @@ def main() -> None:
         for key, value in result.items():
             if isinstance(value, dict) and key not in ("extract", "tf32"):
                 print_row(key, value)
-        if name == "scaling":
-            for row in report["scaling"]:
-                print_row("scaling", row)
+        if name in ("scaling", "stream"):
+            for row in report[name]:
+                print_row(name, row)
         out.write_text(json.dumps(report, indent=2))  # after each section: partial results kept
     print(f"wrote {out}")
 

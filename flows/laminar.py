@@ -65,13 +65,14 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     started_at = provenance.now()
     described = preflight(cfg)
     run = Runner(cfg)
-    page = run(fetch_page.with_options(retries=cfg.fetch_retries), cfg)
-    text = run(parse_page, cfg, page)
+    fetch = fetch_page.with_options(retries=cfg.fetch_retries)
+    pages = run.each(fetch, [(cfg, url) for url in cfg.urls])
+    texts = run.each(parse_page, [(cfg, page) for page in pages])
     tokens = {}
     for m in described:
         if (fp := m["tokenizer_fingerprint"]) not in tokens:
-            tokens[fp] = run(tokenize, cfg, text, m["model"], fp)
-    publish_text(page, text, list(tokens.values()))
+            tokens[fp] = run(tokenize, cfg, texts, m["model"], fp)
+    publish_text(pages, texts, list(tokens.values()))
     announce(cfg, described, tokens)
     extractions, jobs = [], []
     with fanout(cfg) as pool:
@@ -96,7 +97,7 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             batch = tokens[m["tokenizer_fingerprint"]]
             cards += run(latent_cards, cfg, m["model"], m["name"], mine, batch)
     batches = list(tokens.values())
-    args = (cfg, page, text, batches, extractions, results, failed, cards, started_at)
+    args = (cfg, pages, texts, batches, extractions, results, failed, cards, started_at)
     report = run(write_report, *args)
     publish(report)
     summary = {

@@ -5,7 +5,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
     scrape tokens extract train latents report the tasks, one module per job
-    cache  wikitext  figures  progress  provenance   what the tasks share
+    cache  wikitext  figures  progress  provenance  minibatch   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
     store                                      files: atomic writes, hashes, Parquet layouts
@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("store",),
     ("models",),
     ("sae", "stats"),
-    ("cache", "wikitext", "figures", "progress", "provenance"),
+    ("cache", "wikitext", "figures", "progress", "provenance", "minibatch"),
     ("scrape", "tokens", "extract", "train", "latents", "report"),
     ("cluster",),
     ("runs",),

@@ -43,7 +43,7 @@ EXECUTION_FIELDS = frozenset(
 # The SAE's hyperparameters (tasks.sae.train's keyword arguments), and with the matmul precision
 # and the seed, everything a layer's numbers depend on besides its activations.
 SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
-RESULT_FIELDS = (*SAE_FIELDS, "precision")
+RESULT_FIELDS = (*SAE_FIELDS, "precision", "batch_tokens")
 # A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
 _DASK_ADDRESS = re.compile(r"^([a-z]+://)?[\w.\-\[\]:]+:\d+$")
 
@@ -67,7 +67,12 @@ class Config(BaseModel):
         default="all",
         description="Layers to profile: 'all' or a list such as '0,3,5-7' (checked per model).",
     )
-    url: str = Field(default=LED_URL, description="Article to scrape (a Wikipedia page).")
+    urls: list[str] = Field(
+        default=[LED_URL],
+        min_length=1,
+        description="Articles to scrape (Wikipedia pages), each fetched and parsed by its own "
+        "task; token windows never cross from one article into the next.",
+    )
     text: Literal["text", "html"] = Field(
         default="text",
         description="'text': the article body's text; 'html': the raw HTML slice from the "
@@ -121,6 +126,14 @@ class Config(BaseModel):
         ge=0,
         le=1,
         description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
+    )
+    batch_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens per SAE minibatch. 0: each epoch is one step on all of a layer's "
+        "tokens (the course's full batch). B > 0: each epoch is a seeded, shuffled pass in "
+        "minibatches of B tokens, an Adam step each, read from the layer's file as it goes, so "
+        "memory stays bounded however many tokens there are.",
     )
     precision: Literal["fp32", "tf32"] = Field(
         default="fp32",
@@ -194,6 +207,21 @@ class Config(BaseModel):
     def _check_layers(cls, value: str) -> str:
         parse_layer_spec(value, n_layers=None)
         return value.strip()
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        value = [u.strip() for u in value]
+        for url in value:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise LaminarError(
+                    f"--urls '{url}' is not a web address: give http(s)://… addresses of "
+                    "Wikipedia articles."
+                )
+        if len(set(value)) < len(value):
+            twice = next(u for u in value if value.count(u) > 1)
+            raise LaminarError(f"--urls lists '{twice}' twice: name each article once.")
+        return value
 
     @field_validator("dask_address")
     @classmethod
@@ -308,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         annotation = field.annotation
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif name in ("models", "sae_seeds"):
+        elif getattr(annotation, "__origin__", None) is list:
             kwargs["nargs"] = "+"
         elif getattr(annotation, "__origin__", None) is Literal:
             kwargs["choices"] = list(annotation.__args__)
-        parser.add_argument(flag(name), **kwargs)
+        # --url (one article) is how runs were written before --urls: still understood
+        aliases = ["--url"] if name == "urls" else []
+        parser.add_argument(flag(name), *aliases, **kwargs)
     return parser
 
 

@@ -167,8 +167,53 @@ def shape(model: str, hook: str) -> tuple[int, int]:
         raise model_load_error(model, exc, "config") from exc
     d_model = getattr(c, "n_embd", None) or c.hidden_size
     d_mlp = getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * d_model
-    inner = hook.startswith("mlp.") and hook not in ("mlp.hook_in", "mlp.hook_out")
-    return n_layers, d_mlp if inner else d_model
+    return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model
+
+
+# The hooks inside an MLP that carry its hidden width (the rest carry the residual width):
+# GPT-2 and GPT-NeoX have hook_pre and hook_post; a gated MLP (Llama) also hook_pre_linear (the
+# up projection; hook_pre is the gate) and its gate's output.
+MLP_WIDE_HOOKS = frozenset(
+    {
+        "mlp.hook_pre",
+        "mlp.hook_pre_linear",
+        "mlp.hook_post",
+        "mlp.in.hook_out",
+        "mlp.gate.hook_out",
+        "mlp.out.hook_in",
+    }
+)
+
+
+def check_architecture(model: str) -> None:
+    """A model whose architecture TransformerLens 4's TransformerBridge has no adapter for fails
+    here, in one sentence, before any weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import (
+            SUPPORTED_ARCHITECTURES,
+        )
+        from transformer_lens.model_bridge.sources._hf_format import (
+            determine_architecture_from_hf_config,
+        )
+    except ImportError:
+        return
+    config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    try:
+        arch = determine_architecture_from_hf_config(config)
+    except ValueError:  # no supported architecture among those the config names
+        arch = (getattr(config, "architectures", None) or [config.model_type])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise unsupported(model, arch)
+
+
+def unsupported(model: str, arch: str) -> LaminarError:
+    return LaminarError(
+        f"--models '{model}' is a {arch} model, an architecture TransformerLens 4's "
+        "TransformerBridge does not support: pick a causal LM of a supported family (GPT-2, "
+        "GPT-NeoX/Pythia, Llama, Mistral, Qwen, Gemma, OPT, ...)."
+    )
 
 
 def load_model(model: str, device: str) -> Any:
@@ -176,6 +221,7 @@ def load_model(model: str, device: str) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     check_local_folder(model)
+    check_architecture(model)
     try:
         # Never run code a model repository ships (trust_remote_code); transformers loads
         # safetensors where a model has them.
@@ -207,6 +253,7 @@ def describe(cfg: Config, model: str) -> ModelFacts:
     ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
     n_layers, d = shape(model, cfg.hook)
+    check_architecture(model)
     return {
         "model": model,
         "name": short_name(model),

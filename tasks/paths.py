@@ -37,8 +37,10 @@ def page_text(root: Path, html_sha: str, kind: str) -> Path:
     return root / "pages" / f"{html_sha[:16]}.{kind}.txt"
 
 
-def token_batch(cfg: Config, tokenizer_fingerprint: str, text_sha: str) -> Path:
-    key = f"{tokenizer_fingerprint[:12]}-{text_sha[:12]}-{cfg.sampling}-s{cfg.seed}"
+def token_batch(cfg: Config, tokenizer_fingerprint: str, text_shas: list[str]) -> Path:
+    """One batch per tokenizer and texts (one article: its text's sha; several: their hash)."""
+    texts = text_shas[0] if len(text_shas) == 1 else stable_hash(text_shas)
+    key = f"{tokenizer_fingerprint[:12]}-{texts[:12]}-{cfg.sampling}-s{cfg.seed}"
     return cfg.root / "tokens" / f"{key}-{cfg.n_seqs}x{cfg.seq_len}.parquet"
 
 
@@ -58,7 +60,10 @@ def layer_settings(cfg: Config, seed: int) -> dict[str, object]:
     not keep its SAEs, that: its metrics file is its own, never one a run that keeps them
     points to (each names the other's file as changed otherwise, and retrains)."""
     kept = {} if cfg.save_saes else {"save_saes": False}
-    return {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed, **kept}
+    settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed, **kept}
+    if not cfg.batch_tokens:  # full batch, as before the option existed: the same file names
+        del settings["batch_tokens"]
+    return settings
 
 
 def layer_json(cfg: Config, activations: Path, seed: int) -> Path:

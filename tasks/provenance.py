@@ -66,8 +66,8 @@ def software() -> dict[str, str]:
 
 def collect(
     cfg: Config,
-    page: Page,
-    text: Text,
+    pages: list[Page],
+    texts: list[Text],
     tokens: list[Batch],
     extractions: list[Extraction],
     results: list[LayerResult],
@@ -95,18 +95,25 @@ def collect(
             "finished_at": now(),
             "report_device": describe_device("cpu"),
         },
-        "article": {
-            "url": page["url"],
-            "revision_id": page["revision_id"],
-            "fetched_at": page["fetched_at"],
-            "html_sha256": page["html"]["sha256"],
-            "text": cfg.text,
-            "text_sha256": text["text"]["sha256"],
-            "text_path": text["text"]["path"],
-            "characters": text["chars"],
-        },
+        "articles": [
+            {
+                "url": page["url"],
+                "revision_id": page["revision_id"],
+                "fetched_at": page["fetched_at"],
+                "html_sha256": page["html"]["sha256"],
+                "text": cfg.text,
+                "text_sha256": text["text"]["sha256"],
+                "text_path": text["text"]["path"],
+                "characters": text["chars"],
+            }
+            for page, text in zip(pages, texts, strict=True)
+        ],
         "tokens": [
-            {"sha256": t["tokens"]["sha256"], "article_tokens": t["n_article_tokens"]}
+            {
+                "sha256": t["tokens"]["sha256"],
+                "article_tokens": t["n_article_tokens"],
+                "per_article": t["articles"],
+            }
             for t in tokens
         ],
         "models": model_rows,
@@ -115,7 +122,7 @@ def collect(
 
 def markdown(prov: dict[str, Any]) -> list[str]:
     """The report's short "Provenance" section."""
-    lam, run, art = prov["laminar"], prov["run"], prov["article"]
+    lam, run = prov["laminar"], prov["run"]
     dirty = {True: " (uncommitted changes)", False: "", None: ""}[lam["dirty"]]
     libs = ", ".join(f"{k} {v}" for k, v in prov["software"].items())
     lines = [
@@ -124,8 +131,11 @@ def markdown(prov: dict[str, Any]) -> list[str]:
         f"- laminar {lam['version']}, commit `{lam['commit']}`{dirty}; {libs}",
         f"- run {run['started_at']} to {run['finished_at']}, config hash "
         f"`{run['config_hash'][:12]}`",
-        f"- article {art['url']} revision {art['revision_id']}, HTML sha256 "
-        f"`{art['html_sha256'][:16]}`, text sha256 `{art['text_sha256'][:16]}`",
+        *(
+            f"- article {art['url']} revision {art['revision_id']}, HTML sha256 "
+            f"`{art['html_sha256'][:16]}`, text sha256 `{art['text_sha256'][:16]}`"
+            for art in prov["articles"]
+        ),
         *(
             f"- token batch sha256 `{t['sha256'][:16]}` ({t['article_tokens']} article tokens)"
             for t in prov["tokens"]

@@ -34,11 +34,19 @@ class Text(TypedDict):
     chars: int
 
 
+class ArticleTokens(TypedDict):
+    """One article's share of a token batch."""
+
+    tokens: int  # tokens in the article's text
+    windows: int  # windows of seq_len cut from it
+
+
 class Batch(TypedDict):
     """tokens.tokenize: the token batch (n_seqs x seq_len ids) of one tokenizer."""
 
     tokens: FileRecord
-    n_article_tokens: int  # tokens in the whole text, before sampling windows
+    n_article_tokens: int  # tokens in all the articles' texts, before sampling windows
+    articles: list[ArticleTokens]  # in --urls order
 
 
 class LayerFile(FileRecord):

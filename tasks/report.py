@@ -75,22 +75,40 @@ def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
         pacsv.write_csv(table, tmp)
 
 
+def epochs_of(cfg: Config) -> str:
+    if cfg.batch_tokens:
+        return f"epochs in shuffled minibatches of {cfg.batch_tokens} tokens"
+    return "full-batch epochs"
+
+
+def articles_markdown(prov: dict, out: Path) -> list[str]:
+    """One line per article: its URL, revision, text (linked), tokens and windows taken (of the
+    first tokenizer's batch)."""
+    per_article = prov["tokens"][0]["per_article"]
+    lines = []
+    for art, n in zip(prov["articles"], per_article, strict=True):
+        text = os.path.relpath(art["text_path"], out)
+        lines.append(
+            f"- Article: {art['url']} (revision {art['revision_id']}, fetched "
+            f"{art['fetched_at']}): {n['tokens']} tokens, {n['windows']} windows; the text fed "
+            f"to the models ({art['characters']} characters): [{Path(text).name}]({text})."
+        )
+    return [*lines, ""]
+
+
 def markdown(
     cfg: Config, prov: dict, rows: list[dict], failed: list[str], images: list[str], out: Path
 ) -> str:
-    art = prov["article"]
-    text = os.path.relpath(art["text_path"], out)
     lines = [
         "# laminar profile",
         "",
-        f"Article: {art['url']} (revision {art['revision_id']}, fetched {art['fetched_at']}); "
-        f"{prov['tokens'][0]['article_tokens']} tokens in the article, batch {cfg.n_seqs} × "
-        f"{cfg.seq_len} ({cfg.sampling}, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
-        f"{'kept' if cfg.keep_first_token else 'dropped'}. The text fed to the models "
-        f"({art['characters']} characters): [{Path(text).name}]({text}).",
+        *articles_markdown(prov, out),
+        f"Batch {cfg.n_seqs} × {cfg.seq_len} tokens ({cfg.sampling} windows, none crossing "
+        f"articles, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
+        f"{'kept' if cfg.keep_first_token else 'dropped'}.",
         "",
         f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
-        f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} full-batch epochs, {cfg.precision}, seeds "
+        f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} {epochs_of(cfg)}, {cfg.precision}, seeds "
         f"{cfg.sae_seeds} (± is the sd over seeds).",
         "",
         *(claims_markdown(claims(rows)) if rows else []),
@@ -155,8 +173,8 @@ def draw(
 )
 def write_report(
     cfg: Config,
-    page: Page,
-    text: Text,
+    pages: list[Page],
+    texts: list[Text],
     tokens: list[Batch],
     extractions: list[Extraction],
     results: list[LayerResult],
@@ -183,7 +201,7 @@ def write_report(
             _write_table(table, out, stem)
     images = draw(rows, results, n_layers, out)
     write_json(out / "claims.json", claims(rows) if rows else {})
-    prov = provenance.collect(cfg, page, text, tokens, extractions, results, started_at)
+    prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at)
     write_json(out / "provenance.json", prov)
     md = markdown(cfg, prov, rows, failed, images, out)
     if cards:  # the latent cards, written beside the report by the latents task

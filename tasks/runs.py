@@ -198,6 +198,30 @@ class Runner:
         self.states[run_name(task, args)] = state.name
         return state.result()
 
+    def each(self, task: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
+        """Run a task here once per argument tuple, all of them even when some fail (those that
+        worked are cached for the rerun); a failure raises one LaminarError naming each run that
+        failed and why."""
+        results, failed = [], []
+        for args in argsets:
+            state = self.bind(task)(*args, return_state=True)
+            name = run_name(task, args)
+            self.states[name] = state.name
+            if state.is_completed():
+                results.append(state.result())
+            else:
+                error = state.result(raise_on_failure=False)
+                failed.append((name, error))
+        if len(failed) == 1 and isinstance(failed[0][1], LaminarError):
+            raise failed[0][1]  # its sentence already names the input
+        if failed:
+            raise LaminarError(
+                f"{len(failed)} of {len(argsets)} {task.name} runs failed: "
+                + "; ".join(f"{name}: {str(e).rstrip('.')}" for name, e in failed)
+                + "; the others are cached: fix these and rerun."
+            )
+        return results
+
     def on(self, pool: Pool, task: Any, *args: Any) -> Any:
         """Run a heavy task where the pool's work runs (a Dask worker), or here."""
         if not pool.remote:

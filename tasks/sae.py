@@ -141,7 +141,7 @@ def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
         "fvu": mse / var if var > 0 else float("nan"),
         "l0": active.sum(dim=1).float().mean().item(),
         "dead_pct": 100.0 * (fired == 0).float().mean().item(),
-        "density_activation": (_minmax(per_latent) * _minmax(mean_mag)).mean().item(),
+        "density_activation": (minmax(per_latent) * minmax(mean_mag)).mean().item(),
     }
 
 
@@ -150,7 +150,7 @@ def variance(x: torch.Tensor) -> float:
     return (x - x.mean(dim=0)).pow(2).mean().item()
 
 
-def _minmax(v: torch.Tensor) -> torch.Tensor:
+def minmax(v: torch.Tensor) -> torch.Tensor:
     span = v.max() - v.min()
     return (v - v.min()) / span if span > 0 else torch.zeros_like(v)
 

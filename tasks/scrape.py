@@ -62,7 +62,7 @@ def network_error(url: str, exc: requests.RequestException) -> LaminarError:
     cached = "a page fetched before stays cached under the artifacts dir"
     if isinstance(exc, requests.exceptions.SSLError):
         return LaminarError(
-            f"--url '{url}': the TLS handshake with {host} failed ({chain.split(' | ')[-1]}): "
+            f"--urls '{url}': the TLS handshake with {host} failed ({chain.split(' | ')[-1]}): "
             "check the scheme (https:// on a plain-HTTP server fails), the system clock and the "
             "CA certificates (REQUESTS_CA_BUNDLE)."
         )
@@ -77,9 +77,9 @@ def network_error(url: str, exc: requests.RequestException) -> LaminarError:
     elif isinstance(exc, requests.ConnectionError):
         why = f"{host} could not be reached ({chain.split(' | ')[-1]})"
     else:
-        return LaminarError(f"--url '{url}' is not a fetchable URL ({exc}): check --url.")
+        return LaminarError(f"--urls '{url}' is not a fetchable URL ({exc}): check --urls.")
     return TransientFetchError(
-        f"--url '{url}' could not be fetched: {why}; check the network or the URL, then rerun "
+        f"--urls '{url}' could not be fetched: {why}; check the network or the URL, then rerun "
         f"({cached})."
     )
 
@@ -102,12 +102,12 @@ def _get(session: requests.Session, url: str, timeout: float) -> requests.Respon
         resp.close()
         if not _same_site(url, target):
             raise LaminarError(
-                f"--url '{url}' redirects to another site ({target}); laminar follows redirects "
-                "only within the article's own site: pass the final address as --url."
+                f"--urls '{url}' redirects to another site ({target}); laminar follows redirects "
+                "only within the article's own site: pass the final address in --urls."
             )
         current = target
     raise LaminarError(
-        f"--url '{url}' redirected more than {MAX_REDIRECTS} times: pass the final address."
+        f"--urls '{url}' redirected more than {MAX_REDIRECTS} times: pass the final address."
     )
 
 
@@ -125,8 +125,8 @@ def _read(resp: requests.Response, url: str, limit_mb: float) -> bytes:
     if declared > limit or size > limit:
         resp.close()
         raise LaminarError(
-            f"--url '{url}' sends more than --max-page-mb {limit_mb:g} MB; a Wikipedia article "
-            "is well under 5 MB: check --url, or raise --max-page-mb."
+            f"--urls '{url}' sends more than --max-page-mb {limit_mb:g} MB; a Wikipedia article "
+            "is well under 5 MB: check --urls, or raise --max-page-mb."
         )
     return b"".join(chunks)
 
@@ -140,17 +140,17 @@ def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
             status = resp.status_code
             if status == 429 or status >= 500:
                 raise TransientFetchError(
-                    f"--url '{url}' answered HTTP {status}: the server is busy or down; try "
+                    f"--urls '{url}' answered HTTP {status}: the server is busy or down; try "
                     "again later, or raise --fetch-retries."
                 )
             if status >= 400:
                 raise LaminarError(
-                    f"--url '{url}' answered HTTP {status}: check the article's address."
+                    f"--urls '{url}' answered HTTP {status}: check the article's address."
                 )
             kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind not in HTML_TYPES:
                 raise LaminarError(
-                    f"--url '{url}' sends '{kind or 'no content type'}', not an HTML page: "
+                    f"--urls '{url}' sends '{kind or 'no content type'}', not an HTML page: "
                     "pass the address of a Wikipedia article."
                 )
             return _read(resp, url, limit_mb)
@@ -160,21 +160,21 @@ def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
 
 @task(
     name="fetch",
-    task_run_name="fetch {cfg.url}",
+    task_run_name="fetch {url}",
     retries=len(RETRY_DELAYS),  # the flow sets --fetch-retries
     retry_delay_seconds=RETRY_DELAYS,
     retry_condition_fn=_retry_transient,
-    cache_policy=cache.ContentKey(fields=("url",)),
+    cache_policy=cache.ContentKey(),
 )
-def fetch_page(cfg: Config) -> Page:
-    """Download the article once; later runs replay this record (use --refresh to re-fetch)."""
-    html = download(cfg.url, cfg.fetch_timeout, cfg.max_page_mb)
+def fetch_page(cfg: Config, url: str) -> Page:
+    """Download one article once; later runs replay this record (use --refresh to re-fetch)."""
+    html = download(url, cfg.fetch_timeout, cfg.max_page_mb)
     sha = hashlib.sha256(html).hexdigest()
     path = paths.page_html(cfg.root, sha)
     write_bytes(path, html)
     match = _REVISION.search(html.decode("utf-8", "replace"))
     meta: Page = {
-        "url": cfg.url,
+        "url": url,
         "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "revision_id": int(match.group(1)) if match else None,
         "html": file_record(path),
@@ -185,7 +185,7 @@ def fetch_page(cfg: Config) -> Page:
 
 @task(
     name="parse",
-    task_run_name="parse {cfg.text}",
+    task_run_name="parse {page[url]}",
     cache_policy=cache.ContentKey(fields=("text",), modules=("tasks.wikitext",)),
 )
 def parse_page(cfg: Config, page: Page) -> Text:
@@ -201,29 +201,24 @@ TEXT_KEY = "laminar-text"
 PREVIEW_LINES = 60
 
 
-def publish_text(page: Page, text: Text, tokens: list[Batch]) -> None:
-    """What was fed to the models, as a markdown artifact of the flow run (`laminar-text`): the
-    article's URL and revision, its size in characters and tokens, and its first lines."""
+def publish_text(pages: list[Page], texts: list[Text], batches: list[Batch]) -> None:
+    """What was fed to the models, as a markdown artifact of the flow run (`laminar-text`): each
+    article's URL, revision, size in characters and tokens, and the first lines of the first."""
     from prefect.artifacts import create_markdown_artifact
 
-    path = Path(text["text"]["path"])
-    lines = path.read_text().splitlines()
-    counts = ", ".join(str(t["n_article_tokens"]) for t in tokens)
-    preview = "\n".join(lines[:PREVIEW_LINES]).replace("```", "` ` `")
-    md = "\n".join(
-        [
-            "# The text fed to the models",
-            "",
+    md = ["# The text fed to the models", ""]
+    for i, (page, text) in enumerate(zip(pages, texts, strict=True)):
+        path = Path(text["text"]["path"])
+        n_lines = len(path.read_text().splitlines())
+        counts = ", ".join(str(b["articles"][i]["tokens"]) for b in batches)
+        md += [
             f"- article: {page['url']} (revision {page['revision_id']}, fetched "
-            f"{page['fetched_at']})",
-            f"- {text['chars']} characters in {len(lines)} lines; {counts} tokens",
-            f"- saved as `{path}` (sha256 `{text['text']['sha256'][:16]}`)",
-            "",
-            f"First {min(PREVIEW_LINES, len(lines))} lines:",
-            "",
-            "```text",
-            preview,
-            "```",
+            f"{page['fetched_at']}): {text['chars']} characters in {n_lines} lines, {counts} "
+            f"tokens; saved as `{path}` (sha256 `{text['text']['sha256'][:16]}`)",
         ]
-    )
-    create_markdown_artifact(key=TEXT_KEY, markdown=md, description=f"text of {page['url']}")
+    lines = Path(texts[0]["text"]["path"]).read_text().splitlines()
+    preview = "\n".join(lines[:PREVIEW_LINES]).replace("```", "` ` `")
+    md += ["", f"First {min(PREVIEW_LINES, len(lines))} lines of {pages[0]['url']}:", ""]
+    md += ["```text", preview, "```"]
+    about = pages[0]["url"] if len(pages) == 1 else f"{len(pages)} articles"
+    create_markdown_artifact(key=TEXT_KEY, markdown="\n".join(md), description=f"text of {about}")

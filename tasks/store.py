@@ -165,10 +165,9 @@ def activation_schema(d: int, metadata: dict[str, str]) -> pa.Schema:
     )
 
 
-def read_activations(record: FileRecord) -> np.ndarray:
-    """(rows, d) float32 from an activation file, straight from Arrow's buffer (no per-row
-    Python objects). A file that does not match its record (size and sha256) is never read as
-    data: it is deleted, so the next run's cache check rebuilds it."""
+def _checked(record: FileRecord) -> Path:
+    """The path of an activation file that matches its record (size and sha256). A file that
+    does not is never read as data: it is deleted, so the next run's cache check rebuilds it."""
     path = Path(record["path"])
     if not path.exists() and (worker := on_worker()):  # this machine does not see the files
         raise LaminarError(
@@ -181,12 +180,46 @@ def read_activations(record: FileRecord) -> np.ndarray:
             f"activation file '{path}' is missing or changed since it was written (removed): "
             "rerun the same command to rebuild it."
         )
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> LaminarError:
+    return LaminarError(f"activation file '{path}' cannot be read ({exc}): delete it and rerun.")
+
+
+def _as_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The activation column (fixed_size_list[d]) as (rows, d) float32, from Arrow's buffer."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
+
+
+def read_activations(record: FileRecord) -> np.ndarray:
+    """(rows, d) float32 from an activation file, straight from Arrow's buffer (no per-row
+    Python objects), after checking it against its record."""
+    path = _checked(record)
     try:
         table = pq.read_table(path, columns=["activation"])
     except (OSError, pa.ArrowException) as exc:
-        raise LaminarError(
-            f"activation file '{path}' cannot be read ({exc}): delete it and rerun."
-        ) from None
-    col = table.column("activation").combine_chunks()
-    d = col.type.list_size
-    return col.values.to_numpy(zero_copy_only=False).reshape(-1, d)
+        raise _unreadable(path, exc) from None
+    return _as_matrix(table.column("activation"))
+
+
+class ActivationFile:
+    """An activation file read a row group at a time (extraction writes one per chunk of
+    sequences), so memory holds one group, never the whole layer. Checked against its record
+    when opened."""
+
+    def __init__(self, record: FileRecord):
+        self.path = _checked(record)
+        try:
+            self.file = pq.ParquetFile(self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise _unreadable(self.path, exc) from None
+        self.n_rows: int = self.file.metadata.num_rows
+        self.n_groups: int = self.file.num_row_groups
+        self.d: int = self.file.schema_arrow.field("activation").type.list_size
+
+    def group(self, i: int) -> np.ndarray:
+        """Row group i as (rows, d) float32."""
+        return _as_matrix(self.file.read_row_group(i, columns=["activation"]).column(0))

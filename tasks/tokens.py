@@ -17,28 +17,62 @@ from tasks.records import Batch, Text
 from tasks.store import file_record, write_batch
 
 
-def sample_windows(n_tokens: int, n_seqs: int, seq_len: int, how: str, seed: int) -> np.ndarray:
-    """Start offsets of n_seqs non-overlapping windows of seq_len tokens, ascending.
+def sample_windows(
+    lengths: list[int], n_seqs: int, seq_len: int, how: str, seed: int
+) -> list[tuple[int, int]]:
+    """(article, start) of n_seqs non-overlapping windows of seq_len tokens, none crossing from
+    one article into the next; in article order, ascending within each.
 
-    'random' spreads the slack S = n_tokens - n_seqs*seq_len over the n_seqs+1 gaps: n_seqs
-    sorted draws from 0..S (stars and bars) give every non-overlapping placement a chance."""
-    slack = n_tokens - n_seqs * seq_len
-    if slack < 0:
-        raise LaminarError(
-            f"the article has {n_tokens} tokens but --n-seqs {n_seqs} x --seq-len {seq_len} "
-            f"needs {n_seqs * seq_len}: lower --n-seqs or --seq-len, or pick a longer --url."
+    'first' takes each article's windows from its start, articles in the given order, until
+    n_seqs are taken. 'random' first shares the n_seqs windows among the articles by drawing
+    them from all the windows that fit (without replacement, so in proportion to each article's
+    room; with one article there is nothing to draw), then places each article's k windows by
+    spreading its slack S = n - k*seq_len over the k+1 gaps: k sorted draws from 0..S (stars
+    and bars) give every non-overlapping placement a chance."""
+    room = [n // seq_len for n in lengths]
+    if sum(room) < n_seqs:
+        raise LaminarError(too_short(lengths, room, n_seqs, seq_len))
+    rng = np.random.default_rng(seed)
+    if how == "first":
+        take = [min(r, n_seqs - sum(room[:i])) for i, r in enumerate(room)]
+        take = [max(t, 0) for t in take]
+    elif len(lengths) == 1:
+        take = [n_seqs]
+    else:
+        owner = np.repeat(np.arange(len(lengths)), room)  # the article of each window that fits
+        chosen = rng.choice(len(owner), size=n_seqs, replace=False)
+        take = np.bincount(owner[chosen], minlength=len(lengths)).tolist()
+    out = []
+    for i, (n, k) in enumerate(zip(lengths, take, strict=True)):
+        gaps = np.zeros(k, dtype=np.int64)
+        if how == "random" and k:
+            gaps = np.sort(rng.integers(0, n - k * seq_len + 1, size=k))
+        out += [(i, int(g) + j * seq_len) for j, g in enumerate(gaps)]
+    return out
+
+
+def too_short(lengths: list[int], room: list[int], n_seqs: int, seq_len: int) -> str:
+    if len(lengths) == 1:
+        return (
+            f"the article has {lengths[0]} tokens but --n-seqs {n_seqs} x --seq-len {seq_len} "
+            f"needs {n_seqs * seq_len}: lower --n-seqs or --seq-len, or add articles to --urls."
         )
-    gaps = np.zeros(n_seqs, dtype=np.int64)
-    if how == "random":
-        gaps = np.sort(np.random.default_rng(seed).integers(0, slack + 1, size=n_seqs))
-    return gaps + np.arange(n_seqs, dtype=np.int64) * seq_len
+    return (
+        f"the {len(lengths)} articles have {sum(lengths)} tokens ({', '.join(map(str, lengths))}),"
+        f" room for {sum(room)} windows of --seq-len {seq_len} that stay inside one article, but "
+        f"--n-seqs is {n_seqs}: lower --n-seqs or --seq-len, or add articles to --urls."
+    )
 
 
-def token_batch(ids: list[int], cfg: Config) -> np.ndarray:
-    """(n_seqs, seq_len) int32 batch cut from the token stream."""
-    stream = np.asarray(ids, dtype=np.int32)
-    starts = sample_windows(len(stream), cfg.n_seqs, cfg.seq_len, cfg.sampling, cfg.seed)
-    return np.stack([stream[s : s + cfg.seq_len] for s in starts])
+def token_batch(streams: list[list[int]], cfg: Config) -> tuple[np.ndarray, list[int]]:
+    """(n_seqs, seq_len) int32 batch cut from the articles' token streams, and the number of
+    windows taken from each article."""
+    starts = sample_windows(
+        [len(s) for s in streams], cfg.n_seqs, cfg.seq_len, cfg.sampling, cfg.seed
+    )
+    arrays = [np.asarray(s, dtype=np.int32) for s in streams]
+    batch = np.stack([arrays[a][s : s + cfg.seq_len] for a, s in starts])
+    return batch, np.bincount([a for a, _ in starts], minlength=len(streams)).tolist()
 
 
 @task(
@@ -48,11 +82,25 @@ def token_batch(ids: list[int], cfg: Config) -> np.ndarray:
         fields=("n_seqs", "seq_len", "sampling", "seed"), exclude=("tokenizer_of",)
     ),
 )
-def tokenize(cfg: Config, text: Text, tokenizer_of: str, tokenizer_fingerprint: str) -> Batch:
-    """Tokenize the text with `tokenizer_of`'s tokenizer and persist the sampled batch."""
+def tokenize(
+    cfg: Config, texts: list[Text], tokenizer_of: str, tokenizer_fingerprint: str
+) -> Batch:
+    """Tokenize each article's text with `tokenizer_of`'s tokenizer and persist the sampled
+    batch."""
     tokenizer = load_tokenizer(tokenizer_of)
-    ids = tokenizer(Path(text["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)
-    batch = token_batch(ids["input_ids"], cfg)
-    path = paths.token_batch(cfg, tokenizer_fingerprint, text["text"]["sha256"])
+    streams = [
+        tokenizer(Path(t["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
+        for t in texts
+    ]
+    batch, windows = token_batch(streams, cfg)
+    path = paths.token_batch(cfg, tokenizer_fingerprint, [t["text"]["sha256"] for t in texts])
     write_batch(batch, path)
-    return {"tokens": file_record(path), "n_article_tokens": len(ids["input_ids"])}
+    return {
+        "tokens": file_record(path),
+        "n_article_tokens": sum(map(len, streams)),
+        "articles": [
+            {"tokens": len(s), "windows": w} for s, w in zip(streams, windows, strict=True)
+        ],
+    }

@@ -14,7 +14,7 @@ import torch
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks import cache, paths, sae, store
+from tasks import cache, minibatch, paths, sae, store
 from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.progress import EpochReporter
@@ -31,6 +31,19 @@ def input_stats(x: torch.Tensor) -> dict[str, float]:
     }
 
 
+def refuse_unusable(label: str, n: int, finite: bool, constant: bool, all_zero: bool) -> None:
+    """A layer an SAE cannot be trained on fails by name, before any training."""
+    if not finite:
+        raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
+    if constant:
+        kind = "all zero" if all_zero else "the same vector for every token"
+        raise LaminarError(
+            f"{label}: its activations do not vary ({kind}, {n} tokens): an SAE has "
+            "nothing to learn there and FVU is undefined; check --hook, or leave the layer out "
+            "with --layers."
+        )
+
+
 def train_layer(
     x_np: np.ndarray,
     cfg: Config,
@@ -38,45 +51,88 @@ def train_layer(
     seed: int = 0,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, Any], sae.TiedSAE]:
-    """Train on one layer's activations (N, d): its metrics and loss curve, and the SAE."""
-    if not np.isfinite(x_np).all():
-        raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
+    """Train on one layer's activations (N, d) in full batch, the course's way: its metrics and
+    loss curve, and the SAE."""
+    refuse_unusable(label, len(x_np), bool(np.isfinite(x_np).all()), False, False)
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     with warnings.catch_warnings():  # Arrow's buffer is read-only; nothing writes to x
         warnings.simplefilter("ignore", UserWarning)
         x = torch.from_numpy(x_np).to(device)
-    if (var := sae.variance(x)) == 0:
-        kind = "all zero" if not x.any() else "the same vector for every token"
-        raise LaminarError(
-            f"{label}: its activations do not vary ({kind}, {x.shape[0]} tokens): an SAE has "
-            "nothing to learn there and FVU is undefined; check --hook, or leave the layer out "
-            "with --layers."
-        )
+    var = sae.variance(x)
+    refuse_unusable(label, x.shape[0], True, var == 0, not x.any())
     with sae.matmul_precision(cfg.precision):
         result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed, on_epoch=on_epoch)
-    losses = result.losses
+    check_losses(label, result.losses)
+    out = {**sae.metrics(result.sae, x), **input_stats(x)}
+    return finish(out, result, start, device, x.shape, var, label), result.sae
+
+
+def train_layer_streamed(
+    src: store.ActivationFile,
+    cfg: Config,
+    label: str,
+    seed: int = 0,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[dict[str, Any], sae.TiedSAE]:
+    """Train on one layer's activations in minibatches of cfg.batch_tokens tokens, read from
+    the file a row group at a time (tasks.minibatch): memory does not grow with N."""
+    device = resolve_device(cfg.device)
+    start = time.perf_counter()
+    stats = minibatch.input_stats(src, device)
+    refuse_unusable(
+        label, src.n_rows, stats.pop("finite"), stats.pop("constant"), stats.pop("all_zero")
+    )
+    with sae.matmul_precision(cfg.precision):
+        result = minibatch.train(
+            src,
+            batch_tokens=cfg.batch_tokens,
+            **cfg.subset(*SAE_FIELDS),
+            seed=seed,
+            device=device,
+            on_epoch=on_epoch,
+        )
+    check_losses(label, result.losses)
+    out = {**minibatch.metrics(result.sae, src, stats["x_var"], device), **stats}
+    return finish(
+        out, result, start, device, (src.n_rows, src.d), stats["x_var"], label
+    ), result.sae
+
+
+def check_losses(label: str, losses: list[float]) -> None:
     if not all(math.isfinite(v) for v in losses):
         bad = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         raise LaminarError(
             f"{label}: the SAE loss became {losses[bad]} at epoch {bad}; try a lower --lr."
         )
-    out = sae.metrics(result.sae, x)
+
+
+def finish(
+    out: dict[str, Any],
+    result: sae.TrainResult,
+    start: float,
+    device: str,
+    shape: tuple[int, int],
+    var: float,
+    label: str,
+) -> dict[str, Any]:
+    """The layer's metrics row: the SAE's metrics and input statistics, the histogram of latent
+    frequencies, the loss curve and where and how long it ran. Every number is finite, or the
+    layer fails by name."""
     freq = out.pop("latent_freq")
     live = freq[freq > 0]
     out.update(
-        input_stats(x),
         freq_hist=np.histogram(np.log10(live), FREQ_BINS)[0].tolist() if len(live) else [],
-        final_loss=losses[-1],
+        final_loss=result.losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
         hardware=describe_device(device),
         ran_on=this_process(),
-        n_tokens=x.shape[0],
-        d=x.shape[1],
+        n_tokens=shape[0],
+        d=shape[1],
         latent=result.sae.weight.shape[0],
         k=result.sae.k,
-        loss_curve=losses,
+        loss_curve=result.losses,
     )
     bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # never reported as a number: the layer fails by name instead
@@ -84,7 +140,7 @@ def train_layer(
             f"{label}: {', '.join(bad)} came out as {out[bad[0]]} (activation variance {var:.3g}); "
             "nothing was written for this layer."
         )
-    return out, result.sae
+    return out
 
 
 def write_layer_json(
@@ -108,7 +164,7 @@ def write_layer_json(
     task_run_name="sae {label}",
     cache_policy=cache.ContentKey(
         fields=(*RESULT_FIELDS, "save_saes"),
-        modules=("tasks.sae", "tasks.store"),
+        modules=("tasks.sae", "tasks.store", "tasks.minibatch"),
         exclude=("label",),
     ),
     retries=0,  # training is deterministic: a retry would fail the same way
@@ -125,7 +181,11 @@ def train_sae(
     every = -1.0 if cfg.quiet else cfg.progress_every
     report = EpochReporter(label, cfg.epochs, every, progress)
     try:
-        out, model = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
+        if cfg.batch_tokens:
+            src = store.ActivationFile(acts)
+            out, model = train_layer_streamed(src, cfg, label, sae_seed, report)
+        else:
+            out, model = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
     finally:
         progress.unlink(missing_ok=True)
     saved = []

@@ -70,7 +70,7 @@ def article_body(soup: BeautifulSoup, url: str) -> tuple[Tag, Tag]:
     )
     raise LaminarError(
         f"the page at '{url}' has no {what}, so it is not a Wikipedia article laminar can "
-        "read: check --url."
+        "read: check --urls."
     )
 
 
@@ -159,6 +159,6 @@ def html_slice(html: str, url: str = "the page") -> str:
     if start < 0 or end is None or end.start() <= start:
         raise LaminarError(
             f"the page at '{url}' lacks the mw-body-content marker or id=\"References\" after "
-            "it: check --url or use --text text."
+            "it: check --urls or use --text text."
         )
     return html[start : end.start()]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from wikipages import current_skin
+from wikipages import current_skin, legacy_skin
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = ROOT.parent / "shared" / "gpt2-tokenizer"
@@ -44,6 +44,15 @@ def article_prose(n_paragraphs: int) -> list[str]:
         " ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(4)) + f" Paragraph {i}."
         for i in range(n_paragraphs)
     ]
+
+
+# Prose of the second article, sharing no sentence with the first.
+LAMP_PROSE = [
+    f"An LED lamp number {i} fits a standard socket. Its driver converts mains power. Heat "
+    f"sinks keep the diodes cool for {i + 20} thousand hours. Such lamps replaced filament "
+    "bulbs in many homes."
+    for i in range(120)
+]
 
 
 def wiki_page(paragraphs: list[str], revision: int = 1234567) -> str:
@@ -123,6 +132,7 @@ class ArticleServer:
 
 
 ARTICLE = "/wiki/Light-emitting_diode"
+SECOND_ARTICLE = "/wiki/LED_lamp"
 
 
 def quick_config(model: Path, server: ArticleServer, root: Path, **kw: Any) -> Any:
@@ -131,7 +141,7 @@ def quick_config(model: Path, server: ArticleServer, root: Path, **kw: Any) -> A
 
     base = {
         "models": [str(model)],
-        "url": server.url(ARTICLE),
+        "urls": [server.url(ARTICLE)],
         "n_seqs": 4,
         "seq_len": 32,
         "epochs": 3,
@@ -145,6 +155,10 @@ def quick_config(model: Path, server: ArticleServer, root: Path, **kw: Any) -> A
 def article_server() -> Iterator[ArticleServer]:
     server = ArticleServer()
     server.routes[ARTICLE] = (200, wiki_page(article_prose(100)).encode())
+    # A second article, in the legacy skin, for runs over several articles (--urls).
+    lead = "An LED lamp is an electric light that produces light using LEDs."
+    lamp = legacy_skin([("Applications", LAMP_PROSE)], revision=7654321, lead=lead)
+    server.routes[SECOND_ARTICLE] = (200, lamp.encode())
     yield server
     server.close()
 
@@ -181,6 +195,35 @@ def make_model(folder: Path, tokenizer_dir: Path, seed: int = 0, **config: int) 
     transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).save_pretrained(folder)
     gpt2_tokenizer(tokenizer_dir).save_pretrained(folder)
     return folder
+
+
+def make_family_model(folder: Path, tokenizer_dir: Path, family: str, seed: int = 0) -> Path:
+    """A random-weight model of another family, paired with the real GPT-2 tokenizer: 'neox'
+    (GPT-NeoX, as Pythia), 'llama' (gated MLP, grouped-query attention) or 'biogpt' (an
+    architecture TransformerLens's bridge does not support)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    common = {"vocab_size": 50257, "hidden_size": 64, "num_hidden_layers": 3}
+    common |= {"num_attention_heads": 4, "max_position_embeddings": 128}
+    config = {
+        "neox": lambda: transformers.GPTNeoXConfig(**common, intermediate_size=256),
+        "llama": lambda: transformers.LlamaConfig(
+            **common, intermediate_size=192, num_key_value_heads=2
+        ),
+        "biogpt": lambda: transformers.BioGptConfig(**common, intermediate_size=256),
+    }[family]()
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    gpt2_tokenizer(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+    """Tiny GPT-NeoX and Llama models (3 layers, d_model 64; MLP width 256 and 192)."""
+    root = tmp_path_factory.mktemp("families")
+    return {f: make_family_model(root / f"tiny-{f}", tokenizer_dir, f) for f in ("neox", "llama")}
 
 
 @pytest.fixture(scope="session")

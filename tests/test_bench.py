@@ -20,7 +20,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
             str(ROOT / "benchmarks" / "bench.py"),
             "--quick",
             "--sections",
-            "sae,parquet,xl",
+            "sae,parquet,xl,stream",
             "--out",
             str(out),
             "--models-dir",
@@ -40,3 +40,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
     xl = report["xl"]  # one GPT-2-xl-shaped layer (d 6400) on 512 tokens, in a fresh process
     assert (xl["d"], xl["m"], xl["N"]) == (6400, 12800, 512)
     assert xl["peak_gb"] > xl["x_gb"] == 512 * 6400 * 4 / 1e9 and xl["s_per_epoch"] > 0
+    small, big = report["stream"]  # minibatch training, each size in a fresh process
+    assert (small["N"], big["N"], small["B"], small["d"]) == (512, 5120, 128, 64)
+    assert big["file_gb"] > 5 * small["file_gb"] and small["peak_gb"] > 0.1
+    assert 0 < big["density_pct"] <= 100 * (128 // 3) / 128 + 1e-9 and len(big["losses"]) == 1

@@ -61,7 +61,7 @@ def test_custom_run_from_the_ui_completes(
     page.get_by_text("Use JSON input", exact=True).click()
     config = {
         "models": [str(tiny_model)],
-        "url": article_server.url("/wiki/Light-emitting_diode"),
+        "urls": [article_server.url("/wiki/Light-emitting_diode")],
         "layers": "0,2",
         "n_seqs": 2,
         "seq_len": 32,

@@ -117,13 +117,18 @@ def _record(name: str) -> dict[str, Any]:
 CANNED: dict[str, Any] = {
     "cfg": Config(artifacts_dir="/artifacts"),
     "page": {"url": "u", "fetched_at": "t", "revision_id": 7, "html": _record("p.html")},
-    "text": {"text": _record("p.text.txt"), "chars": 10},
+    "url": "https://en.wikipedia.org/wiki/Light-emitting_diode",
+    "texts": [{"text": _record("p.text.txt"), "chars": 10}],
     "tokenizer_of": "gpt2",
     "tokenizer_fingerprint": "b" * 64,
     "model": "gpt2",
     "name": "gpt2",
     "weights_fingerprint": "c" * 64,
-    "tokens": {"tokens": _record("t.parquet"), "n_article_tokens": 12000},
+    "tokens": {
+        "tokens": _record("t.parquet"),
+        "n_article_tokens": 12000,
+        "articles": [{"tokens": 12000, "windows": 10}],
+    },
     "layer": 3,
     "acts": {"layer": 3, **_record("L03.parquet")},
     "sae_seed": 0,
@@ -134,6 +139,7 @@ CANNED: dict[str, Any] = {
     "cards": [],
     "started_at": "2026-01-01T00:00:00+00:00",
 }
+CANNED["pages"] = [CANNED["page"]]
 
 
 def task_keys() -> dict[str, str]:

@@ -29,7 +29,7 @@ def test_defaults_are_the_course_experiment() -> None:
     assert cfg.models == ["gpt2", "gpt2-large"]
     assert (cfg.n_seqs, cfg.seq_len, cfg.epochs, cfg.lr, cfg.l1) == (10, 1024, 75, 1e-4, 1.0)
     assert (cfg.expansion, cfg.topk_frac, cfg.hook) == (2, 1 / 3, "mlp.hook_pre")
-    assert cfg.url == "https://en.wikipedia.org/wiki/Light-emitting_diode"
+    assert cfg.urls == ["https://en.wikipedia.org/wiki/Light-emitting_diode"]
 
 
 def test_flags_parse_into_typed_fields() -> None:
@@ -117,3 +117,19 @@ def test_args_round_trip() -> None:
     )
     assert config_from_args(to_args(cfg)) == cfg
     assert config_from_args([*to_args(cfg), "--epochs", "9"]).epochs == 9  # last flag wins
+
+
+def test_every_deployment_in_prefect_yaml_is_a_valid_config() -> None:
+    import yaml
+    from conftest import ROOT
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    configs = {
+        d["name"]: Config(**(d.get("parameters") or {}).get("config", {}))
+        for d in spec["deployments"]
+    }
+    assert configs["full"] == Config()
+    robust = configs["robustness"]  # README "Does the profile hold?"
+    assert robust.models == ["gpt2", "EleutherAI/pythia-160m"]
+    assert (robust.n_seqs, robust.seq_len, robust.batch_tokens) == (100, 1024, 4096)
+    assert robust.urls[0] == Config().urls[0] and len(robust.urls) > 10

@@ -81,3 +81,62 @@ def test_unknown_hook_lists_valid_ones(tiny_model: Path) -> None:
     bridge = load_model(str(tiny_model), "cpu")
     with pytest.raises(LaminarError, match=r"--hook 'mlp.nope'.*mlp\.hook_post"):
         hook_names(bridge, "mlp.nope", [0])
+
+
+# (family, hook, the Hugging Face module whose output that hook must equal)
+FAMILY_HOOKS = [
+    ("neox", "mlp.hook_pre", "dense_h_to_4h"),  # GPT-NeoX: the MLP's first linear, before GELU
+    ("llama", "mlp.hook_pre", "gate_proj"),  # gated MLP: hook_pre is the gate, before SiLU
+    ("llama", "mlp.hook_pre_linear", "up_proj"),  # ... and hook_pre_linear the up projection
+]
+
+
+def reference_mlp_module(model_dir: Path, batch: np.ndarray, module: str) -> list[np.ndarray]:
+    """`module` of every block's MLP, straight from transformers."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    blocks = hf.base_model.layers
+    outs: list[torch.Tensor] = []
+    handles = [
+        getattr(b.mlp, module).register_forward_hook(lambda m, i, o: outs.append(o)) for b in blocks
+    ]
+    with torch.no_grad():
+        hf(torch.from_numpy(batch).long())
+    for h in handles:
+        h.remove()
+    return [o.numpy() for o in outs]
+
+
+@pytest.mark.parametrize(("family", "hook", "module"), FAMILY_HOOKS)
+def test_other_families_hooks_equal_their_hf_modules(
+    tmp_path: Path,
+    family_models: dict[str, Path],
+    batch_record: dict,
+    family: str,
+    hook: str,
+    module: str,
+) -> None:
+    model = family_models[family]
+    cfg = Config(artifacts_dir=str(tmp_path), hook=hook)
+    out = extract_activations.fn(cfg, str(model), family, "f" * 64, batch_record)
+    ref = reference_mlp_module(model, batch_record["batch"], module)
+    width = ref[0].shape[-1]
+    assert out["n_layers"] == 3 and width == {"neox": 256, "llama": 192}[family]
+    for f in out["files"]:
+        got = read_activations(f)
+        want = ref[f["layer"]][:, 1:, :].reshape(-1, width)
+        rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert rel < 1e-5, (f["layer"], rel)
+    if module == "gate_proj":  # and not the other projection
+        other = reference_mlp_module(model, batch_record["batch"], "up_proj")[0][:, 1:, :]
+        assert not np.allclose(read_activations(out["files"][0]), other.reshape(-1, width))
+
+
+def test_hook_names_are_listed_per_architecture(family_models: dict[str, Path]) -> None:
+    with pytest.raises(LaminarError) as llama:
+        hook_names(load_model(str(family_models["llama"]), "cpu"), "mlp.nope", [0])
+    with pytest.raises(LaminarError) as neox:
+        hook_names(load_model(str(family_models["neox"]), "cpu"), "mlp.nope", [0])
+    assert "mlp.hook_pre_linear" in str(llama.value) and "mlp.gate.hook_out" in str(llama.value)
+    assert "mlp.hook_pre_linear" not in str(neox.value) and "mlp.hook_pre," in str(neox.value)

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, ArticleServer, make_model, quick_config, run_cli, said, wiki_page
+from conftest import (
+    ARTICLE,
+    ROOT,
+    SECOND_ARTICLE,
+    ArticleServer,
+    make_model,
+    quick_config,
+    run_cli,
+    said,
+    wiki_page,
+)
 
 from flows.laminar import laminar
 from tasks import paths
@@ -251,7 +261,7 @@ def test_truncated_deleted_and_garbled_files_are_rebuilt(
         (truncate, ["extract tiny-gpt2"]),
         (l2.unlink, ["extract tiny-gpt2"]),
         (tokens.unlink, ["tokenize " + str(tiny_model)]),
-        (lambda: parsed.write_text("{ not json"), ["parse text"]),  # a garbled cache record
+        (lambda: parsed.write_text("{ not json"), ["parse"]),  # a garbled cache record
     ]
     for fault, reruns in faults:
         fault()
@@ -291,7 +301,7 @@ def fetch(cfg: Config) -> dict:
 
     @flow
     def fetch_only(cfg: Config) -> dict:
-        return Runner(cfg)(fetch_page.with_options(retry_delay_seconds=0), cfg)
+        return Runner(cfg)(fetch_page.with_options(retry_delay_seconds=0), cfg, cfg.urls[0])
 
     return fetch_only(cfg)
 
@@ -313,7 +323,7 @@ def test_fetch_failures_retry_only_when_it_can_help(
     # Only the stalled answer (3 s) needs a short --fetch-timeout; the 404 and 503 keep the
     # default (30 s), so a busy machine's slow answer is never mistaken for a timeout.
     stall = {"fetch_timeout": 0.3} if len(route) == 3 else {}
-    cfg = Config(url=article_server.url(path), artifacts_dir=str(tmp_path), **stall)
+    cfg = Config(urls=[article_server.url(path)], artifacts_dir=str(tmp_path), **stall)
     with pytest.raises(Exception, match=words.replace("(", r"\(").replace(")", r"\)")):
         fetch(cfg)
     assert article_server.hits[path] == hits
@@ -321,7 +331,7 @@ def test_fetch_failures_retry_only_when_it_can_help(
 
 
 def test_server_down_is_retried_then_explained(tmp_path: Path) -> None:
-    cfg = Config(url="http://127.0.0.1:9/wiki/x", artifacts_dir=str(tmp_path))
+    cfg = Config(urls=["http://127.0.0.1:9/wiki/x"], artifacts_dir=str(tmp_path))
     with pytest.raises(Exception, match=r"the connection to 127\.0\.0\.1:9 was refused"):
         fetch(cfg)
 
@@ -329,7 +339,7 @@ def test_server_down_is_retried_then_explained(tmp_path: Path) -> None:
 def test_transient_error_then_success(tmp_path: Path, article_server: ArticleServer) -> None:
     page = wiki_page(["Some prose."]).encode()
     article_server.routes["/flaky"] = [(500, b"oops"), (502, b"oops"), (200, page)]
-    meta = fetch(Config(url=article_server.url("/flaky"), artifacts_dir=str(tmp_path)))
+    meta = fetch(Config(urls=[article_server.url("/flaky")], artifacts_dir=str(tmp_path)))
     assert Path(meta["html"]["path"]).read_bytes() == page
     assert article_server.hits["/flaky"] == 3
 
@@ -337,7 +347,7 @@ def test_transient_error_then_success(tmp_path: Path, article_server: ArticleSer
 def test_cached_page_survives_a_later_outage(tmp_path: Path, article_server: ArticleServer) -> None:
     page = wiki_page(["Prose of the day."]).encode()
     article_server.routes["/outage"] = (200, page)
-    cfg = Config(url=article_server.url("/outage"), artifacts_dir=str(tmp_path))
+    cfg = Config(urls=[article_server.url("/outage")], artifacts_dir=str(tmp_path))
     first = fetch(cfg)
     article_server.routes["/outage"] = (500, b"<html>error page</html>")
     assert fetch(cfg) == first  # replayed from the cache: no request made
@@ -410,7 +420,9 @@ SETTINGS = [
             "sae other-gpt2 L1",
         ],
     ),
-    ({"refresh": True}, ["extract tiny-gpt2", "fetch", LAT, "parse text", "report", *SAES, TOK]),
+    # A second article: it alone is fetched and parsed; the batch now draws from both.
+    ({"urls": "{two}"}, ["extract tiny-gpt2", "fetch", LAT, "parse", "report", *SAES, TOK]),
+    ({"refresh": True}, ["extract tiny-gpt2", "fetch", LAT, "parse", "report", *SAES, TOK]),
 ]
 
 
@@ -434,6 +446,8 @@ def test_each_setting_recomputes_what_depends_on_it(
     cfg, other = base_run
     if change.get("models") == "{other}":
         change = {"models": [str(other)]}
+    if change.get("urls") == "{two}":
+        change = {"urls": [*cfg.urls, cfg.urls[0].replace(ARTICLE, SECOND_ARTICLE)]}
     expected = sorted(e.format(model=tiny_model) for e in expected)
     before = {p: p.stat().st_mtime_ns for p in cfg.root.rglob("tiny-gpt2-*/**/*.parquet")}
     run = laminar(cfg.model_copy(update=change))

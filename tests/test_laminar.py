@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ArticleServer, quick_config, run_cli, said
+from conftest import ARTICLE, ROOT, SECOND_ARTICLE, ArticleServer, quick_config, run_cli, said
 
 from flows.laminar import LayerFailedError, laminar
-from tasks.config import Config, to_args
+from tasks.config import Config, LaminarError, to_args
 
 
 def latest_artifacts() -> tuple[list[dict], object]:
@@ -67,7 +67,7 @@ def test_first_run_computes_and_rerun_executes_nothing(
     first = laminar(cfg)
     names = [
         "fetch",
-        "parse text",
+        "parse",
         "tokenize",
         "extract tiny-gpt2",
         "sae tiny-gpt2 L0",
@@ -101,7 +101,7 @@ def test_first_run_computes_and_rerun_executes_nothing(
     text = latest_text_artifact()  # what was fed to the model, shown on the flow run
     [saved] = (tmp_path / "pages").glob("*.text.txt")
     lines = saved.read_text().splitlines()
-    assert f"- article: {cfg.url} (revision 1234567" in text.data
+    assert f"- article: {cfg.urls[0]} (revision 1234567" in text.data
     assert f"{len(saved.read_text())} characters in {len(lines)} lines" in text.data
     assert "\n".join(["```text", *lines[:60], "```"]) in text.data
 
@@ -151,6 +151,93 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
 
 
+def test_several_articles_each_a_task_one_failing_by_name(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    led, lamp = article_server.url(ARTICLE), article_server.url(SECOND_ARTICLE)
+    missing = article_server.url("/wiki/No_such_article")
+    with pytest.raises(LaminarError, match=f"^--urls '{missing}' answered HTTP 404"):
+        laminar(quick_config(tiny_model, article_server, tmp_path, urls=[led, missing, lamp]))
+    # The failing page stopped no other fetch: the page after it was fetched, and is cached.
+    cfg = quick_config(tiny_model, article_server, tmp_path, urls=[led, lamp], n_seqs=12)
+    run = laminar(cfg)
+    assert {n: s for n, s in run["tasks"].items() if n.startswith(("fetch", "parse"))} == {
+        f"fetch {led}": "Cached",
+        f"fetch {lamp}": "Cached",
+        f"parse {led}": "Completed",
+        f"parse {lamp}": "Completed",
+    }
+    md = (Path(run["report"]) / "report.md").read_text()
+    prov = json.loads((Path(run["report"]) / "provenance.json").read_text())
+    [per_article] = [t["per_article"] for t in prov["tokens"]]
+    assert [a["revision_id"] for a in prov["articles"]] == [1234567, 7654321]
+    assert sum(a["windows"] for a in per_article) == 12 and min(a["windows"] for a in per_article)
+    for art, n in zip(prov["articles"], per_article, strict=True):
+        assert (
+            f"- Article: {art['url']} (revision {art['revision_id']}, fetched "
+            f"{art['fetched_at']}): {n['tokens']} tokens, {n['windows']} windows;" in md
+        )
+    # Every window is a run of one article's tokens (both pages carry the same infobox, so a
+    # window there is found in both), and each article gave windows of its own.
+    from transformers import AutoTokenizer
+
+    from tasks.store import file_record, read_batch
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    streams = [tok(Path(a["text_path"]).read_text())["input_ids"] for a in prov["articles"]]
+    assert [len(s) for s in streams] == [a["tokens"] for a in per_article]
+    [tokens] = (tmp_path / "tokens").glob("*.parquet")
+    found = [
+        [a for a, ids in enumerate(streams) if _contains(ids, row.tolist())]
+        for row in read_batch(file_record(tokens))
+    ]
+    assert all(found) and [0] in found and [1] in found, found
+
+
+def _contains(ids: list[int], window: list[int]) -> bool:
+    return any(ids[i : i + len(window)] == window for i in range(len(ids) - len(window) + 1))
+
+
+def test_gpt_neox_and_llama_run_the_whole_flow_on_one_depth_axis(
+    tmp_path: Path,
+    tiny_model: Path,
+    family_models: dict[str, Path],
+    article_server: ArticleServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks import figures
+
+    drawn: dict[str, list] = {}
+    save = figures.save_png
+
+    def keep_lines(fig: object, path: Path) -> None:  # what each figure plots, by file name
+        drawn[path.name] = [
+            [(line.get_label(), list(line.get_xdata())) for line in ax.get_lines()]
+            for ax in fig.axes  # type: ignore[attr-defined]
+        ]
+        save(fig, path)
+
+    monkeypatch.setattr(figures, "save_png", keep_lines)
+    models = [str(tiny_model), str(family_models["neox"]), str(family_models["llama"])]
+    run = laminar(quick_config(tiny_model, article_server, tmp_path, models=models, epochs=2))
+    assert [n for n in run["tasks"] if n.startswith(("tokenize", "extract"))] == [
+        f"tokenize {tiny_model}",  # one batch: all three read GPT-2's tokenizer
+        "extract tiny-gpt2",
+        "extract tiny-neox",
+        "extract tiny-llama",
+    ]
+    rows = read_metrics(run["report"])
+    assert [(r["model"], r["layer"], r["d"]) for r in rows] == [
+        (name, str(layer), d)
+        for name, d in (("tiny-gpt2", "256"), ("tiny-llama", "192"), ("tiny-neox", "256"))
+        for layer in range(3)
+    ]
+    for panel in drawn["laminar.png"]:  # each panel: a line per model, relative depth 0, 0.5, 1
+        assert sorted(panel) == [
+            (name, [0.0, 0.5, 1.0]) for name in ("tiny-gpt2", "tiny-llama", "tiny-neox")
+        ]
+
+
 def test_cli_help_lists_every_option() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "flows" / "laminar.py"), "--help"],
@@ -184,8 +271,12 @@ BAD_INPUT = [
     ),
     (["--device", "cuda"], "--device cuda was asked for but torch sees no CUDA GPU", True),
     (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)", True),
-    (["--url", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
-    (["--url", "{url}/no-body"], "has no mw-body-content element, so it is not a Wikipedia", False),
+    (["--urls", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
+    (
+        ["--urls", "{url}/no-body"],
+        "has no mw-body-content element, so it is not a Wikipedia",
+        False,
+    ),
 ]
 CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
 

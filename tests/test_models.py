@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from conftest import make_family_model, make_model
 
 from tasks import models
 from tasks.config import Config, LaminarError
@@ -69,3 +69,19 @@ def test_describe_checks_layers_and_folders(tmp_path: Path, tiny_model: Path) ->
         models.describe(Config(layers="5"), str(tiny_model))
     with pytest.raises(LaminarError, match="not a model folder"):
         models.describe(Config(), str(tmp_path))
+
+
+def test_an_architecture_the_bridge_does_not_support_is_one_sentence(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    folder = make_family_model(tmp_path / "tiny-biogpt", tokenizer_dir, "biogpt")
+    with pytest.raises(LaminarError) as e:
+        models.describe(Config(), str(folder))  # before any weights are loaded
+    assert str(e.value) == (
+        f"--models '{folder}' is a BioGptForCausalLM model, an architecture TransformerLens 4's "
+        "TransformerBridge does not support: pick a causal LM of a supported family (GPT-2, "
+        "GPT-NeoX/Pythia, Llama, Mistral, Qwen, Gemma, OPT, ...)."
+    )
+    with pytest.raises(LaminarError) as e:  # loading it anyway says the same
+        models.load_model(str(folder), "cpu")
+    assert "is a BioGptForCausalLM model, an architecture" in str(e.value)

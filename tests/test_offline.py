@@ -99,13 +99,13 @@ def test_article_server_failure_is_one_sentence_exit_2(
     case: str, tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
     url, env = fail_one(tmp_path, article_server, case)
-    cfg = quick_config(tiny_model, article_server, tmp_path / "art", url=url, fetch_timeout=0.5)
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art", urls=[url], fetch_timeout=0.5)
     retries = "1" if case == "refused" else "0"  # one case shows the retry, then the sentence
     out = run_cli(*to_args(cfg), "--fetch-retries", retries, cwd=tmp_path, env=env)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     [sentence] = said(out.stderr)
-    assert sentence.startswith(f"laminar: --url '{url}'") and CASES[case] in sentence, sentence
+    assert sentence.startswith(f"laminar: --urls '{url}'") and CASES[case] in sentence, sentence
     assert sentence.endswith(".")
     if case == "refused":
         assert "Retry 1/1 will start 2 second(s) from now" in out.stderr
@@ -115,7 +115,7 @@ def test_article_server_failure_is_one_sentence_exit_2(
 def test_hub_model_neither_cached_nor_reachable(
     tmp_path: Path, article_server: ArticleServer
 ) -> None:
-    args = ["--models", "laminar-test/not-cached", "--url", article_server.url("/wiki/x")]
+    args = ["--models", "laminar-test/not-cached", "--urls", article_server.url("/wiki/x")]
     env = {
         "HF_HOME": str(tmp_path / "hf"),
         "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",

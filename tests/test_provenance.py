@@ -50,7 +50,7 @@ def test_hashes_are_those_of_the_files_the_run_wrote(run: tuple, tiny_model: Pat
     [html] = (root / "pages").glob("*.html")
     [text] = (root / "pages").glob("*.text.txt")
     [tokens] = (root / "tokens").glob("*.parquet")
-    art = prov["article"]
+    [art] = prov["articles"]
     assert art["html_sha256"] == sha256_file(html) and art["revision_id"] == 1234567
     assert art["text_sha256"] == sha256_file(text) and art["text_path"] == str(text)
     assert [t["sha256"] for t in prov["tokens"]] == [sha256_file(tokens)]
@@ -71,7 +71,7 @@ def test_report_has_a_provenance_section(run: tuple) -> None:
     md = (report / "report.md").read_text()
     assert "## Provenance" in md
     assert f"commit `{prov['laminar']['commit']}`" in md
-    assert prov["article"]["html_sha256"][:16] in md
+    assert prov["articles"][0]["html_sha256"][:16] in md
 
 
 def test_not_a_git_checkout(tmp_path: Path) -> None:

@@ -82,7 +82,11 @@ def test_report_files(tmp_path: Path) -> None:
         "html": record(tmp_path / "pages" / "p.html", b"<html></html>"),
     }
     text = {"text": record(tmp_path / "pages" / "p.text.txt", b"prose"), "chars": 5}
-    tokens = {"tokens": record(tmp_path / "tokens" / "t.parquet", b"t"), "n_article_tokens": 12345}
+    tokens = {
+        "tokens": record(tmp_path / "tokens" / "t.parquet", b"t"),
+        "n_article_tokens": 12345,
+        "articles": [{"tokens": 12345, "windows": 10}],
+    }
     extraction = {
         "model": "org/m",
         "name": "m",
@@ -93,8 +97,8 @@ def test_report_files(tmp_path: Path) -> None:
     with disable_run_logger():
         out = write_report.fn(
             cfg,
-            page,
-            text,
+            [page],
+            [text],
             [tokens],
             [extraction],
             [result("m", layer, 10 + 5 * layer) for layer in (4, 0, 1, 2)],

@@ -24,9 +24,10 @@ from tasks.scrape import (
 
 
 def test_fetch_keeps_raw_html_and_revision(tmp_path: Path, article_server: ArticleServer) -> None:
-    cfg = Config(url=article_server.url("/wiki/Light-emitting_diode"), artifacts_dir=str(tmp_path))
-    meta = fetch_page.fn(cfg)
-    assert meta["revision_id"] == 1234567 and meta["url"] == cfg.url
+    url = article_server.url("/wiki/Light-emitting_diode")
+    cfg = Config(urls=[url], artifacts_dir=str(tmp_path))
+    meta = fetch_page.fn(cfg, url)
+    assert meta["revision_id"] == 1234567 and meta["url"] == cfg.urls[0]
     saved = Path(meta["html"]["path"])
     assert saved.read_bytes() == article_server.routes["/wiki/Light-emitting_diode"][1]
     assert saved.parent == tmp_path / "pages" and saved.with_suffix(".json").exists()
@@ -55,7 +56,7 @@ def test_refused_connection() -> None:
     with pytest.raises(TransientFetchError) as e:
         download(url)
     assert str(e.value) == (
-        f"--url '{url}' could not be fetched: the connection to {url.split('/')[2]} was refused "
+        f"--urls '{url}' could not be fetched: the connection to {url.split('/')[2]} was refused "
         "(nothing listens there); check the network or the URL, then rerun (a page fetched "
         "before stays cached under the artifacts dir)."
     )

@@ -27,35 +27,88 @@ def test_fingerprint_equal_for_same_vocab(tokenizer_dir: Path, tiny_model: Path)
     assert tokenizer_fingerprint(saved) == tokenizer_fingerprint(gpt2_tokenizer(tokenizer_dir))
 
 
+def starts(n: int, n_seqs: int, seq_len: int, how: str, seed: int) -> np.ndarray:
+    """Window starts in one article of n tokens."""
+    windows = sample_windows([n], n_seqs, seq_len, how, seed)
+    assert {a for a, _ in windows} <= {0}
+    return np.array([s for _, s in windows])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_random_windows_are_seeded_and_disjoint(seed: int) -> None:
-    starts = sample_windows(5000, 10, 300, "random", seed)
-    assert np.array_equal(starts, sample_windows(5000, 10, 300, "random", seed))
-    assert (np.diff(starts) >= 300).all() and starts[0] >= 0 and starts[-1] + 300 <= 5000
+    got = starts(5000, 10, 300, "random", seed)
+    assert np.array_equal(got, starts(5000, 10, 300, "random", seed))
+    assert (np.diff(got) >= 300).all() and got[0] >= 0 and got[-1] + 300 <= 5000
+
+
+def test_one_article_gives_the_windows_laminar_always_gave() -> None:
+    # Recorded with the one-article sampler this multi-article one replaced: a user's token
+    # batches (and every cache keyed on them) stay the same.
+    assert starts(5000, 10, 300, "random", 0).tolist() == [
+        33, 381, 750, 1250, 1739, 2115, 2822, 3374, 4027, 4402
+    ]  # fmt: skip
+    assert starts(12345, 10, 1024, "random", 0).tolist() == [
+        34, 1110, 2206, 3441, 4664, 5768, 7220, 8509, 9904, 11007
+    ]  # fmt: skip
 
 
 def test_seeds_differ_and_first_is_the_course_cut() -> None:
     assert not np.array_equal(
-        sample_windows(5000, 10, 300, "random", 0), sample_windows(5000, 10, 300, "random", 1)
+        starts(5000, 10, 300, "random", 0), starts(5000, 10, 300, "random", 1)
     )
-    assert sample_windows(5000, 3, 100, "first", 0).tolist() == [0, 100, 200]
+    assert starts(5000, 3, 100, "first", 0).tolist() == [0, 100, 200]
 
 
 def test_exact_fit_has_one_placement() -> None:
-    assert sample_windows(40, 4, 10, "random", 3).tolist() == [0, 10, 20, 30]
+    assert starts(40, 4, 10, "random", 3).tolist() == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_windows_never_cross_an_article_boundary(seed: int) -> None:
+    lengths = [250, 1000, 99, 730]  # room for 2, 10, 0 and 7 windows of 100
+    windows = sample_windows(lengths, 15, 100, "random", seed)
+    assert len(windows) == 15 and windows == sample_windows(lengths, 15, 100, "random", seed)
+    for a in range(4):
+        mine = sorted(s for i, s in windows if i == a)
+        assert all(s >= 0 and s + 100 <= lengths[a] for s in mine)
+        assert (np.diff(mine) >= 100).all()
+    assert not any(i == 2 for i, _ in windows)  # 99 tokens hold no window
+
+
+def test_random_shares_follow_each_articles_room() -> None:
+    # Articles with room for 10 and 30 windows: drawn without replacement from all 40, the
+    # second article's share of 20 windows is hypergeometric with mean 15.
+    shares = [
+        sum(i == 1 for i, _ in sample_windows([1000, 3000], 20, 100, "random", s))
+        for s in range(300)
+    ]
+    assert 14.5 < np.mean(shares) < 15.5 and min(shares) >= 10
+
+
+def test_first_takes_articles_in_order() -> None:
+    windows = sample_windows([250, 1000, 730], 5, 100, "first", 0)
+    assert windows == [(0, 0), (0, 100), (1, 0), (1, 100), (1, 200)]
 
 
 def test_batch_rows_are_contiguous_token_runs() -> None:
-    ids = list(range(1000, 3000))
-    batch = token_batch(ids, Config(n_seqs=4, seq_len=50, seed=5))
-    assert batch.shape == (4, 50)
+    streams = [list(range(1000, 3000)), list(range(5000, 5120))]
+    batch, taken = token_batch(streams, Config(n_seqs=5, seq_len=50, seed=5))
+    assert batch.shape == (5, 50) and sum(taken) == 5
     for row in batch:
         assert np.array_equal(row, np.arange(row[0], row[0] + 50))
+        assert row[0] >= 5000 or row[-1] < 3000  # no window runs from one article into the next
 
 
 def test_too_few_tokens_gives_both_numbers() -> None:
     with pytest.raises(LaminarError, match=r"has 999 tokens .* needs 1000"):
-        sample_windows(999, 10, 100, "first", 0)
+        sample_windows([999], 10, 100, "first", 0)
+    with pytest.raises(LaminarError) as e:
+        sample_windows([999, 150], 11, 100, "random", 0)
+    assert str(e.value) == (
+        "the 2 articles have 1149 tokens (999, 150), room for 10 windows of --seq-len 100 that "
+        "stay inside one article, but --n-seqs is 11: lower --n-seqs or --seq-len, or add "
+        "articles to --urls."
+    )
 
 
 def test_batch_file_round_trip(tmp_path: Path) -> None:

@@ -1,0 +1,105 @@
+"""Minibatch training (--batch-tokens): with B = N one epoch is the full-batch step; the shuffle
+is seeded, and every token is seen once per epoch; the streamed statistics and metrics equal the
+full-batch ones; a run with B set caches and resumes like any other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ArticleServer, quick_config
+
+from tasks import minibatch, sae
+from tasks.store import ActivationFile, activation_schema, activation_table, file_record
+from tasks.train import input_stats
+
+SETTINGS = {"expansion": 2, "topk_frac": 1 / 3, "lr": 1e-3, "l1": 1.0}
+
+
+def write_layer(path: Path, x: np.ndarray, group_rows: int) -> ActivationFile:
+    """x (N, d) as an activation file of row groups of `group_rows` tokens, as extract writes."""
+    with pq.ParquetWriter(path, activation_schema(x.shape[1], {})) as writer:
+        for start in range(0, len(x), group_rows):
+            part = x[start : start + group_rows]
+            rows = np.arange(start, start + len(part))
+            writer.write_table(activation_table(rows, rows, rows, part))
+    return ActivationFile(file_record(path))
+
+
+@pytest.fixture
+def layer(tmp_path: Path) -> tuple[np.ndarray, ActivationFile]:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 16)) + rng.standard_normal(16)).astype(np.float32)
+    return x, write_layer(tmp_path / "L00.parquet", x, group_rows=70)  # 5 groups, the last 20
+
+
+def test_whole_layer_as_one_minibatch_is_the_full_batch_step(layer: tuple) -> None:
+    x, src = layer
+    full = sae.train(torch.from_numpy(x), epochs=3, seed=4, **SETTINGS)
+    mini = minibatch.train(src, batch_tokens=300, epochs=3, seed=4, device="cpu", **SETTINGS)
+    w, w_mini = full.sae.weight.detach(), mini.sae.weight.detach()
+    assert torch.linalg.norm(w_mini - w) / torch.linalg.norm(w) < 1e-6
+    assert mini.losses == pytest.approx(full.losses, rel=1e-6)
+
+
+def test_shuffle_is_seeded_and_each_token_is_seen_once_an_epoch(layer: tuple) -> None:
+    x, src = layer
+
+    def epoch(seed: int) -> list[np.ndarray]:
+        return list(minibatch.minibatches(src, 64, np.random.default_rng(seed)))
+
+    first = epoch(7)
+    assert [len(b) for b in first] == [64, 64, 64, 64, 44]
+    assert all(np.array_equal(a, b) for a, b in zip(first, epoch(7), strict=True))
+    assert not np.array_equal(first[0], epoch(8)[0])
+    seen = np.concatenate(first)
+    order = np.lexsort(seen.T[::-1])
+    assert np.array_equal(seen[order], x[np.lexsort(x.T[::-1])])  # the same rows, once each
+    # Shuffled: the first minibatch mixes tokens from more than one row group.
+    groups = {int(np.flatnonzero((x == row).all(axis=1))[0]) // 70 for row in first[0]}
+    assert len(groups) > 1
+
+
+def test_streamed_statistics_and_metrics_equal_the_full_batch_ones(layer: tuple) -> None:
+    x, src = layer
+    model = sae.train(torch.from_numpy(x), epochs=5, seed=0, **SETTINGS).sae
+    stats = minibatch.input_stats(src, "cpu")
+    want = input_stats(torch.from_numpy(x))
+    for key in want:
+        assert stats[key] == pytest.approx(want[key], rel=1e-5), key
+    assert stats["finite"] and not stats["constant"]
+    got = minibatch.metrics(model, src, stats["x_var"], "cpu")
+    ref = sae.metrics(model, torch.from_numpy(x))
+    np.testing.assert_allclose(got.pop("latent_freq"), ref.pop("latent_freq"), rtol=1e-6)
+    assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_constant_and_broken_layers_are_found_by_streaming(tmp_path: Path) -> None:
+    same = np.tile(np.linspace(-1, 1, 16, dtype=np.float32) * 0.1, (100, 1))
+    stats = minibatch.input_stats(write_layer(tmp_path / "c.parquet", same, 30), "cpu")
+    assert stats["constant"] and not stats["all_zero"]
+    zero = minibatch.input_stats(write_layer(tmp_path / "z.parquet", same * 0, 30), "cpu")
+    assert zero["constant"] and zero["all_zero"]
+    bad = same.copy()
+    bad[77, 3] = np.nan
+    assert not minibatch.input_stats(write_layer(tmp_path / "n.parquet", bad, 30), "cpu")["finite"]
+
+
+def test_a_minibatch_run_caches_and_resumes_like_any_other(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    from flows.laminar import laminar
+
+    cfg = quick_config(tiny_model, article_server, tmp_path, batch_tokens=50, layers="0,2")
+    first = laminar(cfg)
+    assert set(first["tasks"].values()) == {"Completed"}
+    for path in (tmp_path / "sae").rglob("L0[02]/*.json"):
+        assert '"batch_tokens": 50' in path.read_text()
+    [saved] = [p for p in (tmp_path / "sae").rglob("L02/*.json")]
+    saved.unlink()  # a layer lost: only it trains again
+    again = laminar(cfg)
+    executed = sorted(n for n, s in again["tasks"].items() if s != "Cached")
+    assert executed == ["latents tiny-gpt2", "report", "sae tiny-gpt2 L2"]
