@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
+from benchmarks.precision import compare  # noqa: E402
 from benchmarks.stream import stream_memory  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
@@ -261,10 +262,20 @@ def section_extract(args: argparse.Namespace, n: int) -> dict[str, Any]:
 def section_sweeps(args: argparse.Namespace, n: int) -> dict[str, Any]:
     rows = []
     for shape in SHAPES if args.sweep else []:
-        for precision in ["fp32", "tf32"]:
+        for precision in ["fp32", "tf32", "bf16"]:
             rows.append(sweep(shape, precision, args.device, args.models_dir))
             print_row("sweep", rows[-1])
     return {"sweeps": rows}
+
+
+def section_bf16(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """fp32 and bf16 epochs at both GPT-2 shapes, interleaved with their matmul limits."""
+    rows = []
+    for d in [64] if args.quick else [SHAPES["gpt2-small"][2], SHAPES["gpt2-large"][2]]:
+        rows.append(compare(n, d, args.device, rounds=3, epochs=args.epochs))
+        medians = {k: v["median"] if isinstance(v, dict) else v for k, v in rows[-1].items()}
+        print_row("bf16", medians)
+    return {"bf16": rows}
 
 
 SECTIONS = {
@@ -277,6 +288,7 @@ SECTIONS = {
     "xl": lambda a, n: {"xl": xl_layer(512 if a.quick else n, a.epochs, a.device)},
     "expect": lambda a, n: {"expect": {**estimates(a.device), **quick_run(a.models_dir)}},
     "stream": lambda a, n: {"stream": stream_memory(a.models_dir, a.quick)},
+    "bf16": section_bf16,
 }
 
 

@@ -51,6 +51,9 @@ def timed_once(fn: Any, device: str) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def train_sae(x: torch.Tensor, epochs: int, seed: int = 0) -> sae.TrainResult:
+def train_sae(
+    x: torch.Tensor, epochs: int, seed: int = 0, precision: str = "fp32"
+) -> sae.TrainResult:
     """laminar's SAE training with the default settings, for `epochs` epochs."""
-    return sae.train(x, **{**COURSE.subset(*SAE_FIELDS), "epochs": epochs}, seed=seed)
+    settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
+    return sae.train(x, **settings, seed=seed, precision=precision)

@@ -3,8 +3,8 @@
 # root:  bash benchmarks/gpu_check.sh   (writes benchmarks/results-cuda.json and $OUT if set)
 # Installs what it needs from the wheels in .whl/ when present, else uses the machine's own
 # packages; then runs the whole benchmark on CUDA with the full-size sweeps: GPT-2 small and
-# large shapes, all layers, 75 epochs, 10,240 tokens, at fp32 and TF32, against the FLOP floor
-# measured on the card. A bare GPU image has torch, numpy and pyarrow but not pydantic: carry
+# large shapes, all layers, 75 epochs, 10,240 tokens, at fp32, TF32 and bf16, against the FLOP
+# floor measured on the card; and fp32 against bf16 epochs interleaved with their own limits. A bare GPU image has torch, numpy and pyarrow but not pydantic: carry
 # pydantic, pydantic-core, annotated-types and typing-inspection as wheels in .whl/ (add
 # prefect and transformer-lens with their dependencies to time laminar's own extraction too;
 # without them the sweeps train on random activations of the same shapes, which cost the same,
@@ -17,7 +17,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
-sections=sae,parquet,scaling,xl,sweeps
+sections=sae,bf16,parquet,scaling,xl,sweeps
 python3 -c "import prefect, transformer_lens" 2>/dev/null && sections=$sections,extract
 python3 benchmarks/bench.py --device cuda --sweep --epochs 5 --extract-seqs 10 \
   --sections "$sections" --out benchmarks/results-cuda.json

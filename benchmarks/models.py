@@ -167,7 +167,7 @@ def sweep(shape: str, precision: str, device: str, folder: Path, epochs: int = 7
                 else np.random.default_rng(0).standard_normal((N_TOKENS, d), dtype=np.float32)
             )
             x = torch.from_numpy(x_np).to(device)
-            res = train_sae(x, epochs)
+            res = train_sae(x, epochs, precision=precision)
             sae.metrics(res.sae, x)
         if device == "cuda":
             torch.cuda.synchronize()

@@ -25,13 +25,14 @@ GROUP_ROWS = 1023  # one sequence of 1024 tokens, position 0 dropped
 
 _CHILD = """
 import json, resource, sys, time
+from pathlib import Path
 from benchmarks.common import COURSE
 from tasks import minibatch
 from tasks.config import SAE_FIELDS
 from tasks.store import ActivationFile, file_record
 path, b, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 start = time.perf_counter()
-src = ActivationFile(file_record(path))
+src = ActivationFile(file_record(Path(path)))
 stats = minibatch.input_stats(src, "cpu")
 settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
 result = minibatch.train(src, batch_tokens=b, seed=0, device="cpu", **settings)

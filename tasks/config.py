@@ -135,10 +135,12 @@ class Config(BaseModel):
         "minibatches of B tokens, an Adam step each, read from the layer's file as it goes, so "
         "memory stays bounded however many tokens there are.",
     )
-    precision: Literal["fp32", "tf32"] = Field(
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
         default="fp32",
         description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
-        "cores (several times faster, small differences: see the benchmark).",
+        "cores; 'bf16' multiplies bf16 operands with fp32 accumulation on CPU (native with "
+        "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
+        "small measured differences: README 'bf16').",
     )
     save_saes: bool = Field(
         default=True,

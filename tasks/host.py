@@ -44,6 +44,27 @@ def on_worker() -> str:
 
 
 @functools.cache
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 matmuls; without them PyTorch emulates
+
+
+def native_bf16() -> str | None:
+    """Which native bf16 instructions this CPU has ('amx_bf16', 'avx512_bf16'), or None."""
+    flags = cpu_flags()
+    return next((f for f in BF16_FLAGS if f in flags), None)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -62,6 +62,7 @@ def train(
     l1: float,
     seed: int,
     device: str,
+    precision: str = "fp32",
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> sae.TrainResult:
     """A fresh SAE seeded as tasks.sae.train seeds it, `epochs` passes over the file in
@@ -77,7 +78,7 @@ def train(
         total = torch.zeros((), dtype=torch.float64, device=device)
         for xb in minibatches(src, batch_tokens, rng):
             x = torch.from_numpy(xb).to(device)  # (b, d)
-            total += sae.loss_and_grad(model, x, l1).double() * len(xb)
+            total += sae.step_fn(x, precision)(model, l1).double() * len(xb)
             opt.step()
         losses[epoch] = total / src.n_rows
         if on_epoch is not None:

@@ -56,8 +56,9 @@ def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> fl
     """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats."""
     import torch
 
-    a = torch.randn(n, d, device=device)
-    b = torch.randn(d, latent, device=device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, d, device=device, dtype=dtype)
+    b = torch.randn(d, latent, device=device, dtype=dtype)
     with matmul_precision(precision):
         torch.mm(a[:64], b)  # warm-up
         done, start = 0, time.perf_counter()

@@ -28,6 +28,7 @@ from tasks import paths
 from tasks.cache import ProcessLockManager
 from tasks.cluster import Pool
 from tasks.config import Config, LaminarError, resolve_device
+from tasks.host import native_bf16
 from tasks.prefect_api import dask_future
 from tasks.progress import calibrated_rate, estimate, overall, read_epochs
 from tasks.records import Batch, ModelFacts
@@ -267,6 +268,31 @@ class Runner:
         return dict(Counter(self.states.values()))
 
 
+def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
+    """On a CPU, one line about bf16: that a bf16 run here is emulated (no native bf16, so it is
+    slower than fp32; it goes on), or that an fp32 run could use native bf16, and how much faster
+    the SAE's matmul measured here in bf16 (cached with the fp32 calibration)."""
+    if device != "cpu" or cfg.precision == "tf32":
+        return []
+    native = native_bf16()
+    if cfg.precision == "bf16" and native is None:
+        return [
+            "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
+            "PyTorch emulates it, more slowly than fp32; the run goes on, but --precision fp32 "
+            "is faster here"
+        ]
+    if cfg.precision == "fp32" and native is not None:
+        latent = cfg.expansion * d
+        fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
+        bf16 = calibrated_rate(cfg.root, device, "bf16", n_tokens, d, latent)
+        return [
+            f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
+            f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
+            "accuracy cost measured in README 'bf16'"
+        ]
+    return []
+
+
 def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
     device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
@@ -298,6 +324,8 @@ def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -
                 cfg.precision,
             )
         )
+    if models:
+        lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
     for line in lines:
         print(f"laminar: {line}")
     create_markdown_artifact(

@@ -98,6 +98,39 @@ def loss_and_grad(sae: TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
     return loss
 
 
+@torch.no_grad()
+def loss_and_grad_bf16(sae: TiedSAE, x: torch.Tensor, x16: torch.Tensor, l1: float) -> torch.Tensor:
+    """loss_and_grad with the five matmuls on bf16 operands (x16 = x in bf16, made once): the
+    kernels accumulate in fp32 and round their outputs to bf16 (8 significant bits, a relative
+    error of at most 2^-9 per element). W, its gradient, x̂ - x, the loss and Adam's state stay
+    fp32, so rounding enters the step's direction, never the weights' precision. z is kept in
+    bf16: its top-k runs on half the bytes."""
+    w = sae.weight
+    n, d = x.shape
+    w16 = w.to(torch.bfloat16)  # (m, d)
+    z = torch.mm(x16, w16.t()).clamp_(min=0)  # (N, m) bf16
+    if (keep := topk_mask(z, sae.k)) is not None:
+        z.mul_(keep)
+    err = torch.mm(z, w16).float().sub_(x)  # (N, d) fp32: x̂ - x
+    loss = err.pow(2).mean() + l1 * z.mean(dtype=torch.float32)
+    g_err = err.mul_(2.0 / (n * d)).to(torch.bfloat16)  # (N, d) dL/dx̂
+    g_z = torch.mm(g_err, w16.t()).add_(l1 / z.numel())  # (N, m) bf16 dL/dz
+    g_z.mul_(z > 0)
+    grad = torch.mm(g_z.t(), x16).float()  # (m, d) encoder's share
+    grad.add_(torch.mm(z.t(), g_err).float())  # + decoder's share
+    w.grad = grad
+    return loss
+
+
+def step_fn(x: torch.Tensor, precision: str) -> Callable[[TiedSAE, float], torch.Tensor]:
+    """The loss-and-gradient step for x at `precision` ('bf16': bf16 matmuls; else fp32, where
+    'tf32' is the caller's matmul_precision setting)."""
+    if precision == "bf16":
+        x16 = x.to(torch.bfloat16)  # (N, d), once per training
+        return lambda sae, l1: loss_and_grad_bf16(sae, x, x16, l1)
+    return lambda sae, l1: loss_and_grad(sae, x, l1)
+
+
 def train(
     x: torch.Tensor,
     *,
@@ -107,6 +140,7 @@ def train(
     lr: float,
     l1: float,
     seed: int,
+    precision: str = "fp32",
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """Fresh seeded SAE, `epochs` full-batch Adam steps on x (N, d). `on_epoch(k, loss)` is told
@@ -116,8 +150,9 @@ def train(
     sae = TiedSAE(x.shape[1], latent, topk_k(latent, topk_frac), generator).to(x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     losses = torch.empty(epochs, device=x.device)  # kept on device: no sync per step
+    step = step_fn(x, precision)
     for epoch in range(epochs):
-        losses[epoch] = loss_and_grad(sae, x, l1)
+        losses[epoch] = step(sae, l1)
         opt.step()
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[epoch])

@@ -62,7 +62,8 @@ def train_layer(
     var = sae.variance(x)
     refuse_unusable(label, x.shape[0], True, var == 0, not x.any())
     with sae.matmul_precision(cfg.precision):
-        result = sae.train(x, **cfg.subset(*SAE_FIELDS), seed=seed, on_epoch=on_epoch)
+        settings = cfg.subset(*SAE_FIELDS, "precision")
+        result = sae.train(x, **settings, seed=seed, on_epoch=on_epoch)
     check_losses(label, result.losses)
     out = {**sae.metrics(result.sae, x), **input_stats(x)}
     return finish(out, result, start, device, x.shape, var, label), result.sae
@@ -87,7 +88,7 @@ def train_layer_streamed(
         result = minibatch.train(
             src,
             batch_tokens=cfg.batch_tokens,
-            **cfg.subset(*SAE_FIELDS),
+            **cfg.subset(*SAE_FIELDS, "precision"),
             seed=seed,
             device=device,
             on_epoch=on_epoch,

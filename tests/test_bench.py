@@ -20,7 +20,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
             str(ROOT / "benchmarks" / "bench.py"),
             "--quick",
             "--sections",
-            "sae,parquet,xl,stream",
+            "sae,parquet,xl,stream,bf16",
             "--out",
             str(out),
             "--models-dir",
@@ -43,4 +43,9 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
     small, big = report["stream"]  # minibatch training, each size in a fresh process
     assert (small["N"], big["N"], small["B"], small["d"]) == (512, 5120, 128, 64)
     assert big["file_gb"] > 5 * small["file_gb"] and small["peak_gb"] > 0.1
+    [bf16] = report["bf16"]  # fp32 and bf16 interleaved with their own limits, 3 rounds
+    for col in ("fp32_s", "bf16_s", "fp32_pct", "bf16_pct", "bf16_speedup"):
+        spread = bf16[col]
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"], col
+    assert (bf16["N"], bf16["d"], bf16["m"], bf16["rounds"]) == (512, 64, 128, 3)
     assert 0 < big["density_pct"] <= 100 * (128 // 3) / 128 + 1e-9 and len(big["losses"]) == 1

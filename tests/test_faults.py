@@ -401,6 +401,8 @@ SETTINGS = [
     ({"expansion": 3}, [LAT, "report", *SAES]),
     ({"topk_frac": 0.25}, [LAT, "report", *SAES]),
     ({"precision": "tf32"}, [LAT, "report", *SAES]),
+    ({"precision": "bf16"}, [LAT, "report", *SAES]),  # never reuses fp32 results
+    ({"batch_tokens": 64}, [LAT, "report", *SAES]),  # minibatches: the SAEs alone train again
     ({"save_saes": False}, ["report", *SAES]),  # the SAEs trained again, their files not kept
     ({"seed": 1}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),
     ({"n_seqs": 5}, ["extract tiny-gpt2", LAT, "report", *SAES, TOK]),

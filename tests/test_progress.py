@@ -238,3 +238,27 @@ def test_terminal_bar_in_a_terminal_and_never_with_quiet(
     assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/300 \[", shown)
     quiet = run_in_terminal([*args, "--refresh", "--quiet", "--progress-every", "0"], tmp_path)
     assert "SAE runs" not in quiet and ": epoch 1/300" not in quiet
+
+
+def test_bf16_advice_on_cpus_with_and_without_native_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import runs
+    from tasks.config import Config
+
+    cfg = Config(artifacts_dir=str(tmp_path))
+    monkeypatch.setattr(runs, "native_bf16", lambda: None)
+    [emulated] = runs.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
+    assert emulated.startswith("--precision bf16 on a CPU without native bf16 (no amx_bf16")
+    assert runs.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
+    monkeypatch.setattr(runs, "native_bf16", lambda: "avx512_bf16")
+    [offer] = runs.bf16_advice(cfg, "cpu", 64, 500)
+    known = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
+    fp32, bf16 = (next(v for k, v in known.items() if f"| {p} |" in k) for p in ("fp32", "bf16"))
+    assert offer == (
+        f"this CPU has native bf16 (avx512_bf16): --precision bf16 ran the SAE's matmul "
+        f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
+        "accuracy cost measured in README 'bf16'"
+    )
+    assert runs.bf16_advice(cfg, "cuda", 64, 500) == []
+    assert runs.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []

@@ -84,3 +84,30 @@ def test_no_save_saes_keeps_only_the_metrics(tmp_path: Path) -> None:
         out = train_sae.fn(cfg, "m", 0, {"layer": 0, **file_record(path)}, 0, "m L0")
     assert out["sae_files"] == [] and not list((tmp_path / "sae").rglob("*.safetensors"))
     assert out["x_var"] == pytest.approx(float(((acts - acts.mean(0)) ** 2).mean()), rel=1e-5)
+
+
+RECORDED = Path(__file__).parent / "data" / "course_layer.json"
+
+
+def course_layer() -> np.ndarray:
+    """A fixed 1023 x 128 layer: seeded, with per-feature scales and a non-zero mean."""
+    rng = np.random.default_rng(2026)
+    x = rng.standard_normal((1023, 128))
+    x = x * rng.uniform(0.2, 2.0, 128) + rng.standard_normal(128)
+    return x.astype(np.float32)
+
+
+def test_default_metrics_are_those_recorded_before_the_robustness_options() -> None:
+    """The course's defaults give the numbers an earlier laminar recorded (tests/data): adding
+    articles, minibatches and model families changed nothing of the default run."""
+    want = json.loads(RECORDED.read_text())
+    out, _ = train_layer(course_layer(), Config(device="cpu"), "expect L0", seed=0)
+    assert (out["k"], out["latent"], out["freq_hist"]) == (
+        want["k"],
+        want["latent"],
+        want["freq_hist"],
+    )
+    for key in ("final_loss", "final_mse", "fvu", "l0", "density_activation", "x_var"):
+        assert out[key] == pytest.approx(want[key], rel=1e-5), key
+    assert out["density_pct"] == pytest.approx(want["density_pct"], abs=0.01)
+    assert out["loss_curve"] == pytest.approx(want["loss_curve"], rel=1e-5)
