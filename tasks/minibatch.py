@@ -68,10 +68,7 @@ def train(
     """A fresh SAE seeded as tasks.sae.train seeds it, `epochs` passes over the file in
     minibatches. An epoch's loss is the token-weighted mean of its minibatches' losses, each
     taken before that minibatch's step. The shuffle has its own generator, seeded by `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    latent = expansion * src.d
-    model = sae.TiedSAE(src.d, latent, sae.topk_k(latent, topk_frac), generator).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model, opt = sae.fresh(src.d, expansion, topk_frac, lr, seed, device)
     rng = np.random.default_rng(seed)
     losses = torch.empty(epochs, device=device)
     for epoch in range(epochs):

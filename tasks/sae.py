@@ -131,6 +131,16 @@ def step_fn(x: torch.Tensor, precision: str) -> Callable[[TiedSAE, float], torch
     return lambda sae, l1: loss_and_grad(sae, x, l1)
 
 
+def fresh(
+    d: int, expansion: int, topk_frac: float, lr: float, seed: int, device: Any
+) -> tuple[TiedSAE, torch.optim.Adam]:
+    """A new SAE for width d, initialised from `seed` alone, and its Adam optimizer."""
+    generator = torch.Generator().manual_seed(seed)
+    latent = expansion * d
+    sae = TiedSAE(d, latent, topk_k(latent, topk_frac), generator).to(device)
+    return sae, torch.optim.Adam(sae.parameters(), lr=lr)
+
+
 def train(
     x: torch.Tensor,
     *,
@@ -145,10 +155,7 @@ def train(
 ) -> TrainResult:
     """Fresh seeded SAE, `epochs` full-batch Adam steps on x (N, d). `on_epoch(k, loss)` is told
     after epoch k with the loss still on the device (reading it is the caller's choice)."""
-    generator = torch.Generator().manual_seed(seed)
-    latent = expansion * x.shape[1]
-    sae = TiedSAE(x.shape[1], latent, topk_k(latent, topk_frac), generator).to(x.device)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    sae, opt = fresh(x.shape[1], expansion, topk_frac, lr, seed, x.device)
     losses = torch.empty(epochs, device=x.device)  # kept on device: no sync per step
     step = step_fn(x, precision)
     for epoch in range(epochs):
