@@ -10,7 +10,7 @@ marked). Written per model as `<model>-latents.json` and a self-contained `<mode
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,22 @@ def cards(
     """Cards of one layer. z (N, m) latents; where (N, 2) the (seq, pos) of each row in the
     token batch (n_seqs, seq_len)."""
     counts = (z > 0).sum(axis=0)
+    return cards_for(pick(counts, seed), counts, lambda latent: z[:, latent], where, batch, decode)
+
+
+def cards_for(
+    chosen: list[tuple[int, str]],
+    counts: np.ndarray,
+    column: Callable[[int], np.ndarray],
+    where: np.ndarray,
+    batch: np.ndarray,
+    decode: Callable[[list[int]], str],
+) -> list[dict[str, Any]]:
+    """The cards of the chosen latents: counts (m,) how often each fires; column(latent) its
+    activation on every token (N,); where and batch as for `cards`."""
     out = []
-    for latent, group in pick(counts, seed):
-        col = z[:, latent]
+    for latent, group in chosen:
+        col = column(latent)
         top = [int(i) for i in np.argsort(-col, kind="stable")[:CONTEXTS] if col[i] > 0]
         contexts = []
         for i in top:
@@ -72,7 +85,7 @@ def cards(
             {
                 "latent": latent,
                 "group": group,
-                "freq": float(counts[latent] / len(z)),
+                "freq": float(counts[latent] / len(col)),
                 "mean_activation": float(col[col > 0].mean()),
                 "contexts": contexts,
             }
@@ -81,14 +94,24 @@ def cards(
 
 
 def layer_cards(result: LayerResult, batch: np.ndarray, decode: Any, seed: int) -> list[dict]:
-    """Encode the layer's activations with its saved SAE and make its cards."""
+    """Encode the layer's activations with its saved SAE and make its cards: a row group at a
+    time, twice (the firing counts that choose the latents, then the chosen latents' columns),
+    so memory holds one group's (rows, m) latents and the (N, 24) chosen columns, whatever N."""
     model = sae.load(Path(result["sae_files"][0]["path"]).parent)
-    x = torch.from_numpy(store.read_activations(result["activations"]).copy())
+    src = store.ActivationFile(result["activations"])
+
+    def encoded() -> Iterator[np.ndarray]:  # (rows, m) per row group
+        for group in range(src.n_groups):
+            with torch.no_grad():
+                yield model.encode(torch.from_numpy(src.group(group).copy())).numpy()
+
+    counts = sum(((z > 0).sum(axis=0) for z in encoded()), np.zeros(model.weight.shape[0], int))
+    chosen = pick(counts, seed)
+    ids = [latent for latent, _ in chosen]
+    cols = np.concatenate([z[:, ids] for z in encoded()])  # (N, 24)
     where = pq.read_table(result["activations"]["path"], columns=["seq", "pos"])
-    with torch.no_grad():
-        z = model.encode(x).numpy()  # (N, m)
     rows = np.stack([where["seq"].to_numpy(), where["pos"].to_numpy()], axis=1)
-    return cards(z, rows, batch, decode, seed)
+    return cards_for(chosen, counts, lambda latent: cols[:, ids.index(latent)], rows, batch, decode)
 
 
 CSS = (

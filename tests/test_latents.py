@@ -68,3 +68,32 @@ def test_html_is_self_contained_and_escaped() -> None:
     assert page.count('class="card"') == 24 and 'id="L03"' in page
     assert "<b>&" not in page and "&lt;b&gt;&amp;" in page
     assert "http" not in page and "<script" not in page
+
+
+def test_streamed_cards_equal_those_of_the_whole_layer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """layer_cards reads the layer a row group at a time: the same cards as encoding it whole."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from tasks import sae
+    from tasks.latents import layer_cards
+    from tasks.store import activation_schema, activation_table, file_record
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5 * 12, 16)) + 0.5).astype(np.float32)  # 5 sequences of 12 rows
+    with pq.ParquetWriter(tmp_path / "L00.parquet", activation_schema(16, {})) as writer:
+        for s in range(5):  # a row group per sequence, as extraction writes them
+            rows = slice(12 * s, 12 * s + 12)
+            writer.write_table(
+                activation_table(WHERE[rows, 0], WHERE[rows, 1], WHERE[rows, 1], x[rows])
+            )
+    model = sae.TiedSAE(16, 32, 10, torch.Generator().manual_seed(0))
+    sae.save(model, tmp_path / "sae", "blocks.0.mlp.hook_pre", "m", {})
+    result = {
+        "activations": file_record(tmp_path / "L00.parquet"),
+        "sae_files": [file_record(tmp_path / "sae" / sae.WEIGHTS_FILE)],
+    }
+    with torch.no_grad():
+        whole = cards(model.encode(torch.from_numpy(x)).numpy(), WHERE, BATCH, decode, seed=0)
+    assert layer_cards(result, BATCH, decode, seed=0) == whole  # type: ignore[arg-type]
+    assert len(whole) == 24
