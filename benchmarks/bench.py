@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -30,14 +31,13 @@ from benchmarks.common import (  # noqa: E402
     COURSE,
     N_TOKENS,
     SHAPES,
-    matmul_rate,
     timed,
     timed_once,
     train_sae,
 )
 from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
-from benchmarks.precision import compare  # noqa: E402
+from benchmarks.precision import compare, limit, spread  # noqa: E402
 from benchmarks.stream import stream_memory  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
@@ -69,7 +69,9 @@ def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], f
     return losses, density
 
 
-def bench_sae(n: int, d: int, epochs: int, device: str, rate: float) -> dict[str, Any]:
+def bench_sae(n: int, d: int, epochs: int, device: str, rounds: int = 3) -> dict[str, Any]:
+    """laminar's epoch against the course loop's and the fp32 matmul limit, interleaved: limit,
+    laminar, course loop, for `rounds` rounds; medians with min-max (benchmarks.precision)."""
     x = torch.randn(n, d, device=device)
     m = COURSE.expansion * d
     flop = 10 * n * d * m * epochs
@@ -78,20 +80,31 @@ def bench_sae(n: int, d: int, epochs: int, device: str, rate: float) -> dict[str
         return train_sae(x, epochs)
 
     ours(x[:256]), course_loop(x[:256], 1, 0)  # warm-up: kernels, allocator, thread pool
-    t_ours, res = timed_once(ours, device)
-    t_base, (base_losses, base_density) = timed_once(lambda: course_loop(x, epochs, 0), device)
+    per_round = []
+    for _ in range(rounds):
+        rate = limit(n, d, m, "fp32", device)
+        t_ours, res = timed_once(ours, device)
+        t_base, (base_losses, base_density) = timed_once(lambda: course_loop(x, epochs, 0), device)
+        per_round.append({"limit": rate, "s": t_ours / epochs, "baseline_s": t_base / epochs})
+    s = statistics.median(r["s"] for r in per_round)
     density = sae.metrics(res.sae, x)["density_pct"]
     return {
         "N": n,
         "d": d,
         "m": m,
         "epochs": epochs,
-        "s_per_epoch": t_ours / epochs,
-        "baseline_s_per_epoch": t_base / epochs,
-        "gflops": flop / t_ours / 1e9,
-        "pct_of_matmul": 100 * flop / t_ours / 1e9 / rate,
-        "baseline_pct_of_matmul": 100 * flop / t_base / 1e9 / rate,
-        "speedup": t_base / t_ours,
+        "rounds": per_round,
+        "matmul_gflops": spread([r["limit"] for r in per_round]),
+        "s_per_epoch": s,
+        "baseline_s_per_epoch": statistics.median(r["baseline_s"] for r in per_round),
+        "gflops": flop / epochs / s / 1e9,
+        "pct_of_matmul": spread(
+            [100 * flop / epochs / r["s"] / 1e9 / r["limit"] for r in per_round]
+        ),
+        "baseline_pct_of_matmul": spread(
+            [100 * flop / epochs / r["baseline_s"] / 1e9 / r["limit"] for r in per_round]
+        ),
+        "speedup": spread([r["baseline_s"] / r["s"] for r in per_round]),
         "max_rel_loss_diff": max(
             abs(a - b) / abs(b) for a, b in zip(res.losses, base_losses, strict=True)
         ),
@@ -232,15 +245,8 @@ def section_sae(args: argparse.Namespace, n: int) -> dict[str, Any]:
     )
     rows = []
     for d, label in widths:
-        rate = matmul_rate(n, d, COURSE.expansion * d, args.device)
-        rows.append(
-            {
-                "shape": label,
-                "matmul_gflops": rate,
-                **bench_sae(n, d, args.epochs, args.device, rate),
-            }
-        )
-        print_row("sae", rows[-1])
+        rows.append({"shape": label, **bench_sae(n, d, args.epochs, args.device)})
+        print_row("sae", {k: v for k, v in rows[-1].items() if k != "rounds"})
     out: dict[str, Any] = {"sae": rows}
     if args.device == "cuda":
         out["tf32"] = bench_tf32(n, 64 if args.quick else 5120, args.epochs, args.device)
