@@ -215,10 +215,11 @@ class Runner:
                 failed.append((name, error))
         if len(failed) == 1 and isinstance(failed[0][1], LaminarError):
             raise failed[0][1]  # its sentence already names the input
-        if failed:
+        if failed:  # a LaminarError names its input; anything else is named by its run
+            why = [str(e) if isinstance(e, LaminarError) else f"{name}: {e}" for name, e in failed]
             raise LaminarError(
                 f"{len(failed)} of {len(argsets)} {task.name} runs failed: "
-                + "; ".join(f"{name}: {str(e).rstrip('.')}" for name, e in failed)
+                + "; ".join(w.rstrip(".") for w in why)
                 + "; the others are cached: fix these and rerun."
             )
         return results

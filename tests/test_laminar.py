@@ -158,6 +158,14 @@ def test_several_articles_each_a_task_one_failing_by_name(
     missing = article_server.url("/wiki/No_such_article")
     with pytest.raises(LaminarError, match=f"^--urls '{missing}' answered HTTP 404"):
         laminar(quick_config(tiny_model, article_server, tmp_path, urls=[led, missing, lamp]))
+    gone = article_server.url("/wiki/Gone")
+    with pytest.raises(LaminarError) as two:  # each failing page named, in one sentence
+        laminar(quick_config(tiny_model, article_server, tmp_path, urls=[missing, led, gone]))
+    assert str(two.value) == (
+        f"2 of 3 fetch runs failed: --urls '{missing}' answered HTTP 404: check the article's "
+        f"address; --urls '{gone}' answered HTTP 404: check the article's address; the others "
+        "are cached: fix these and rerun."
+    )
     # The failing page stopped no other fetch: the page after it was fetched, and is cached.
     cfg = quick_config(tiny_model, article_server, tmp_path, urls=[led, lamp], n_seqs=12)
     run = laminar(cfg)
@@ -272,6 +280,8 @@ BAD_INPUT = [
     (["--device", "cuda"], "--device cuda was asked for but torch sees no CUDA GPU", True),
     (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)", True),
     (["--urls", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
+    (["--urls", "nope"], "--urls 'nope' is not a web address: give http(s)://", True),
+    (["--batch-tokens", "-1"], "--batch-tokens -1 is invalid: input should be greater than", True),
     (
         ["--urls", "{url}/no-body"],
         "has no mw-body-content element, so it is not a Wikipedia",
