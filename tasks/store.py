@@ -221,5 +221,7 @@ class ActivationFile:
         self.d: int = self.file.schema_arrow.field("activation").type.list_size
 
     def group(self, i: int) -> np.ndarray:
-        """Row group i as (rows, d) float32."""
-        return _as_matrix(self.file.read_row_group(i, columns=["activation"]).column(0))
+        """Row group i as (rows, d) float32, writable (its own copy of one group: torch refuses
+        to wrap Arrow's read-only buffer without a warning)."""
+        col = self.file.read_row_group(i, columns=["activation"]).column(0).combine_chunks()
+        return col.values.to_numpy(zero_copy_only=False, writable=True).reshape(-1, self.d)

@@ -51,6 +51,7 @@ def test_shuffle_is_seeded_and_each_token_is_seen_once_an_epoch(layer: tuple) ->
     def epoch(seed: int) -> list[np.ndarray]:
         return list(minibatch.minibatches(src, 64, np.random.default_rng(seed)))
 
+    assert src.group(0).flags.writeable  # torch wraps it without a read-only warning
     first = epoch(7)
     assert [len(b) for b in first] == [64, 64, 64, 64, 44]
     assert all(np.array_equal(a, b) for a, b in zip(first, epoch(7), strict=True))
