@@ -38,6 +38,7 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.expect import estimates, quick_run  # noqa: E402
 from benchmarks.models import bench_extract, sweep  # noqa: E402
 from benchmarks.precision import compare, limit, spread  # noqa: E402
+from benchmarks.stepprofile import step_profile  # noqa: E402
 from benchmarks.stream import stream_memory  # noqa: E402
 from tasks import sae, store  # noqa: E402
 from tasks.config import Config  # noqa: E402
@@ -284,6 +285,17 @@ def section_bf16(args: argparse.Namespace, n: int) -> dict[str, Any]:
     return {"bf16": rows}
 
 
+def section_profile(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """Where a step's time goes, at both GPT-2 shapes, fp32 and bf16."""
+    rows = []
+    for d in [64] if args.quick else [SHAPES["gpt2-small"][2], SHAPES["gpt2-large"][2]]:
+        for precision in ("fp32", "bf16"):
+            rows.append(step_profile(n, d, precision, args.device))
+            medians = {k: v["median"] if isinstance(v, dict) else v for k, v in rows[-1].items()}
+            print_row("profile", {k: v for k, v in medians.items() if k != "rounds"})
+    return {"profile": rows}
+
+
 SECTIONS = {
     "sae": section_sae,
     "parquet": lambda a, n: {"parquet": bench_parquet(512 if a.quick else n, 5120, a.models_dir)},
@@ -295,6 +307,7 @@ SECTIONS = {
     "expect": lambda a, n: {"expect": {**estimates(a.device), **quick_run(a.models_dir)}},
     "stream": lambda a, n: {"stream": stream_memory(a.models_dir, a.quick)},
     "bf16": section_bf16,
+    "profile": section_profile,
 }
 
 

@@ -5,14 +5,21 @@ and statistics under each precision.
 
     .venv/bin/python benchmarks/science.py                      # tiny profiles: a minute
     .venv/bin/python benchmarks/science.py --shapes gpt2-small  # N = 10,230: hours on a CPU
+    python3 benchmarks/science.py --shapes gpt2-small --device cuda --out X.json  # minutes
 
-Writes benchmarks/results-science.json (merged by shape) and prints a table per shape."""
+Each (layer, precision) is written to benchmarks/science-<shape>.partial.json as it finishes, so
+a run that is stopped (or a session that ends) resumes at the next training; the partial file
+records what produced it and is refused if the settings, shape, torch or the training code
+differ. When every layer
+is done, benchmarks/results-science.json gets the shape's comparison and a table is printed."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.config import Config  # noqa: E402
+from tasks.cache import code_digest  # noqa: E402
+from tasks.config import SAE_FIELDS, Config  # noqa: E402
 from tasks.stats import claims  # noqa: E402
+from tasks.store import write_json  # noqa: E402
 from tasks.train import train_layer  # noqa: E402
 
 # name: (n_layer, d_model, n_positions, n_seqs): activations are the MLP's c_fc output
@@ -34,6 +43,7 @@ PROFILES = {
     "gpt2-small": (12, 768, 1024, 10),  # the real batch shape, N = 10,230
 }
 METRICS = ("density_pct", "final_loss", "fvu", "l0")
+PRECISIONS = ("fp32", "bf16")
 
 
 def activations(shape: str, seed: int = 0) -> list[np.ndarray]:
@@ -61,16 +71,62 @@ def activations(shape: str, seed: int = 0) -> list[np.ndarray]:
     return [o.numpy().astype(np.float32) for o in outs]
 
 
-def compare(shape: str) -> dict[str, Any]:
+def provenance(shape: str, layers: list[np.ndarray], cfg: Config) -> dict[str, Any]:
+    """What a partial file's trainings depend on: a resume with anything else is refused."""
+    first = layers[0]
+    return {
+        "shape": shape,
+        "profile": list(PROFILES[shape]),
+        "N": int(first.shape[0]),
+        "d": int(first.shape[1]),
+        "activations_sum": float(np.float64(first).sum()),  # same model, tokens and seed
+        "settings": cfg.subset(*SAE_FIELDS),
+        "sae_seed": 0,
+        "torch": torch.__version__,
+        "code": {m: code_digest(m) for m in ("tasks.sae", "tasks.train")},  # as cache keys do
+    }
+
+
+def load_partial(path: Path, expected: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved["provenance"] != expected:
+        raise SystemExit(
+            f"science.py: '{path}' was made by other settings ({saved['provenance']}, now "
+            f"{expected}); delete it to start this comparison again."
+        )
+    return saved["done"]
+
+
+def train_all(shape: str, partial: Path, cfg: Config) -> dict[str, list[dict[str, Any]]]:
+    """Every (layer, precision) training, each saved to `partial` as it finishes."""
     layers = activations(shape)
-    rows: dict[str, list[dict[str, Any]]] = {"fp32": [], "bf16": []}
+    meta = provenance(shape, layers, cfg)
+    done = load_partial(partial, meta)
     for i, x in enumerate(layers):
-        for precision, out in rows.items():
-            metrics, _ = train_layer(x, Config(device="cpu", precision=precision), f"{shape} L{i}")
-            rel_depth = i / max(len(layers) - 1, 1)
-            out.append({"model": shape, "layer": i, "rel_depth": rel_depth, **metrics})
-        diffs = {m: rows["bf16"][-1][m] - rows["fp32"][-1][m] for m in METRICS}
-        print(f"{shape} L{i}: " + ", ".join(f"{m} {d:+.3g}" for m, d in diffs.items()), flush=True)
+        for precision in PRECISIONS:
+            key = f"{i}/{precision}"
+            if key in done:
+                continue
+            start = time.perf_counter()
+            run_cfg = cfg.model_copy(update={"precision": precision})
+            metrics, _ = train_layer(x, run_cfg, f"{shape} L{i} {precision}")
+            done[key] = {
+                "model": shape,
+                "layer": i,
+                "rel_depth": i / max(len(layers) - 1, 1),
+                **metrics,
+                "seconds": time.perf_counter() - start,
+                "host": platform.node(),
+            }
+            write_json(partial, {"provenance": meta, "done": done})
+            print(f"{shape} L{i} {precision}: {done[key]['seconds']:.0f} s", flush=True)
+    return {p: [done[f"{i}/{p}"] for i in range(len(layers))] for p in PRECISIONS}
+
+
+def compare(rows: dict[str, list[dict[str, Any]]], shape: str, n: int, d: int) -> dict[str, Any]:
+    """Per-layer absolute and relative differences (bf16 - fp32), the worst case, the claims."""
     per_layer = [
         {
             "layer": a["layer"],
@@ -86,31 +142,35 @@ def compare(shape: str) -> dict[str, Any]:
         for kind in ("abs", "rel")
     }
     verdicts = {p: claims(r)[shape] for p, r in rows.items()}
-    return {
-        "N": len(layers[0]),
-        "d": layers[0].shape[1],
-        "layers": per_layer,
-        "worst": worst,
-        "claims": verdicts,
-    }
+    return {"N": n, "d": d, "layers": per_layer, "worst": worst, "claims": verdicts}
+
+
+def run_shape(shape: str, out: Path, cfg: Config) -> dict[str, Any]:
+    device = "" if cfg.device == "cpu" else f"-{cfg.device}"  # each device's numbers apart
+    partial = out.with_name(f"science-{shape}{device}.partial.json")
+    rows = train_all(shape, partial, cfg)
+    meta = json.loads(partial.read_text())["provenance"]
+    return compare(rows, shape, meta["N"], meta["d"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="tiny,tiny-deep", help="comma-separated profiles")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-science.json")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    report = json.loads(args.out.read_text()) if args.out.exists() else {}
     for shape in args.shapes.split(","):
-        report[shape] = compare(shape)
-        args.out.write_text(json.dumps(report, indent=2))
-        for precision, c in report[shape]["claims"].items():
+        result = run_shape(shape, args.out, Config(device=args.device))
+        report = json.loads(args.out.read_text()) if args.out.exists() else {}
+        report[shape] = result
+        write_json(args.out, report)
+        for precision, c in result["claims"].items():
             print(
                 f"{shape} {precision}: density rises {c['density']['holds']} "
                 f"(rho {c['density']['rho']}, slope {c['density']['slope']:.4g}); "
                 f"loss U {c['loss']['holds']} (vertex {c['loss'].get('vertex')})"
             )
-        print(f"{shape} worst: {report[shape]['worst']}")
+        print(f"{shape} worst: {result['worst']}")
     print(f"wrote {args.out}")
 
 

@@ -71,11 +71,12 @@ def train(
     model, opt = sae.fresh(src.d, expansion, topk_frac, lr, seed, device)
     rng = np.random.default_rng(seed)
     losses = torch.empty(epochs, device=device)
+    ws = sae.Workspace()  # one set of buffers for every minibatch
     for epoch in range(epochs):
         total = torch.zeros((), dtype=torch.float64, device=device)
         for xb in minibatches(src, batch_tokens, rng):
             x = torch.from_numpy(xb).to(device)  # (b, d)
-            total += sae.step_fn(x, precision)(model, l1).double() * len(xb)
+            total += sae.step_fn(x, precision, ws)(model, l1).double() * len(xb)
             opt.step()
         losses[epoch] = total / src.n_rows
         if on_epoch is not None:

@@ -75,60 +75,111 @@ class TrainResult:
     losses: list[float]  # total loss of each epoch, computed before that epoch's update
 
 
+class Workspace:
+    """The step's large buffers, kept from one step to the next. A fresh (N, m) tensor is new
+    memory the kernel must fault in page by page (~0.07 s for 250 MB on a 2-core CPU), and a
+    step makes several; views of buffers that only grow cost nothing after the first step.
+    Minibatches of any size up to the first use views of the same buffers."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: Any = None):
+        """A contiguous `shape` view of buffer `name` (contents undefined)."""
+        dtype = dtype or like.dtype
+        numel = math.prod(shape)
+        buf = self._flat.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != like.device:
+            buf = self._flat[name] = torch.empty(numel, dtype=dtype, device=like.device)
+        return buf[:numel].view(shape)
+
+
+def kept(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
+    """(N, m) mask in z's dtype, 1.0 where a ReLU'd latent z >= 0 survives the top-k and is
+    positive, else 0.0: multiplying z by it applies the top-k, multiplying dL/dz by it passes
+    the gradient through the top-k and the ReLU, one mask for both. Kept means >= the row's
+    k-th largest (ties all kept, as topk_mask) and > 0, i.e. >= max(k-th, smallest float > 0).
+    A float mask, because multiplying by a bool tensor costs 6x a float one here."""
+    n, m = z.shape
+    tiny = torch.nextafter(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype)).item()
+    threshold: torch.Tensor | float = tiny
+    if 0 < k < m:
+        out = (ws.get("topk_values", (n, k), z), ws.get("topk_indices", (n, k), z, torch.long))
+        kth = torch.topk(z, k, dim=1, sorted=False, out=out).values.amin(dim=1, keepdim=True)
+        threshold = kth.clamp_(min=tiny)  # (N, 1)
+    return torch.ge(z, threshold, out=ws.get("mask", (n, m), z))
+
+
 @torch.no_grad()
-def loss_and_grad(sae: TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
+def loss_and_grad(
+    sae: TiedSAE, x: torch.Tensor, l1: float, ws: Workspace | None = None
+) -> torch.Tensor:
     """One full-batch step's loss, with W's gradient written to sae.weight.grad by hand.
 
     The same function and gradient as autograd through `forward` + `sae_loss` (a test checks
     it), in five matmuls and a few in-place passes over the (N, m) latents, with no autograd
     graph: the matmuls are ~90% of the work at GPT-2 widths. Shapes: x (N, d), W (m, d)."""
+    ws = ws or Workspace()
     w = sae.weight
-    n, d = x.shape
-    z = torch.mm(x, w.t()).clamp_(min=0)  # (N, m) pre-activations, ReLU in place
-    if (keep := topk_mask(z, sae.k)) is not None:
-        z.mul_(keep)
-    err = torch.mm(z, w).sub_(x)  # (N, d) x̂ - x
-    loss = err.pow(2).mean() + l1 * z.mean()  # z >= 0, so mean|z| = mean z
+    (n, d), m = x.shape, w.shape[0]
+    z = torch.mm(x, w.t(), out=ws.get("z", (n, m), x)).clamp_(min=0)  # (N, m), ReLU'd
+    mask = kept(z, sae.k, ws)
+    z.mul_(mask)
+    err = torch.mm(z, w, out=ws.get("err", (n, d), x)).sub_(x)  # (N, d) x̂ - x
+    mse = torch.pow(err, 2, out=ws.get("square", (n, d), x)).mean()
+    loss = mse + l1 * z.mean()  # z >= 0, so mean|z| = mean z
     g_err = err.mul_(2.0 / (n * d))  # (N, d) dL/dx̂, reusing err's memory
-    g_z = torch.mm(g_err, w.t()).add_(l1 / z.numel())  # (N, m) dL/dz
-    g_z.mul_(z > 0)  # through the top-k mask and the ReLU: only kept positive entries
-    grad = torch.mm(g_z.t(), x)  # (m, d) encoder's share
+    g_z = torch.mm(g_err, w.t(), out=ws.get("g_z", (n, m), x)).add_(l1 / z.numel())  # dL/dz
+    g_z.mul_(mask)  # through the top-k and the ReLU
+    grad = torch.mm(g_z.t(), x, out=ws.get("grad", (m, d), x))  # (m, d) encoder's share
     grad.addmm_(z.t(), g_err)  # + decoder's share (tied weights)
     w.grad = grad
     return loss
 
 
 @torch.no_grad()
-def loss_and_grad_bf16(sae: TiedSAE, x: torch.Tensor, x16: torch.Tensor, l1: float) -> torch.Tensor:
+def loss_and_grad_bf16(
+    sae: TiedSAE, x: torch.Tensor, x16: torch.Tensor, l1: float, ws: Workspace | None = None
+) -> torch.Tensor:
     """loss_and_grad with the five matmuls on bf16 operands (x16 = x in bf16, made once): the
     kernels accumulate in fp32 and round their outputs to bf16 (8 significant bits, a relative
     error of at most 2^-9 per element). W, its gradient, x̂ - x, the loss and Adam's state stay
     fp32, so rounding enters the step's direction, never the weights' precision. z is kept in
     bf16: its top-k runs on half the bytes."""
+    ws = ws or Workspace()
     w = sae.weight
-    n, d = x.shape
-    w16 = w.to(torch.bfloat16)  # (m, d)
-    z = torch.mm(x16, w16.t()).clamp_(min=0)  # (N, m) bf16
-    if (keep := topk_mask(z, sae.k)) is not None:
-        z.mul_(keep)
-    err = torch.mm(z, w16).float().sub_(x)  # (N, d) fp32: x̂ - x
-    loss = err.pow(2).mean() + l1 * z.mean(dtype=torch.float32)
-    g_err = err.mul_(2.0 / (n * d)).to(torch.bfloat16)  # (N, d) dL/dx̂
-    g_z = torch.mm(g_err, w16.t()).add_(l1 / z.numel())  # (N, m) bf16 dL/dz
-    g_z.mul_(z > 0)
-    grad = torch.mm(g_z.t(), x16).float()  # (m, d) encoder's share
-    grad.add_(torch.mm(z.t(), g_err).float())  # + decoder's share
+    (n, d), m = x.shape, w.shape[0]
+    w16 = ws.get("w16", (m, d), x16).copy_(w)  # (m, d)
+    z = torch.mm(x16, w16.t(), out=ws.get("z16", (n, m), x16)).clamp_(min=0)  # (N, m) bf16
+    mask = kept(z, sae.k, ws)
+    z.mul_(mask)
+    x_hat = torch.mm(z, w16, out=ws.get("x_hat16", (n, d), x16))
+    err = torch.sub(x_hat, x, out=ws.get("err", (n, d), x))  # (N, d) fp32: x̂ - x
+    mse = torch.pow(err, 2, out=ws.get("square", (n, d), x)).mean()
+    # mean z from its row sums (a matvec, fp32 accumulation, each row rounded to bf16): a
+    # mean over a bf16 tensor in fp32 converts every element and costs 10x as much here
+    ones = ws.get("ones", (m, 1), x16).fill_(1)
+    row_sums = torch.mm(z, ones, out=ws.get("row_sums16", (n, 1), x16))
+    loss = mse + l1 * row_sums.sum(dtype=torch.float32) / z.numel()
+    g_err = ws.get("g_err16", (n, d), x16).copy_(err.mul_(2.0 / (n * d)))  # (N, d) dL/dx̂
+    g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z16", (n, m), x16)).add_(l1 / z.numel())
+    g_z.mul_(mask)
+    part = ws.get("grad16", (m, d), x16)  # (m, d) bf16: each share, then summed in fp32
+    grad = ws.get("grad", (m, d), x).copy_(torch.mm(g_z.t(), x16, out=part))  # encoder's
+    grad.add_(torch.mm(z.t(), g_err, out=part))  # + decoder's share
     w.grad = grad
     return loss
 
 
-def step_fn(x: torch.Tensor, precision: str) -> Callable[[TiedSAE, float], torch.Tensor]:
+def step_fn(
+    x: torch.Tensor, precision: str, ws: Workspace
+) -> Callable[[TiedSAE, float], torch.Tensor]:
     """The loss-and-gradient step for x at `precision` ('bf16': bf16 matmuls; else fp32, where
-    'tf32' is the caller's matmul_precision setting)."""
+    'tf32' is the caller's matmul_precision setting), its buffers in `ws`."""
     if precision == "bf16":
-        x16 = x.to(torch.bfloat16)  # (N, d), once per training
-        return lambda sae, l1: loss_and_grad_bf16(sae, x, x16, l1)
-    return lambda sae, l1: loss_and_grad(sae, x, l1)
+        x16 = ws.get("x16", tuple(x.shape), x, torch.bfloat16).copy_(x)  # (N, d)
+        return lambda sae, l1: loss_and_grad_bf16(sae, x, x16, l1, ws)
+    return lambda sae, l1: loss_and_grad(sae, x, l1, ws)
 
 
 def fresh(
@@ -157,7 +208,7 @@ def train(
     after epoch k with the loss still on the device (reading it is the caller's choice)."""
     sae, opt = fresh(x.shape[1], expansion, topk_frac, lr, seed, x.device)
     losses = torch.empty(epochs, device=x.device)  # kept on device: no sync per step
-    step = step_fn(x, precision)
+    step = step_fn(x, precision, Workspace())
     for epoch in range(epochs):
         losses[epoch] = step(sae, l1)
         opt.step()

@@ -4,6 +4,7 @@ Its timings are read by people from the README, never asserted here."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
             str(ROOT / "benchmarks" / "bench.py"),
             "--quick",
             "--sections",
-            "sae,parquet,xl,stream,bf16",
+            "sae,parquet,xl,stream,bf16,profile",
             "--out",
             str(out),
             "--models-dir",
@@ -54,3 +55,40 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
         assert 0 < spread["min"] <= spread["median"] <= spread["max"], col
     assert (bf16["N"], bf16["d"], bf16["m"], bf16["rounds"]) == (512, 64, 128, 3)
     assert 0 < big["density_pct"] <= 100 * (128 // 3) / 128 + 1e-9 and len(big["losses"]) == 1
+    for row in report["profile"]:  # one profiled step per round: its groups and Adam
+        assert (row["N"], row["d"], len(row["rounds"])) == (512, 64, 3)
+        flop = 10 * 512 * 64 * 128
+        for r in row["rounds"]:  # operators' own times add up to at most the step's wall time
+            parts = [r[f"{p}_s"] for p in ("matmul", "topk", "other")]
+            assert min(parts) > 0 and sum(parts) <= r["step_s"] and r["adam_s"] > 0
+            assert r["matmul_gflops"] == pytest.approx(flop / r["matmul_s"] / 1e9)
+        pct = sorted(100 * r["topk_s"] / r["step_s"] for r in row["rounds"])
+        assert row["topk_pct"]["median"] == pytest.approx(pct[1])
+    assert [r["precision"] for r in report["profile"]] == ["fp32", "bf16"]
+
+
+def test_abtest_times_a_commit_against_the_working_tree() -> None:
+    """benchmarks/abtest.py imports tasks/sae.py as it was at a commit; against the commit whose
+    step this is (the last one that changed tasks/sae.py), training is the same bit for bit."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import abtest
+    from tasks import sae
+
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "tasks/sae.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "--quiet", rev, "--", "tasks/sae.py"]
+    ).returncode:
+        pytest.skip("tasks/sae.py has uncommitted changes")
+    base = abtest.sae_at(rev)
+    assert base is not sae and base.loss_and_grad is not sae.loss_and_grad
+    for precision in ("fp32", "bf16"):
+        row = abtest.compare(base, 300, 32, precision, "cpu", rounds=2, epochs=2)
+        assert row["same_weights"] and row["max_rel_loss_diff"] == 0.0
+        assert row["speedup"]["median"] == pytest.approx(
+            statistics.median(a / b for a, b in zip(*row["per_round_s"].values(), strict=True))
+        )

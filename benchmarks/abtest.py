@@ -1,0 +1,117 @@
+"""Is a change to the SAE step faster? laminar's training with tasks/sae.py as it is now against
+the same file at another commit, interleaved in one process (base, now, base, now, ... for
+`rounds` rounds) on the same random activations at the GPT-2 shapes: seconds per epoch as the
+median with min-max over the rounds, the speed-up, and whether the trained weights and losses
+are identical.
+
+    .venv/bin/python benchmarks/abtest.py --base HEAD~1
+    .venv/bin/python benchmarks/abtest.py --base 0730d3c --shapes gpt2-small --precisions bf16"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once  # noqa: E402
+from benchmarks.precision import spread  # noqa: E402
+from tasks import sae  # noqa: E402
+from tasks.config import SAE_FIELDS  # noqa: E402
+
+
+def sae_at(rev: str) -> ModuleType:
+    """tasks/sae.py as it was at commit `rev`, imported as a module of its own."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:tasks/sae.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    name = f"sae_at_{rev.replace('~', '_').replace('^', '_')}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    exec(compile(source, f"{rev}:tasks/sae.py", "exec"), module.__dict__)
+    return module
+
+
+def epochs_of(module: ModuleType, x: torch.Tensor, precision: str, epochs: int) -> Any:
+    settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
+    return timed_once(
+        lambda: module.train(x, **settings, seed=0, precision=precision), x.device.type
+    )
+
+
+def compare(
+    base: ModuleType, n: int, d: int, precision: str, device: str, rounds: int, epochs: int
+) -> dict[str, Any]:
+    """One shape and precision: base and current timed alternately on the same activations."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(device)
+    epochs_of(sae, x[:256], precision, 1)  # warm-up: kernels, thread pools
+    times: dict[str, list[float]] = {"base": [], "now": []}
+    results = {}
+    for _ in range(rounds):
+        for side, module in (("base", base), ("now", sae)):
+            seconds, results[side] = epochs_of(module, x, precision, epochs)
+            times[side].append(seconds / epochs)
+    a, b = results["base"], results["now"]
+    return {
+        "N": n,
+        "d": d,
+        "precision": precision,
+        "epochs": epochs,
+        "rounds": rounds,
+        "base_s": spread(times["base"]),
+        "now_s": spread(times["now"]),
+        "per_round_s": times,
+        "speedup": spread([p / q for p, q in zip(times["base"], times["now"], strict=True)]),
+        "same_weights": bool(torch.equal(a.sae.weight, b.sae.weight)),
+        "max_rel_loss_diff": max(
+            abs(p - q) / abs(p) for p, q in zip(a.losses, b.losses, strict=True)
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True, help="commit whose tasks/sae.py is the base")
+    parser.add_argument("--shapes", default="gpt2-small,gpt2-large")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timing")
+    parser.add_argument("--tokens", type=int, default=N_TOKENS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    base = sae_at(args.base)
+    rows = []
+    for shape in args.shapes.split(","):
+        d = SHAPES[shape][2]
+        for precision in args.precisions.split(","):
+            row = compare(base, args.tokens, d, precision, args.device, args.rounds, args.epochs)
+            rows.append({"shape": shape, "base": args.base, **row})
+            med = {k: row[k]["median"] for k in ("base_s", "now_s", "speedup")}
+            print(
+                f"{shape} {precision}: base {med['base_s']:.2f} s/epoch, now {med['now_s']:.2f} "
+                f"(x{med['speedup']:.3f}, {row['speedup']['min']:.3f}-"
+                f"{row['speedup']['max']:.3f}); same weights {row['same_weights']}, "
+                f"losses rel {row['max_rel_loss_diff']:.2g}",
+                flush=True,
+            )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

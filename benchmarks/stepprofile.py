@@ -1,0 +1,67 @@
+"""Where an SAE step's time goes: one full-batch step of laminar's training (after a first step
+has made its buffers), under torch.profiler, each operator's own time grouped into the five
+matmuls, the top-k selection and the other passes over the latents (ReLU, masks, loss, casts);
+Adam's update timed after it. Repeated for `rounds` rounds; medians with min-max."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import COURSE, sync, timed_once
+from benchmarks.precision import spread
+from tasks import sae
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul"}
+TOPK = {"aten::topk", "aten::amin"}
+
+
+def group(op: str) -> str:
+    return "matmul" if op in MATMULS else "topk" if op in TOPK else "other"
+
+
+def own_seconds(prof: Any, device: str) -> dict[str, float]:
+    """Each group's operators' own (self) time, in seconds, on the device that ran them."""
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    out = {"matmul": 0.0, "topk": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.device_type != DeviceType.CPU:  # a CUDA kernel: counted in the op that ran it
+            continue
+        out[group(event.key)] += getattr(event, attr) / 1e6
+    return out
+
+
+def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
+    x = torch.randn(n, d, device=device)
+    model, opt = sae.fresh(d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device)
+    step = sae.step_fn(x, precision, sae.Workspace())
+    step(model, COURSE.l1)  # first step: buffers, kernels
+    opt.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        wall, _ = timed_once(lambda: step(model, COURSE.l1), device)
+    sync(device)
+    adam, _ = timed_once(opt.step, device)
+    flop = 10 * n * d * model.weight.shape[0]
+    parts = own_seconds(prof, device)
+    return {
+        "step_s": wall,
+        **{f"{k}_s": v for k, v in parts.items()},
+        "adam_s": adam,
+        "matmul_gflops": flop / parts["matmul"] / 1e9,
+    }
+
+
+def step_profile(n: int, d: int, precision: str, device: str, rounds: int = 3) -> dict[str, Any]:
+    """One shape and precision: the step's time by group (seconds and % of the profiled step,
+    whose total includes the profiler's own small cost) and Adam's update."""
+    runs = [one_round(n, d, precision, device) for _ in range(rounds)]
+    out: dict[str, Any] = {"N": n, "d": d, "precision": precision, "rounds": runs}
+    for key in runs[0]:
+        out[key] = spread([r[key] for r in runs])
+    for part in ("matmul", "topk", "other"):
+        out[f"{part}_pct"] = spread([100 * r[f"{part}_s"] / r["step_s"] for r in runs])
+    return out
