@@ -82,16 +82,21 @@ class Workspace:
     Minibatches of any size up to the first use views of the same buffers."""
 
     def __init__(self) -> None:
-        self._flat: dict[str, torch.Tensor] = {}
+        self._bytes: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: Any = None):
-        """A contiguous `shape` view of buffer `name` (contents undefined)."""
+    def get(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: Any = None, at: int = 0
+    ) -> torch.Tensor:
+        """A contiguous `shape` view of buffer `name`, `at` bytes in (contents undefined)."""
         dtype = dtype or like.dtype
-        numel = math.prod(shape)
-        buf = self._flat.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != like.device:
-            buf = self._flat[name] = torch.empty(numel, dtype=dtype, device=like.device)
-        return buf[:numel].view(shape)
+        end = at + math.prod(shape) * dtype.itemsize
+        buf = self._bytes.get(name)
+        if buf is None or buf.numel() < end or buf.device != like.device:
+            buf = self._bytes[name] = torch.empty(end, dtype=torch.uint8, device=like.device)
+        return buf[at:end].view(dtype).view(shape)
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return dict(self._bytes)
 
 
 def kept(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
@@ -104,7 +109,11 @@ def kept(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
     tiny = torch.nextafter(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype)).item()
     threshold: torch.Tensor | float = tiny
     if 0 < k < m:
-        out = (ws.get("topk_values", (n, k), z), ws.get("topk_indices", (n, k), z, torch.long))
+        # topk's values (N, k) and indices live in the buffer that dL/dz takes later (free
+        # until then): in fp32, 12 bytes per kept entry fit in its 4 per latent if k <= m / 3
+        indices_at = -(-n * k * z.element_size() // 64) * 64  # after the values, aligned
+        indices = ws.get("g_z", (n, k), z, torch.long, at=indices_at)
+        out = (ws.get("g_z", (n, k), z), indices)
         kth = torch.topk(z, k, dim=1, sorted=False, out=out).values.amin(dim=1, keepdim=True)
         threshold = kth.clamp_(min=tiny)  # (N, 1)
     return torch.ge(z, threshold, out=ws.get("mask", (n, m), z))
@@ -150,7 +159,7 @@ def loss_and_grad_bf16(
     w = sae.weight
     (n, d), m = x.shape, w.shape[0]
     w16 = ws.get("w16", (m, d), x16).copy_(w)  # (m, d)
-    z = torch.mm(x16, w16.t(), out=ws.get("z16", (n, m), x16)).clamp_(min=0)  # (N, m) bf16
+    z = torch.mm(x16, w16.t(), out=ws.get("z", (n, m), x16)).clamp_(min=0)  # (N, m) bf16
     mask = kept(z, sae.k, ws)
     z.mul_(mask)
     x_hat = torch.mm(z, w16, out=ws.get("x_hat16", (n, d), x16))
@@ -162,7 +171,7 @@ def loss_and_grad_bf16(
     row_sums = torch.mm(z, ones, out=ws.get("row_sums16", (n, 1), x16))
     loss = mse + l1 * row_sums.sum(dtype=torch.float32) / z.numel()
     g_err = ws.get("g_err16", (n, d), x16).copy_(err.mul_(2.0 / (n * d)))  # (N, d) dL/dx̂
-    g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z16", (n, m), x16)).add_(l1 / z.numel())
+    g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z", (n, m), x16)).add_(l1 / z.numel())
     g_z.mul_(mask)
     part = ws.get("grad16", (m, d), x16)  # (m, d) bf16: each share, then summed in fp32
     grad = ws.get("grad", (m, d), x).copy_(torch.mm(g_z.t(), x16, out=part))  # encoder's

@@ -173,3 +173,29 @@ def test_bf16_training_stays_within_one_bf16_rounding_of_fp32() -> None:
     assert got["density_activation"] == pytest.approx(want["density_activation"], rel=2e-2)
     assert got["density_pct"] == want["density_pct"] and got["dead_pct"] == want["dead_pct"]
     assert bf16.sae.weight.dtype == torch.float32  # weights, gradient and Adam stay fp32
+
+
+def test_the_step_reuses_its_buffers_for_every_batch_size() -> None:
+    """After the first step no buffer is made again, for the same batch or a smaller one (the
+    last minibatch), and each step is still autograd's; the buffers are z, the mask and dL/dz
+    (N, m), x̂ - x and its square (N, d), and the gradient (m, d): top-k's values and indices
+    live inside dL/dz's buffer."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 16, generator=g)
+    x[:3] = 0  # rows whose latents are all 0: the k-th largest is 0, nothing is kept
+    model = sae.TiedSAE(16, 48, 16, g)
+    ws = sae.Workspace()
+    sae.loss_and_grad(model, x, 1.0, ws)
+    made = {name: (buf.data_ptr(), buf.numel()) for name, buf in ws.buffers().items()}
+    assert sum(size for _, size in made.values()) == 4 * (3 * 200 * 48 + 2 * 200 * 16 + 48 * 16)
+    for batch in (x, x[:77]):
+        loss = sae.loss_and_grad(model, batch, 1.0, ws)
+        hand = model.weight.grad.clone()
+        assert {n: (b.data_ptr(), b.numel()) for n, b in ws.buffers().items()} == made
+        model.weight.grad = None
+        with torch.enable_grad():
+            x_hat, z = model(batch)
+            ref = sae.sae_loss(batch, x_hat, z, l1=1.0)
+            ref.backward()
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)
