@@ -91,10 +91,11 @@ def load_partial(path: Path, expected: dict[str, Any]) -> dict[str, dict[str, An
     if not path.exists():
         return {}
     saved = json.loads(path.read_text())
-    if saved["provenance"] != expected:
+    if differ := [k for k in expected if saved["provenance"].get(k) != expected[k]]:
         raise SystemExit(
-            f"science.py: '{path}' was made by other settings ({saved['provenance']}, now "
-            f"{expected}); delete it to start this comparison again."
+            f"science.py: '{path}' was made with other settings ({', '.join(differ)} differ: "
+            f"{ {k: saved['provenance'].get(k) for k in differ} }, now "
+            f"{ {k: expected[k] for k in differ} }); delete it to start this comparison again."
         )
     return saved["done"]
 

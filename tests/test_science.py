@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import ROOT
@@ -32,19 +32,30 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_an_interrupted_comparison_resumes_at_the_next_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class FirstRun(NamedTuple):
+    out: Path
+    partial: Path
+    calls: list[str]  # labels of the trainings run since (cleared after the first run)
+    whole: dict[str, Any]
+
+
+@pytest.fixture
+def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FirstRun:
+    """The tiny comparison run once, to the end, with its trainings counted."""
     out = tmp_path / "results-science.json"
-    partial = tmp_path / "science-tiny.partial.json"
     calls = counting(monkeypatch)
     whole = science.run_shape("tiny", out, QUICK)
+    partial = tmp_path / "science-tiny.partial.json"
     assert len(calls) == 6 and len(json.loads(partial.read_text())["done"]) == 6
+    calls.clear()
+    return FirstRun(out, partial, calls, whole)
 
+
+def test_an_interrupted_comparison_resumes_at_the_next_training(first_run: FirstRun) -> None:
+    out, partial, calls, whole = first_run
     saved = json.loads(partial.read_text())  # as if stopped before these two finished
     del saved["done"]["1/fp32"], saved["done"]["2/bf16"]
     partial.write_text(json.dumps(saved))
-    calls.clear()
     resumed = science.run_shape("tiny", out, QUICK)
     assert calls == ["tiny L1 fp32", "tiny L2 bf16"]
     assert resumed == whole  # same activations, seed and settings: the same numbers
@@ -53,18 +64,11 @@ def test_an_interrupted_comparison_resumes_at_the_next_training(
     assert science.run_shape("tiny", out, QUICK) == whole and calls == []
 
 
-def test_a_partial_file_of_other_settings_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "results-science.json"
-    partial = tmp_path / "science-tiny.partial.json"
-    calls = counting(monkeypatch)
-    science.run_shape("tiny", out, QUICK)
-    before = partial.read_bytes()
-    calls.clear()
-    with pytest.raises(SystemExit, match=r"other settings .*delete it to start"):
-        science.run_shape("tiny", out, QUICK.model_copy(update={"epochs": 3}))
-    assert calls == [] and partial.read_bytes() == before
+def test_a_partial_file_of_other_settings_is_refused(first_run: FirstRun) -> None:
+    before = first_run.partial.read_bytes()
+    with pytest.raises(SystemExit, match=r"other settings \(settings differ: .*delete it to start"):
+        science.run_shape("tiny", first_run.out, QUICK.model_copy(update={"epochs": 3}))
+    assert first_run.calls == [] and first_run.partial.read_bytes() == before
 
 
 def row(layer: int, density: float, loss: float, fvu: float, l0: float) -> dict[str, Any]:
