@@ -92,7 +92,9 @@ class TiedSAE(torch.nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(x @ self.weight.T)  # (N, m)
-        return z * kept(z.detach(), self.k, Workspace())  # the mask takes no gradient
+        mask = kept(z.detach(), self.k, Workspace())  # takes no gradient
+        # in place unless autograd needs ReLU's output: no third (N, m) tensor in metrics
+        return z * mask if torch.is_grad_enabled() else z.mul_(mask)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
