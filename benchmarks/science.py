@@ -3,15 +3,15 @@ trained from the same activations and seed in fp32 and in bf16 (the course's set
 epochs): density, final loss, FVU and L0 per layer, their differences, and each claim's verdict
 and statistics under each precision.
 
-    .venv/bin/python benchmarks/science.py                      # tiny profiles: a minute
+    .venv/bin/python benchmarks/science.py                      # tiny profiles: minutes
     .venv/bin/python benchmarks/science.py --shapes gpt2-small  # N = 10,230: hours on a CPU
     python3 benchmarks/science.py --shapes gpt2-small --device cuda --out X.json  # minutes
 
 Each (layer, precision) is written to benchmarks/science-<shape>.partial.json as it finishes, so
-a run that is stopped (or a session that ends) resumes at the next training; the partial file
+a run that is stopped (or whose machine goes away) resumes at the next training; the partial file
 records what produced it and is refused if the settings, shape, torch or the training code
-differ. When every layer
-is done, benchmarks/results-science.json gets the shape's comparison and a table is printed."""
+differ. When every layer is done, benchmarks/results-science.json gets the shape's comparison
+and a table is printed."""
 
 from __future__ import annotations
 
