@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,20 +22,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once  # noqa: E402
+from benchmarks.common import N_TOKENS, SHAPES, timed_once, train_sae  # noqa: E402
 from benchmarks.precision import spread  # noqa: E402
 from tasks import sae  # noqa: E402
-from tasks.config import SAE_FIELDS  # noqa: E402
+from tasks.store import write_json  # noqa: E402
 
 
 def sae_at(rev: str) -> ModuleType:
     """tasks/sae.py as it was at commit `rev`, imported as a module of its own."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:tasks/sae.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    shown = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:tasks/sae.py"], capture_output=True, text=True
+    )
+    if shown.returncode:
+        raise SystemExit(
+            f"abtest.py: --base {rev!r} has no tasks/sae.py here ({shown.stderr.strip()}); "
+            "give a commit of this repository, e.g. HEAD~1."
+        )
+    source = shown.stdout
     name = f"sae_at_{rev.replace('~', '_').replace('^', '_')}"
     spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
@@ -47,9 +49,8 @@ def sae_at(rev: str) -> ModuleType:
 
 
 def epochs_of(module: ModuleType, x: torch.Tensor, precision: str, epochs: int) -> Any:
-    settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
     return timed_once(
-        lambda: module.train(x, **settings, seed=0, precision=precision), x.device.type
+        lambda: train_sae(x, epochs, precision=precision, module=module), x.device.type
     )
 
 
@@ -110,7 +111,7 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+        write_json(args.out, rows)
 
 
 if __name__ == "__main__":

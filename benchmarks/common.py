@@ -52,8 +52,9 @@ def timed_once(fn: Any, device: str) -> tuple[float, Any]:
 
 
 def train_sae(
-    x: torch.Tensor, epochs: int, seed: int = 0, precision: str = "fp32"
+    x: torch.Tensor, epochs: int, seed: int = 0, precision: str = "fp32", module: Any = sae
 ) -> sae.TrainResult:
-    """laminar's SAE training with the default settings, for `epochs` epochs."""
+    """laminar's SAE training with the default settings, for `epochs` epochs (`module`: the
+    tasks.sae to train with, or another version of it, as abtest.py loads)."""
     settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
-    return sae.train(x, **settings, seed=seed, precision=precision)
+    return module.train(x, **settings, seed=seed, precision=precision)

@@ -11,7 +11,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import COURSE, sync, timed_once
+from benchmarks.common import COURSE, timed_once
 from benchmarks.precision import spread
 from tasks import sae
 
@@ -43,7 +43,6 @@ def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         wall, _ = timed_once(lambda: step(model, COURSE.l1), device)
-    sync(device)
     adam, _ = timed_once(opt.step, device)
     flop = 10 * n * d * model.weight.shape[0]
     parts = own_seconds(prof, device)

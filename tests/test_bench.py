@@ -84,6 +84,8 @@ def test_abtest_times_a_commit_against_the_working_tree() -> None:
         ["git", "-C", str(ROOT), "diff", "--quiet", rev, "--", "tasks/sae.py"]
     ).returncode:
         pytest.skip("tasks/sae.py has uncommitted changes")
+    with pytest.raises(SystemExit, match=r"'no-such-commit' has no tasks/sae\.py here"):
+        abtest.sae_at("no-such-commit")
     base = abtest.sae_at(rev)
     assert base is not sae and base.loss_and_grad is not sae.loss_and_grad
     for precision in ("fp32", "bf16"):
