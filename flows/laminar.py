@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 # No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 if __name__ == "__main__":  # a malformed flag fails in a second, before torch and Prefect load
-    from tasks.config import exit_on_bad_flags
+    from tasks.cli import exit_on_bad_flags
 
     exit_on_bad_flags(sys.argv[1:])
 
@@ -27,8 +27,9 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import models, paths, provenance
+from tasks.cli import config_from_args
 from tasks.cluster import fanout
-from tasks.config import Config, LaminarError, config_from_args, resolve_device
+from tasks.config import Config, LaminarError, resolve_device
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards
 from tasks.records import ModelFacts

@@ -10,13 +10,13 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     models                                     models and tokenizers: loading, fingerprints
     store                                      files: atomic writes, hashes, Parquet layouts
     host  prefect_api                          this process and machine; Prefect's private API
-    paths                                      where every file of a run goes
+    paths  cli                                 where every file of a run goes; the command line
     config  records                            the settings; the records tasks hand on
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("config", "records"),
-    ("paths",),
+    ("paths", "cli"),
     ("host", "prefect_api"),
     ("store",),
     ("models",),

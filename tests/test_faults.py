@@ -33,7 +33,8 @@ from conftest import (
 from flows.laminar import laminar
 from tasks import paths
 from tasks.cache import _file_records
-from tasks.config import Config, to_args
+from tasks.cli import to_args
+from tasks.config import Config
 from tasks.runs import Runner
 from tasks.scrape import fetch_page
 from tasks.store import verify

@@ -14,7 +14,8 @@ import pytest
 from conftest import ARTICLE, ROOT, SECOND_ARTICLE, ArticleServer, quick_config, run_cli, said
 
 from flows.laminar import LayerFailedError, laminar
-from tasks.config import Config, LaminarError, to_args
+from tasks.cli import to_args
+from tasks.config import Config, LaminarError
 
 
 def latest_artifacts() -> tuple[list[dict], object]:

@@ -20,7 +20,7 @@ from conftest import (
     wiki_page,
 )
 
-from tasks.config import to_args
+from tasks.cli import to_args
 
 pytestmark = pytest.mark.faults
 

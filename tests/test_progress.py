@@ -228,7 +228,7 @@ def run_in_terminal(args: list[str], cwd: Path) -> str:
 def test_terminal_bar_in_a_terminal_and_never_with_quiet(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
-    from tasks.config import to_args
+    from tasks.cli import to_args
 
     # 300 epochs: over a second per layer, so the bar (read every 0.5 s) sees a layer running.
     base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=300, layers="0,1")

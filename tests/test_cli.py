@@ -1,0 +1,72 @@
+"""The command line built from the config model: every field is a flag, values are validated
+with one clear sentence naming the flag, and a config round-trips through its arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.cli import build_parser, config_from_args, to_args
+from tasks.config import Config, LaminarError
+
+
+def test_every_field_is_a_flag_with_its_default_in_help() -> None:
+    text = build_parser().format_help()
+    for name, field in Config.model_fields.items():
+        assert "--" + name.replace("_", "-") in text
+        assert " ".join(field.description.split()[:3]) in " ".join(text.split())
+    assert "gpt2-large" in text and "mlp.hook_pre" in text
+
+
+def test_flags_parse_into_typed_fields() -> None:
+    cfg = config_from_args(
+        [
+            "--models",
+            "a",
+            "b",
+            "--layers",
+            "0,2-3",
+            "--n-seqs",
+            "3",
+            "--lr",
+            "0.01",
+            "--keep-first-token",
+            "--sampling",
+            "first",
+            "--topk-frac",
+            "0",
+        ]
+    )
+    assert cfg.models == ["a", "b"] and cfg.n_seqs == 3 and cfg.lr == 0.01
+    assert cfg.keep_first_token and cfg.sampling == "first" and cfg.topk_frac == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--layers", "3-1"], ["3-1", "backwards"]),
+        (["--layers", "a,b"], ["malformed", "'a'"]),
+        (["--epochs", "0"], ["--epochs", "0"]),
+        (["--lr", "-1"], ["--lr", "-1"]),
+        (["--n-seqs", "x"], ["--n-seqs x is invalid"]),
+    ],
+)
+def test_bad_values_name_the_flag(argv: list[str], words: list[str]) -> None:
+    with pytest.raises(LaminarError) as err:
+        config_from_args(argv)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_args_round_trip() -> None:
+    cfg = Config(
+        models=["a", "b"],
+        layers="1-3",
+        keep_first_token=True,
+        sae_seeds=[0, 2],
+        topk_frac=1 / 3,
+        lr=3e-5,
+        refresh=True,
+    )
+    assert config_from_args([]) == Config()  # the CLI's defaults are the model's
+    assert config_from_args(to_args(cfg)) == cfg
+    assert config_from_args([*to_args(cfg), "--epochs", "9"]).epochs == 9  # last flag wins
