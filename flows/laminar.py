@@ -32,9 +32,10 @@ from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards
+from tasks.progress import announce
 from tasks.records import ModelFacts
 from tasks.report import publish, write_report
-from tasks.runs import Job, Runner, announce
+from tasks.runs import Job, Runner
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.store import check_writable
 from tasks.tokens import tokenize

@@ -1,9 +1,9 @@
 """Where a long run is: the work ahead before it starts, and progress inside each layer.
 
-- `estimate`: one line per model before any heavy work: layers x epochs, tokens, width, FLOPs,
-  the time they take at the rate this device measured (a short matmul at the run's own shape,
-  cached per machine, device and precision under the artifacts dir), and the layers already
-  cached (their time subtracted).
+- `announce` / `estimate`: one line per model before any heavy work: layers x epochs, tokens,
+  width, FLOPs, the time they take at the rate this device measured (a short matmul at the
+  run's own shape, cached per machine, device and precision under the artifacts dir), and the
+  layers already cached (their time subtracted); on a CPU, a line about bf16 (`bf16_advice`).
 - `EpochReporter`: called by the training loop after every epoch; logs epoch k of n, the loss
   and the layer's time left at most every `every` seconds, and writes the epochs done to a small
   file the flow reads (whatever process or Dask worker trains the layer) for its progress bar
@@ -20,8 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact
+
 from tasks import paths
-from tasks.host import describe_device, logger
+from tasks.config import Config, LaminarError, resolve_device
+from tasks.host import describe_device, logger, native_bf16
+from tasks.records import Batch, ModelFacts
 from tasks.sae import matmul_precision
 from tasks.store import write_json
 
@@ -192,3 +196,71 @@ def overall(done_layers: int, partial_epochs: int, total_layers: int, epochs: in
     """Percent of all SAE epochs done: finished layers count whole, running ones by epoch."""
     total = total_layers * epochs
     return 100.0 * min(total, done_layers * epochs + partial_epochs) / total if total else 100.0
+
+
+def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
+    """On a CPU, one line about bf16: that a bf16 run here is emulated (no native bf16, so it is
+    slower than fp32; it goes on), or that an fp32 run could use native bf16, and how much faster
+    the SAE's matmul measured here in bf16 (cached with the fp32 calibration)."""
+    if device != "cpu" or cfg.precision == "tf32":
+        return []
+    native = native_bf16()
+    if cfg.precision == "bf16" and native is None:
+        return [
+            "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
+            "PyTorch emulates it, more slowly than fp32; the run goes on, but --precision fp32 "
+            "is faster here"
+        ]
+    if cfg.precision == "fp32" and native is not None:
+        latent = cfg.expansion * d
+        fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
+        bf16 = calibrated_rate(cfg.root, device, "bf16", n_tokens, d, latent)
+        return [
+            f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
+            f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
+            "accuracy cost measured in README 'bf16'"
+        ]
+    return []
+
+
+def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
+    """Before any heavy work: one line per model with the work ahead and its time on this
+    device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
+    try:
+        device = resolve_device(cfg.device)
+    except LaminarError:  # a Dask run whose workers have the GPU this machine lacks
+        return []
+    n_tokens = cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
+    lines = []
+    for m in models:
+        sha = batches[m["tokenizer_fingerprint"]]["tokens"]["sha256"]
+        folder = paths.activation_dir(cfg, m["name"], m["weights_fingerprint"], sha)
+        runs = [(layer, s) for layer in m["layers"] for s in cfg.sae_seeds]
+        cached = sum(
+            paths.layer_json(cfg, paths.layer_file(folder, layer), s).exists() for layer, s in runs
+        )
+        latent = cfg.expansion * m["d"]
+        rate = calibrated_rate(cfg.root, device, cfg.precision, n_tokens, m["d"], latent)
+        lines.append(
+            estimate(
+                m["name"],
+                len(runs),
+                cached,
+                cfg.epochs,
+                n_tokens,
+                m["d"],
+                latent,
+                rate,
+                cfg.precision,
+            )
+        )
+    if models:
+        lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
+    for line in lines:
+        print(f"laminar: {line}")
+    create_markdown_artifact(
+        key="laminar-estimate",
+        markdown="# The work ahead\n\n" + "\n".join(f"- {line}" for line in lines),
+        description="estimated before the run started",
+    )
+    return lines

@@ -17,21 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from tasks import paths
 from tasks.cache import ProcessLockManager
 from tasks.cluster import Pool
-from tasks.config import Config, LaminarError, resolve_device
-from tasks.host import native_bf16
+from tasks.config import Config, LaminarError
 from tasks.prefect_api import dask_future
-from tasks.progress import calibrated_rate, estimate, overall, read_epochs
-from tasks.records import Batch, ModelFacts
+from tasks.progress import overall, read_epochs
 
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
 ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
@@ -267,71 +261,3 @@ class Runner:
 
     def tally(self) -> dict[str, int]:
         return dict(Counter(self.states.values()))
-
-
-def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
-    """On a CPU, one line about bf16: that a bf16 run here is emulated (no native bf16, so it is
-    slower than fp32; it goes on), or that an fp32 run could use native bf16, and how much faster
-    the SAE's matmul measured here in bf16 (cached with the fp32 calibration)."""
-    if device != "cpu" or cfg.precision == "tf32":
-        return []
-    native = native_bf16()
-    if cfg.precision == "bf16" and native is None:
-        return [
-            "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
-            "PyTorch emulates it, more slowly than fp32; the run goes on, but --precision fp32 "
-            "is faster here"
-        ]
-    if cfg.precision == "fp32" and native is not None:
-        latent = cfg.expansion * d
-        fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
-        bf16 = calibrated_rate(cfg.root, device, "bf16", n_tokens, d, latent)
-        return [
-            f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
-            f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
-            "accuracy cost measured in README 'bf16'"
-        ]
-    return []
-
-
-def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
-    """Before any heavy work: one line per model with the work ahead and its time on this
-    device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
-    try:
-        device = resolve_device(cfg.device)
-    except LaminarError:  # a Dask run whose workers have the GPU this machine lacks
-        return []
-    n_tokens = cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
-    lines = []
-    for m in models:
-        sha = batches[m["tokenizer_fingerprint"]]["tokens"]["sha256"]
-        folder = paths.activation_dir(cfg, m["name"], m["weights_fingerprint"], sha)
-        runs = [(layer, s) for layer in m["layers"] for s in cfg.sae_seeds]
-        cached = sum(
-            paths.layer_json(cfg, paths.layer_file(folder, layer), s).exists() for layer, s in runs
-        )
-        latent = cfg.expansion * m["d"]
-        rate = calibrated_rate(cfg.root, device, cfg.precision, n_tokens, m["d"], latent)
-        lines.append(
-            estimate(
-                m["name"],
-                len(runs),
-                cached,
-                cfg.epochs,
-                n_tokens,
-                m["d"],
-                latent,
-                rate,
-                cfg.precision,
-            )
-        )
-    if models:
-        lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
-    for line in lines:
-        print(f"laminar: {line}")
-    create_markdown_artifact(
-        key="laminar-estimate",
-        markdown="# The work ahead\n\n" + "\n".join(f"- {line}" for line in lines),
-        description="estimated before the run started",
-    )
-    return lines

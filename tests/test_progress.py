@@ -243,16 +243,16 @@ def test_terminal_bar_in_a_terminal_and_never_with_quiet(
 def test_bf16_advice_on_cpus_with_and_without_native_bf16(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks import runs
+    from tasks import progress
     from tasks.config import Config
 
     cfg = Config(artifacts_dir=str(tmp_path))
-    monkeypatch.setattr(runs, "native_bf16", lambda: None)
-    [emulated] = runs.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
+    monkeypatch.setattr(progress, "native_bf16", lambda: None)
+    [emulated] = progress.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
     assert emulated.startswith("--precision bf16 on a CPU without native bf16 (no amx_bf16")
-    assert runs.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
-    monkeypatch.setattr(runs, "native_bf16", lambda: "avx512_bf16")
-    [offer] = runs.bf16_advice(cfg, "cpu", 64, 500)
+    assert progress.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
+    monkeypatch.setattr(progress, "native_bf16", lambda: "avx512_bf16")
+    [offer] = progress.bf16_advice(cfg, "cpu", 64, 500)
     known = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
     fp32, bf16 = (next(v for k, v in known.items() if f"| {p} |" in k) for p in ("fp32", "bf16"))
     assert offer == (
@@ -260,5 +260,5 @@ def test_bf16_advice_on_cpus_with_and_without_native_bf16(
         f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
         "accuracy cost measured in README 'bf16'"
     )
-    assert runs.bf16_advice(cfg, "cuda", 64, 500) == []
-    assert runs.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []
+    assert progress.bf16_advice(cfg, "cuda", 64, 500) == []
+    assert progress.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []
