@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,7 @@ from benchmarks.common import (  # noqa: E402
     timed_once,
     train_sae,
 )
-from benchmarks.expect import estimates, quick_run  # noqa: E402
-from benchmarks.models import bench_extract, sweep  # noqa: E402
+from benchmarks.models import bench_extract, sweep, sweep_activations  # noqa: E402
 from benchmarks.precision import compare, limit, spread  # noqa: E402
 from benchmarks.stepprofile import step_profile  # noqa: E402
 from benchmarks.stream import stream_memory  # noqa: E402
@@ -267,12 +265,20 @@ def section_extract(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 
 def section_sweeps(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """Full-size sweeps (--sweep), each shape's activations extracted once for every precision."""
     rows = []
-    for shape in SHAPES if args.sweep else []:
-        for precision in ["fp32", "tf32", "bf16"]:
-            rows.append(sweep(shape, precision, args.device, args.models_dir))
+    for shape in args.sweep_shapes.split(",") if args.sweep else []:
+        made = sweep_activations(shape, args.device, args.models_dir)
+        for precision in args.sweep_precisions.split(","):
+            rows.append(sweep(shape, precision, args.device, made))
             print_row("sweep", rows[-1])
     return {"sweeps": rows}
+
+
+def section_expect(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    from benchmarks.expect import estimates, quick_run  # needs Prefect: imported only here
+
+    return {"expect": {**estimates(args.device), **quick_run(args.models_dir)}}
 
 
 def section_bf16(args: argparse.Namespace, n: int) -> dict[str, Any]:
@@ -304,7 +310,7 @@ SECTIONS = {
     "sweeps": section_sweeps,
     "fixed": lambda a, n: {"fixed": {**fixed_costs(), **dask_fixed_cost(a.models_dir)}},
     "xl": lambda a, n: {"xl": xl_layer(512 if a.quick else n, a.epochs, a.device)},
-    "expect": lambda a, n: {"expect": {**estimates(a.device), **quick_run(a.models_dir)}},
+    "expect": section_expect,
     "stream": lambda a, n: {"stream": stream_memory(a.models_dir, a.quick)},
     "bf16": section_bf16,
     "profile": section_profile,
@@ -318,6 +324,8 @@ def main() -> None:
     parser.add_argument("--extract-seqs", type=int, default=2, help="1024-token sequences")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--sweep", action="store_true", help="full-size sweeps (for a GPU)")
+    parser.add_argument("--sweep-shapes", default=",".join(SHAPES), help="shapes to sweep")
+    parser.add_argument("--sweep-precisions", default="fp32,tf32,bf16", help="their precisions")
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -347,9 +355,14 @@ def main() -> None:
 
 
 def machine(device: str) -> str:
+    """The GPU's name, or the CPU's model, threads and the flags that decide its matmul rates:
+    'Intel(R) Xeon(R) Processor, 2 threads, flags avx512f avx512_bf16 amx_bf16'."""
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from tasks.host import cpu_flags, cpu_name
+
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags())
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, flags {flags or 'none of note'}"
 
 
 def print_row(section: str, row: dict[str, Any]) -> None:

@@ -36,12 +36,6 @@ def timed(fn: Any, device: str, repeat: int = 3) -> float:
     return best
 
 
-def matmul_rate(n: int, d: int, m: int, device: str) -> float:
-    """fp32 GFLOP/s of the SAE's own matmul shape (N, d) x (d, m): the limit to compare with."""
-    x, w = torch.randn(n, d, device=device), torch.randn(m, d, device=device)
-    return 2 * n * d * m / timed(lambda: x @ w.T, device) / 1e9
-
-
 def timed_once(fn: Any, device: str) -> tuple[float, Any]:
     """Wall time and result of one call (for runs long enough that one is a measurement)."""
     sync(device)

@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import COURSE, N_TOKENS, SHAPES, matmul_rate, timed_once, train_sae
+from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once, train_sae
+from benchmarks.precision import limit
 from tasks import sae, store
 
 
@@ -145,38 +146,55 @@ def extracted(shape: str, device: str, folder: Path) -> tuple[float, list[dict[s
     return seconds, ext["files"]
 
 
-def sweep(shape: str, precision: str, device: str, folder: Path, epochs: int = 75) -> dict:
-    """A real-size sweep: every layer's SAE for 75 full-batch epochs on 10,230 tokens, timed
-    against the FLOP floor (10·N·d·m per epoch at the matmul rate measured here). Activations
-    come from laminar's extraction; on a machine without Prefect or TransformerLens (a bare GPU
-    image) from random data of the same shape, which costs the same."""
-    n_layer, _, d = SHAPES[shape]
+def sweep_activations(shape: str, device: str, folder: Path) -> tuple[float, list[Any]]:
+    """The sweep's activations, made once per shape and shared by every precision: laminar's
+    extraction's seconds and layer files, or on a machine without Prefect or TransformerLens (a
+    bare GPU image) NaN and one None per layer (random data of the same shape, which costs the
+    same to train on)."""
     try:
-        t_extract, files = extracted(shape, device, folder)
-        layers = files
+        return extracted(shape, device, folder)
     except ImportError:
-        t_extract, layers = float("nan"), [None] * n_layer
+        return float("nan"), [None] * SHAPES[shape][0]
+
+
+def sweep(
+    shape: str,
+    precision: str,
+    device: str,
+    made: tuple[float, list[Any]],
+    epochs: int = 75,
+) -> dict:
+    """A real-size sweep: every layer's SAE for `epochs` full-batch epochs on 10,230 tokens,
+    timed against the FLOP floor of its own precision (10·N·d·m per epoch at the rate of the
+    SAE's matmul measured here in that precision). Only training and metrics are timed: each
+    layer's activations are read (or drawn) and moved to the device before its clock starts."""
+    t_extract, layers = made
+    _, _, d = SHAPES[shape]
+    m = COURSE.expansion * d
     with sae.matmul_precision(precision):
-        m = COURSE.expansion * d
-        rate = matmul_rate(N_TOKENS, d, m, device)
-        start = time.perf_counter()
-        for f in layers:
-            x_np = (
-                store.read_activations(f)
-                if f
-                else np.random.default_rng(0).standard_normal((N_TOKENS, d), dtype=np.float32)
-            )
-            x = torch.from_numpy(x_np).to(device)
-            res = train_sae(x, epochs, precision=precision)
-            sae.metrics(res.sae, x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    floor = 10 * N_TOKENS * d * m * epochs * n_layer / (rate * 1e9)
+        rate = limit(N_TOKENS, d, m, "bf16" if precision == "bf16" else "fp32", device)
+    seconds = 0.0
+    for f in layers:
+        x_np = (
+            store.read_activations(f)
+            if f is not None
+            else np.random.default_rng(0).standard_normal((N_TOKENS, d), dtype=np.float32)
+        )
+        x = torch.from_numpy(x_np).to(device)
+
+        def train(x: torch.Tensor = x) -> None:
+            with sae.matmul_precision(precision):
+                res = train_sae(x, epochs, precision=precision)
+            with sae.matmul_precision("fp32"):
+                sae.metrics(res.sae, x)
+
+        seconds += timed_once(train, device)[0]
+    floor = 10 * N_TOKENS * d * m * epochs * len(layers) / (rate * 1e9)
     return {
         "shape": shape,
         "precision": precision,
-        "activations": "model" if layers[0] else "random",
+        "epochs": epochs,
+        "activations": "random" if layers[0] is None else "model",
         "extract_s": t_extract,
         "train_s": seconds,
         "floor_s": floor,

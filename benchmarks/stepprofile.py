@@ -16,7 +16,7 @@ from benchmarks.precision import spread
 from tasks import sae
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul"}
-TOPK = {"aten::topk", "aten::amin"}
+TOPK = {"aten::topk", "aten::amin", "laminar::topk"}  # laminar::topk: the selection
 
 
 def group(op: str) -> str:
@@ -49,6 +49,7 @@ def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     return {
         "step_s": wall,
         **{f"{k}_s": v for k, v in parts.items()},
+        "nonmatmul_s": parts["topk"] + parts["other"],
         "adam_s": adam,
         "matmul_gflops": flop / parts["matmul"] / 1e9,
     }
@@ -56,11 +57,12 @@ def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
 
 def step_profile(n: int, d: int, precision: str, device: str, rounds: int = 3) -> dict[str, Any]:
     """One shape and precision: the step's time by group (seconds and % of the profiled step,
-    whose total includes the profiler's own small cost) and Adam's update."""
+    whose total includes the profiler's own small cost; `nonmatmul` is top-k and other
+    together, what the matrix units cannot speed up) and Adam's update."""
     runs = [one_round(n, d, precision, device) for _ in range(rounds)]
     out: dict[str, Any] = {"N": n, "d": d, "precision": precision, "rounds": runs}
     for key in runs[0]:
         out[key] = spread([r[key] for r in runs])
-    for part in ("matmul", "topk", "other"):
+    for part in ("matmul", "topk", "other", "nonmatmul"):
         out[f"{part}_pct"] = spread([100 * r[f"{part}_s"] / r["step_s"] for r in runs])
     return out

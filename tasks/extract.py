@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from prefect import task
 
-from tasks import cache, paths, store
+from tasks import cache, paths, sae, store
 from tasks.config import Config, LaminarError, parse_layer_spec, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.models import load_model
@@ -142,7 +142,8 @@ def extract_activations(
             rows = _row_columns(start, chunk, first)
             capture = functools.partial(_capture, first=first, rows=rows, out=out)
             hooks = forward_hooks(bridge, names, capture)
-            with torch.inference_mode():
+            # exact fp32 matmuls, even while a TF32 training runs in another thread
+            with torch.inference_mode(), sae.matmul_precision("fp32"):
                 bridge.run_with_hooks(
                     torch.from_numpy(chunk).to(device),
                     fwd_hooks=hooks,

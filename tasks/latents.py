@@ -102,8 +102,9 @@ def layer_cards(result: LayerResult, batch: np.ndarray, decode: Any, seed: int) 
 
     def encoded() -> Iterator[np.ndarray]:  # (rows, m) per row group
         for group in range(src.n_groups):
-            with torch.no_grad():
-                yield model.encode(torch.from_numpy(src.group(group))).numpy()
+            with torch.no_grad(), sae.matmul_precision("fp32"):
+                z = model.encode(torch.from_numpy(src.group(group))).numpy()
+            yield z
 
     counts = sum(((z > 0).sum(axis=0) for z in encoded()), np.zeros(model.weight.shape[0], int))
     chosen = pick(counts, seed)

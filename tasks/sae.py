@@ -9,26 +9,67 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from tasks import store
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str) -> Iterator[None]:
-    """'tf32' allows TF32 tensor cores for float32 matmuls (CUDA) while the block runs."""
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
+class _PrecisionGate:
+    """torch's float32 matmul precision is one setting for the whole process, so a TF32
+    training in one thread would also put another thread's matmuls in TF32 (an extraction
+    whose activations are cached as exact, a fp32 layer's training or metrics). The gate holds
+    the setting for every block that asks for one: blocks that want the same setting run
+    together, a block that wants the other waits until the last of them ends."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._setting: str | None = None  # held by _count blocks, None when no block runs
+        self._count = 0
+        self._held = threading.local()  # this thread's setting and nesting depth
+
+    @contextlib.contextmanager
+    def hold(self, setting: str) -> Iterator[None]:
+        mine: tuple[str, int] = getattr(self._held, "value", ("", 0))
+        if mine[1] and mine[0] != setting:  # waiting on itself would never end
+            raise RuntimeError(f"matmul precision {setting!r} asked inside {mine[0]!r}")
+        with self._cond:
+            if not mine[1]:
+                self._cond.wait_for(lambda: self._count == 0 or self._setting == setting)
+                if self._count == 0:
+                    torch.set_float32_matmul_precision(setting)
+                    self._setting = setting
+            self._count += 1
+        self._held.value = (setting, mine[1] + 1)
+        try:
+            yield
+        finally:
+            self._held.value = (setting, mine[1])
+            with self._cond:
+                self._count -= 1
+                if self._count == 0:
+                    torch.set_float32_matmul_precision("highest")  # torch's default
+                    self._setting = None
+                    self._cond.notify_all()
+
+
+_GATE = _PrecisionGate()
+
+
+def matmul_precision(precision: str) -> contextlib.AbstractContextManager[None]:
+    """Float32 matmuls in this block at `precision`: 'tf32' lets CUDA use TF32 tensor cores,
+    anything else is exact ('highest'). Blocks of the other setting in other threads wait (see
+    _PrecisionGate), so TF32 never reaches matmuls that did not ask for it."""
+    return _GATE.hold("high" if precision == "tf32" else "highest")
 
 
 def topk_k(latent: int, frac: float) -> int:
@@ -60,24 +101,84 @@ class Workspace:
         return dict(self._bytes)
 
 
-def kept(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
-    """(N, m) mask in z's dtype, 1.0 where a ReLU'd latent z >= 0 survives the top-k and is
-    positive, else 0.0: multiplying z by it applies the top-k, multiplying dL/dz by it passes
-    the gradient through the top-k and the ReLU, one mask for both. Kept means >= the row's
-    k-th largest (ties at the k-th value all kept) and > 0: >= max(k-th, smallest float > 0).
-    A float mask, because multiplying by a bool tensor costs 6x a float one here."""
+# Same-width integers: a float's bits read as an integer. For floats >= +0 the integers sort as
+# the floats do, and every negative float (and -0.0) reads as a negative integer, below them.
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_POOL: ThreadPoolExecutor | None = None
+
+
+def tiny(dtype: torch.dtype) -> float:
+    """The smallest float > 0 of `dtype`: a threshold that keeps exactly the positive values."""
+    zero = torch.zeros((), dtype=dtype)
+    return torch.nextafter(zero, torch.ones((), dtype=dtype)).item()
+
+
+def kth_bits(z: torch.Tensor, k: int, scratch: torch.Tensor) -> torch.Tensor:
+    """(N,) the k-th largest entry of each row of z (N, m), as its integer bits, on the CPU:
+    numpy's introselect over the rows' bits (partition, not sort: 0.02-0.04 s where topk takes
+    0.3 s at GPT-2 small's width), the rows split among torch's threads. `scratch` is an (N, m)
+    buffer of z's size that the partition may overwrite."""
+    global _POOL
     n, m = z.shape
-    tiny = torch.nextafter(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype)).item()
-    threshold: torch.Tensor | float = tiny
-    if 0 < k < m:
-        # topk's values (N, k) and indices live in the buffer that dL/dz takes later (free
-        # until then): in fp32, 12 bytes per kept entry fit in its 4 per latent if k <= m / 3
+    bits = z.view(BITS[z.dtype]).numpy()
+    work = scratch.view(BITS[z.dtype]).numpy()
+    out = np.empty(n, dtype=bits.dtype)
+
+    def rows(part: slice) -> None:
+        np.copyto(work[part], bits[part])
+        work[part].partition(m - k, axis=1)  # the k-th largest now at column m - k
+        out[part] = work[part, m - k]
+
+    parts = max(1, min(torch.get_num_threads(), n // 64))
+    step = -(-n // parts)
+    if parts == 1:
+        rows(slice(0, n))
+    else:
+        _POOL = _POOL or ThreadPoolExecutor(max(2, os.cpu_count() or 2), "laminar-topk")
+        list(_POOL.map(rows, [slice(i, i + step) for i in range(0, n, step)]))
+    return torch.from_numpy(out)
+
+
+def threshold(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
+    """(N, 1) in z's dtype: each row's keep threshold, max(its k-th largest, smallest float > 0).
+    A latent is kept where z >= threshold: in the top k (ties at the k-th value all kept) and
+    positive. z may be taken before or after the ReLU (the ReLU commutes with taking the k-th
+    largest, and the threshold is > 0 either way); before is faster, since a ReLU'd row's many
+    zeros make ties that slow the selection. k <= 0 or k >= m keeps every positive latent."""
+    n, m = z.shape
+    floor = tiny(z.dtype)
+    if not 0 < k < m:
+        return torch.full((n, 1), floor, dtype=z.dtype, device=z.device)
+    with torch.profiler.record_function("laminar::topk"):
+        scratch = ws.get("g_z", (n, m), z)  # free until dL/dz is computed
+        if z.device.type == "cpu" and z.dtype in BITS:
+            kth = kth_bits(z, k, scratch).clamp_(min=1).view(z.dtype)  # 1: the bits of `floor`
+            return kth.to(z.device).unsqueeze(1)
+        # elsewhere (CUDA) topk is fast; its values and indices live in the scratch buffer
         indices_at = -(-n * k * z.element_size() // 64) * 64  # after the values, aligned
-        indices = ws.get("g_z", (n, k), z, torch.long, at=indices_at)
-        out = (ws.get("g_z", (n, k), z), indices)
+        out = (ws.get("g_z", (n, k), z), ws.get("g_z", (n, k), z, torch.long, at=indices_at))
         kth = torch.topk(z, k, dim=1, sorted=False, out=out).values.amin(dim=1, keepdim=True)
-        threshold = kth.clamp_(min=tiny)  # (N, 1)
-    return torch.ge(z, threshold, out=ws.get("mask", (n, m), z))
+        return kth.clamp_(min=floor)
+
+
+def keep_mask(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
+    """(N, m) integer mask of z's width: all bits set where a latent survives the ReLU and the
+    top-k (see `threshold`), else 0. `masked(t, mask)` then applies the ReLU and top-k to z and
+    passes dL/dz through both, one bitwise AND each: in bf16 a float multiply by a 0/1 mask is
+    4x slower here (it converts every element), and AND leaves kept values bit for bit."""
+    n, m = z.shape
+    bits = BITS[z.dtype]
+    # compared as integer bits: the same order as the floats for a threshold > 0 (negatives
+    # read as negative integers), and 20x faster here than a float compare into integers
+    limit = threshold(z, k, ws).view(bits)
+    mask = torch.ge(z.view(bits), limit, out=ws.get("mask", (n, m), z, bits))
+    return mask.neg_()  # 1 -> all bits set
+
+
+def masked(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """t with every entry where `mask` is 0 set to +0.0, in place."""
+    t.view(mask.dtype).bitwise_and_(mask)
+    return t
 
 
 class TiedSAE(torch.nn.Module):
@@ -91,10 +192,13 @@ class TiedSAE(torch.nn.Module):
         self.k = k
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.relu(x @ self.weight.T)  # (N, m)
-        mask = kept(z.detach(), self.k, Workspace())  # takes no gradient
-        # in place unless autograd needs ReLU's output: no third (N, m) tensor in metrics
-        return z * mask if torch.is_grad_enabled() else z.mul_(mask)
+        pre = x @ self.weight.T  # (N, m), before the ReLU
+        if not torch.is_grad_enabled():  # metrics: in place, no second (N, m) tensor
+            return masked(pre, keep_mask(pre, self.k, Workspace()))
+        # for autograd, a 0/1 float mask: its product's gradient is the mask, as the ReLU's
+        # and top-k's together are
+        keep = torch.ge(pre.detach(), threshold(pre.detach(), self.k, Workspace()))
+        return pre * keep.to(pre.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
@@ -124,15 +228,15 @@ def loss_and_grad(
     ws = ws or Workspace()
     w = sae.weight
     (n, d), m = x.shape, w.shape[0]
-    z = torch.mm(x, w.t(), out=ws.get("z", (n, m), x)).clamp_(min=0)  # (N, m), ReLU'd
-    mask = kept(z, sae.k, ws)
-    z.mul_(mask)
+    z = torch.mm(x, w.t(), out=ws.get("z", (n, m), x))  # (N, m), before the ReLU
+    mask = keep_mask(z, sae.k, ws)
+    z = masked(z, mask)  # ReLU and top-k
     err = torch.mm(z, w, out=ws.get("err", (n, d), x)).sub_(x)  # (N, d) x̂ - x
     mse = torch.pow(err, 2, out=ws.get("square", (n, d), x)).mean()
     loss = mse + l1 * z.mean()  # z >= 0, so mean|z| = mean z
     g_err = err.mul_(2.0 / (n * d))  # (N, d) dL/dx̂, reusing err's memory
     g_z = torch.mm(g_err, w.t(), out=ws.get("g_z", (n, m), x)).add_(l1 / z.numel())  # dL/dz
-    g_z.mul_(mask)  # through the top-k and the ReLU
+    masked(g_z, mask)  # through the top-k and the ReLU
     grad = torch.mm(g_z.t(), x, out=ws.get("grad", (m, d), x))  # (m, d) encoder's share
     grad.addmm_(z.t(), g_err)  # + decoder's share (tied weights)
     w.grad = grad
@@ -152,11 +256,13 @@ def loss_and_grad_bf16(
     w = sae.weight
     (n, d), m = x.shape, w.shape[0]
     w16 = ws.get("w16", (m, d), x16).copy_(w)  # (m, d)
-    z = torch.mm(x16, w16.t(), out=ws.get("z", (n, m), x16)).clamp_(min=0)  # (N, m) bf16
-    mask = kept(z, sae.k, ws)
-    z.mul_(mask)
+    z = torch.mm(x16, w16.t(), out=ws.get("z", (n, m), x16))  # (N, m) bf16, before the ReLU
+    mask = keep_mask(z, sae.k, ws)
+    z = masked(z, mask)  # ReLU and top-k
     x_hat = torch.mm(z, w16, out=ws.get("x_hat16", (n, d), x16))
-    err = torch.sub(x_hat, x, out=ws.get("err", (n, d), x))  # (N, d) fp32: x̂ - x
+    # (N, d) fp32: x̂ - x, widened into its buffer first (a mixed-dtype sub widens x̂ into a
+    # fresh tensor: 0.12 s at GPT-2 small's shape)
+    err = ws.get("err", (n, d), x).copy_(x_hat).sub_(x)
     mse = torch.pow(err, 2, out=ws.get("square", (n, d), x)).mean()
     # mean z from its row sums (a matvec, fp32 accumulation, each row rounded to bf16): a
     # mean over a bf16 tensor in fp32 converts every element and costs 10x as much here
@@ -165,7 +271,7 @@ def loss_and_grad_bf16(
     loss = mse + l1 * row_sums.sum(dtype=torch.float32) / z.numel()
     g_err = ws.get("g_err16", (n, d), x16).copy_(err.mul_(2.0 / (n * d)))  # (N, d) dL/dx̂
     g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z", (n, m), x16)).add_(l1 / z.numel())
-    g_z.mul_(mask)
+    masked(g_z, mask)
     part = ws.get("grad16", (m, d), x16)  # (m, d) bf16: each share, then summed in fp32
     grad = ws.get("grad", (m, d), x).copy_(torch.mm(g_z.t(), x16, out=part))  # encoder's
     grad.add_(torch.mm(z.t(), g_err, out=part))  # + decoder's share

@@ -65,7 +65,8 @@ def train_layer(
         settings = cfg.subset(*SAE_FIELDS, "precision")
         result = sae.train(x, **settings, seed=seed, on_epoch=on_epoch)
     check_losses(label, result.losses)
-    out = {**sae.metrics(result.sae, x), **input_stats(x)}
+    with sae.matmul_precision("fp32"):  # metrics are exact whatever the training's precision
+        out = {**sae.metrics(result.sae, x), **input_stats(x)}
     return finish(out, result, start, device, x.shape, var, label), result.sae
 
 
@@ -94,7 +95,8 @@ def train_layer_streamed(
             on_epoch=on_epoch,
         )
     check_losses(label, result.losses)
-    out = {**minibatch.metrics(result.sae, src, stats["x_var"], device), **stats}
+    with sae.matmul_precision("fp32"):
+        out = {**minibatch.metrics(result.sae, src, stats["x_var"], device), **stats}
     return finish(
         out, result, start, device, (src.n_rows, src.d), stats["x_var"], label
     ), result.sae

@@ -4,12 +4,15 @@ Its timings are read by people from the README, never asserted here."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import ROOT
 
 
@@ -54,6 +57,11 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
         spread = bf16[col]
         assert 0 < spread["min"] <= spread["median"] <= spread["max"], col
     assert (bf16["N"], bf16["d"], bf16["m"], bf16["rounds"]) == (512, 64, 128, 3)
+    flop = 10 * 512 * 64 * 128  # an epoch's time beyond its matmuls at the limit, per precision
+    for p in ("fp32", "bf16"):
+        beyond = bf16[f"{p}_s"]["median"] - flop / 1e9 / bf16[f"{p}_limit"]["median"]
+        assert bf16[f"{p}_beyond_limit"]["min"] <= beyond + 1e-3
+        assert bf16[f"{p}_beyond_limit"]["max"] < bf16[f"{p}_s"]["max"]
     assert 0 < big["density_pct"] <= 100 * (128 // 3) / 128 + 1e-9 and len(big["losses"]) == 1
     for row in report["profile"]:  # one profiled step per round: its groups and Adam
         assert (row["N"], row["d"], len(row["rounds"])) == (512, 64, 3)
@@ -62,8 +70,10 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
             parts = [r[f"{p}_s"] for p in ("matmul", "topk", "other")]
             assert min(parts) > 0 and sum(parts) <= r["step_s"] and r["adam_s"] > 0
             assert r["matmul_gflops"] == pytest.approx(flop / r["matmul_s"] / 1e9)
+            assert r["nonmatmul_s"] == pytest.approx(r["topk_s"] + r["other_s"])
         pct = sorted(100 * r["topk_s"] / r["step_s"] for r in row["rounds"])
         assert row["topk_pct"]["median"] == pytest.approx(pct[1])
+        assert row["nonmatmul_s"]["median"] == sorted(r["nonmatmul_s"] for r in row["rounds"])[1]
     assert [r["precision"] for r in report["profile"]] == ["fp32", "bf16"]
 
 
@@ -94,3 +104,69 @@ def test_abtest_times_a_commit_against_the_working_tree() -> None:
         assert row["speedup"]["median"] == pytest.approx(
             statistics.median(a / b for a, b in zip(*row["per_round_s"].values(), strict=True))
         )
+
+
+def test_the_benchmark_needs_no_prefect(tmp_path: Path) -> None:
+    """A bare GPU image has torch, numpy, pyarrow and pydantic but not Prefect: bench.py's
+    training sections run there (only the 'expect' section needs Prefect, and imports it)."""
+    out = tmp_path / "bench.json"
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['prefect'] = None  # import prefect now raises ImportError\n"
+        f"sys.argv = ['bench.py', '--quick', '--sections', 'sae,profile', '--out', {str(out)!r}]\n"
+        f"runpy.run_path({str(ROOT / 'benchmarks' / 'bench.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["sae"] and report["profile"]
+    assert "threads, flags" in report["machine"]  # the CPU named with its matmul flags
+
+
+def test_sweeps_time_training_only_against_their_own_precision(monkeypatch) -> None:
+    """Each precision's floor is its own matmul rate (bf16 timed in bf16), and a layer's
+    activations are read before its clock starts."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import models
+
+    monkeypatch.setitem(models.SHAPES, "toy", (2, 16, 32))
+    monkeypatch.setattr(models, "N_TOKENS", 64)
+    log: list[str] = []
+    monkeypatch.setattr(models, "limit", lambda n, d, m, p, dev: log.append(f"limit {p}") or 1.0)
+    monkeypatch.setattr(models.store, "read_activations", lambda f: log.append("read") or f)
+    real_timed = models.timed_once
+
+    def timed(fn, device):  # a read inside the timed call would land between the two marks
+        log.append("start")
+        out = real_timed(fn, device)
+        log.append("stop")
+        return out
+
+    monkeypatch.setattr(models, "timed_once", timed)
+    x = np.random.default_rng(0).standard_normal((64, 32), dtype=np.float32)
+    for precision in ("fp32", "bf16"):
+        log.clear()
+        row = models.sweep("toy", precision, "cpu", (1.5, [x, x]), epochs=2)
+        want = "bf16" if precision == "bf16" else "fp32"
+        assert log == [f"limit {want}", "read", "start", "stop", "read", "start", "stop"]
+        assert row["floor_s"] == pytest.approx(10 * 64 * 32 * 64 * 2 * 2 / 1e9)
+        assert row["extract_s"] == 1.5 and row["train_s"] > 0
+
+
+def test_gpu_check_refuses_in_one_sentence(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh checks every part's name before it runs anything, and says what is
+    missing (here: a CUDA device) instead of failing inside a part."""
+    script = str(ROOT / "benchmarks" / "gpu_check.sh")
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    bad = subprocess.run(
+        ["bash", script, "epochs", "nope"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2
+    assert bad.stdout.strip() == (
+        "gpu_check: unknown part 'nope'; the parts are: epochs small large-fast large-fp32 science."
+    )
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU refusal is not reachable")
+    none = subprocess.run(["bash", script, "epochs"], capture_output=True, text=True, env=env)
+    assert none.returncode == 2 and "torch sees no CUDA device here" in none.stdout
+    assert not list(tmp_path.iterdir())  # nothing ran

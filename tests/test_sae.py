@@ -163,6 +163,8 @@ def test_bf16_training_stays_within_one_bf16_rounding_of_fp32() -> None:
     fp32 = sae.train(x, **settings, seed=0)
     bf16 = sae.train(x, **settings, seed=0, precision="bf16")
     assert bf16.losses == pytest.approx(fp32.losses, rel=2**-9)
+    # bf16 really ran: a difference of zero would pass every tolerance above
+    assert not torch.equal(bf16.sae.weight, fp32.sae.weight) and bf16.losses != fp32.losses
     falls = np.diff(fp32.losses) < 0
     assert falls.all() and (np.diff(bf16.losses) < 0).all()
     want, got = sae.metrics(fp32.sae, x), sae.metrics(bf16.sae, x)
@@ -199,3 +201,114 @@ def test_the_step_reuses_its_buffers_for_every_batch_size() -> None:
             ref.backward()
         assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
         assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def topk_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
+    """The keep threshold the straightforward way: the k-th largest ReLU'd value by torch.topk,
+    at least the smallest float > 0."""
+    relu = z.clamp(min=0)
+    kth = torch.topk(relu, k, dim=1).values[:, -1:] if 0 < k < z.shape[1] else relu[:, :1] * 0
+    return kth.clamp(min=sae.tiny(z.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_selection_keeps_what_topk_keeps(dtype: torch.dtype) -> None:
+    """The threshold from the rows' bits (numpy's partition, rows split among threads) is the
+    one torch.topk gives on the ReLU'd rows: negative rows, -0.0, ties at the k-th value, rows
+    with fewer than k positives, a single row and rows too many for one thread's share."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(300, 96, generator=g).to(dtype)
+    z[0] = -torch.rand(96, generator=g).to(dtype)  # no positive latent
+    z[1] = 0.5  # every latent ties
+    z[2, :50] = -0.0
+    z[3] = torch.randint(-3, 4, (96,), generator=g).to(dtype)  # many ties
+    z[4, :10] = 1e-40 if dtype == torch.float32 else 1e-39  # subnormal positives
+    for k in (0, 1, 5, 32, 95, 96):
+        for rows in (z, z[:1], z[:130]):
+            got = sae.threshold(rows, k, sae.Workspace())
+            assert got.dtype == dtype and torch.equal(got, topk_threshold(rows, k)), (k, len(rows))
+            mask = sae.keep_mask(rows.clone(), k, sae.Workspace())
+            assert torch.equal(mask != 0, rows >= got)
+            kept = sae.masked(rows.clone(), mask)
+            assert torch.equal(kept, torch.where(rows >= got, rows, 0).to(dtype))
+
+
+def topk_step(model: sae.TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
+    """The fp32 step as laminar computed it with torch.topk on the ReLU'd latents and a 0/1
+    float mask: the reference the faster selection must match bit for bit."""
+    w = model.weight.detach()
+    n, d = x.shape
+    z = torch.mm(x, w.t()).clamp_(min=0)
+    mask = torch.ge(z, topk_threshold(z, model.k)).to(z.dtype)
+    z.mul_(mask)
+    err = torch.mm(z, w).sub_(x)
+    loss = torch.pow(err, 2).mean() + l1 * z.mean()
+    g_err = err.mul_(2.0 / (n * d))
+    g_z = torch.mm(g_err, w.t()).add_(l1 / z.numel()).mul_(mask)
+    model.weight.grad = torch.mm(g_z.t(), x).addmm_(z.t(), g_err)
+    return loss
+
+
+@pytest.mark.parametrize("k", [0, 16, 48])
+def test_fp32_training_is_bit_for_bit_the_topk_step(k: int) -> None:
+    """Ten Adam steps of laminar's fp32 step and of the topk reference from the same SAE, on
+    rows with ties and all-zero rows, in full batch and in a smaller batch: the same weights
+    and losses to the last bit."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(200, 16, generator=g)
+    x[:3] = 0
+    x[3:6] = x[6]  # repeated rows
+    for batch in (x, x[:77]):
+        ours = sae.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
+        ref = sae.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
+        opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (ours, ref)]
+        ws = sae.Workspace()
+        for _ in range(10):
+            with torch.no_grad():
+                assert (
+                    sae.loss_and_grad(ours, batch, 1.0, ws).item()
+                    == topk_step(ref, batch, 1.0).item()
+                )
+            for opt in opts:
+                opt.step()
+        assert torch.equal(ours.weight, ref.weight)
+
+
+def test_tf32_stays_in_the_block_that_asked_for_it() -> None:
+    """torch's float32 matmul precision is process-wide: while a TF32 block runs in one thread,
+    a block that wants exact matmuls in another (an extraction) waits, and sees 'highest' when
+    it runs; two TF32 blocks run together; a block cannot ask for the other setting inside."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    seen: list[tuple[str, str]] = []
+
+    def block(precision: str, hold: bool) -> None:
+        with sae.matmul_precision(precision):
+            seen.append((precision, torch.get_float32_matmul_precision()))
+            if hold:
+                started.set()
+                release.wait(10)
+
+    tf32 = threading.Thread(target=block, args=("tf32", True))
+    tf32.start()
+    assert started.wait(10)
+    exact = threading.Thread(target=block, args=("fp32", False))
+    exact.start()
+    other_tf32 = threading.Thread(target=block, args=("tf32", False))
+    other_tf32.start()
+    other_tf32.join(10)
+    exact.join(0.5)
+    assert exact.is_alive() and seen == [("tf32", "high"), ("tf32", "high")]
+    release.set()
+    tf32.join(10)
+    exact.join(10)
+    assert seen[2] == ("fp32", "highest")
+    assert torch.get_float32_matmul_precision() == "highest"
+    with (
+        sae.matmul_precision("tf32"),
+        pytest.raises(RuntimeError, match="asked inside"),
+        sae.matmul_precision("fp32"),
+    ):
+        pass
+    assert torch.get_float32_matmul_precision() == "highest"
