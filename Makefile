@@ -13,7 +13,7 @@ ARGS ?=
 # files (--dist loadfile), so a file's module fixtures are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: run test ui setup browser interop clean-venv
+.PHONY: run test test-fast ui setup browser interop clean-venv docs docs-options
 
 # SAELens, for the interop test that loads laminar's saved SAEs with it. Its own environment:
 # sae-lens 6 needs transformer-lens < 4, laminar needs 4. Built once, reused (`make clean-venv`).
@@ -39,7 +39,7 @@ $(INTEROP)/.installed: Makefile
 interop: $(INTEROP)/.installed
 
 run: setup
-	$(PY) flows/laminar.py $(ARGS)
+	$(VENV)/bin/laminar $(ARGS)
 
 # The browser test drives Debian's chromium (no browser download). Installed here when missing
 # and we are root with apt-get (CI); elsewhere the test skips with a message.
@@ -53,8 +53,24 @@ test: setup browser interop
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
+# The loop while editing: every test that needs no real Prefect server, browser, Dask cluster,
+# second environment or fault injection (docs/development.md gives its time); no set-up of
+# chromium or .venv-interop.
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) \
+	  -m "not ui and not interop and not cluster and not faults and not slow" $(ARGS)
+
 ui: setup
-	scripts/laminar-ui.sh
+	$(VENV)/bin/laminar-ui
+
+# The docs site (mkdocs-material): the options page is made from the config model first.
+docs-options: setup
+	$(PY) -m tasks.cli docs/options.md
+
+docs: docs-options
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
 
 clean-venv:
 	rm -rf $(VENV) $(INTEROP)

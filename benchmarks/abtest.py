@@ -19,13 +19,12 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import N_TOKENS, SHAPES, timed_once, train_sae
+from benchmarks.precision import spread
+from tasks import sae
+from tasks.store import write_json
 
-from benchmarks.common import N_TOKENS, SHAPES, timed_once, train_sae  # noqa: E402
-from benchmarks.precision import spread  # noqa: E402
-from tasks import sae  # noqa: E402
-from tasks.store import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sae_at(rev: str) -> ModuleType:

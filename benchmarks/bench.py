@@ -23,10 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     COURSE,
     N_TOKENS,
     SHAPES,
@@ -34,12 +31,14 @@ from benchmarks.common import (  # noqa: E402
     timed_once,
     train_sae,
 )
-from benchmarks.models import bench_extract, sweep, sweep_activations  # noqa: E402
-from benchmarks.precision import compare, limit, spread  # noqa: E402
-from benchmarks.stepprofile import step_profile  # noqa: E402
-from benchmarks.stream import stream_memory  # noqa: E402
-from tasks import sae, store  # noqa: E402
-from tasks.config import Config  # noqa: E402
+from benchmarks.models import bench_extract, sweep, sweep_activations
+from benchmarks.precision import compare, limit, spread
+from benchmarks.stepprofile import step_profile
+from benchmarks.stream import stream_memory
+from tasks import sae, store
+from tasks.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], float]:

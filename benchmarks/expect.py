@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchmarks.common import N_TOKENS, SHAPES
+from benchmarks.models import build_model
+from tasks import progress
+from tasks.config import Config
 
-from benchmarks.common import N_TOKENS, SHAPES  # noqa: E402
-from benchmarks.models import build_model  # noqa: E402
-from tasks import progress  # noqa: E402
-from tasks.config import Config  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the test fixtures it reuses: not a package
 
 
 def estimates(device: str, precision: str = "fp32") -> dict[str, str]:

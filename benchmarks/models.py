@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once, train_sae
 from benchmarks.precision import limit
 from tasks import sae, store

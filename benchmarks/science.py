@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tasks.cache import code_digest
+from tasks.config import SAE_FIELDS, Config
+from tasks.stats import claims
+from tasks.store import write_json
+from tasks.train import train_layer
 
-from tasks.cache import code_digest  # noqa: E402
-from tasks.config import SAE_FIELDS, Config  # noqa: E402
-from tasks.stats import claims  # noqa: E402
-from tasks.store import write_json  # noqa: E402
-from tasks.train import train_layer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # name: (n_layer, d_model, n_positions, n_seqs): activations are the MLP's c_fc output
 # (mlp.hook_pre), position 0 dropped, on seeded random tokens

@@ -34,6 +34,21 @@ def own_seconds(prof: Any, device: str) -> dict[str, float]:
     return out
 
 
+# The step's matmuls in the order it runs them (tasks/sae.py), for the per-matmul times.
+MATMUL_NAMES = ("encode", "decode", "dL/dz", "encoder's share", "decoder's share")
+
+
+def matmul_seconds(prof: Any, device: str) -> dict[str, float]:
+    """Each of the step's five (N, d, m) matmuls' own time, by name (the bf16 step's sixth, the
+    (N, m) x (m, 1) row sums, is left out)."""
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    calls = [e for e in prof.events() if e.name in MATMULS and e.device_type == DeviceType.CPU]
+    big = [
+        e for e in calls if min(e.input_shapes[0] or [0]) > 1 and min(e.input_shapes[1] or [0]) > 1
+    ]
+    return {name: getattr(e, attr) / 1e6 for name, e in zip(MATMUL_NAMES, big, strict=False)}
+
+
 def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     x = torch.randn(n, d, device=device)
     model, opt = sae.fresh(d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device)
@@ -41,7 +56,7 @@ def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     step(model, COURSE.l1)  # first step: buffers, kernels
     opt.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         wall, _ = timed_once(lambda: step(model, COURSE.l1), device)
     adam, _ = timed_once(opt.step, device)
     flop = 10 * n * d * model.weight.shape[0]
@@ -52,6 +67,8 @@ def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
         "nonmatmul_s": parts["topk"] + parts["other"],
         "adam_s": adam,
         "matmul_gflops": flop / parts["matmul"] / 1e9,
+        # GFLOP/s of each matmul alone (2·N·d·m each): which layouts the kernels run slowly
+        **{f"{k} gflops": flop / 5 / v / 1e9 for k, v in matmul_seconds(prof, device).items()},
     }
 
 

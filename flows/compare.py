@@ -17,9 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from tasks.config import LaminarError
 from tasks.provenance import differences
 from tasks.store import write_bytes

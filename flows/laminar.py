@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
 os.environ.setdefault("DO_NOT_TRACK", "1")
 if __name__ == "__main__":  # a malformed flag fails in a second, before torch and Prefect load
@@ -31,7 +29,7 @@ from tasks.cli import config_from_args
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.extract import extract_activations
-from tasks.latents import latent_cards
+from tasks.latents import latent_cards, publish_cards
 from tasks.progress import announce
 from tasks.records import ModelFacts
 from tasks.report import publish, write_report
@@ -97,7 +95,9 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
         first_seed = [r for r in results if r["sae_seed"] == cfg.sae_seeds[0]]
         if mine := [r for r in first_seed if r["name"] == m["name"]]:
             batch = tokens[m["tokenizer_fingerprint"]]
-            cards += run(latent_cards, cfg, m["model"], m["name"], mine, batch)
+            made = run(latent_cards, cfg, m["model"], m["name"], mine, batch)
+            publish_cards(m["name"], made)
+            cards += made
     batches = list(tokens.values())
     args = (cfg, pages, texts, batches, extractions, results, failed, cards, started_at)
     report = run(write_report, *args)

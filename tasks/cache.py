@@ -10,7 +10,9 @@ task function's own source. Here a key is the hash of
   * the other inputs as canonical JSON; upstream results are small records that carry the
     sha256 of the files they point to, so a changed file changes the key.
 Before a key is handed to Prefect, the record it would replay is checked: if a file it names
-has vanished or changed size, the record is dropped and the task runs again."""
+has vanished or changed size, or the record was not written by laminar's JSON serializer (Prefect
+would decode it with whatever the record names: pickle runs code), the record is dropped and the
+task runs again."""
 
 from __future__ import annotations
 
@@ -105,9 +107,44 @@ def _file_records(obj: Any) -> list[dict[str, Any]]:
     return []
 
 
+# The serializer laminar writes its records with (result_serializer="json", Prefect's defaults).
+# Prefect decodes a record with whatever serializer the record itself names, so a record naming
+# another (pickle, a jsonlib or object decoder of its choosing) would run code on replay.
+JSON_SERIALIZER = {
+    "type": "json",
+    "jsonlib": "json",
+    "object_encoder": "prefect.serializers.prefect_json_object_encoder",
+    "object_decoder": "prefect.serializers.prefect_json_object_decoder",
+    "dumps_kwargs": {},
+    "loads_kwargs": {},
+}
+
+
+def _untrusted(payload: Any, result: Any) -> str | None:
+    """Why a record is not one laminar wrote, or None: its serializer must be JSON_SERIALIZER,
+    and its result plain JSON (no object that Prefect's decoder would import a class for)."""
+    serializer = (
+        payload.get("metadata", {}).get("serializer") if isinstance(payload, dict) else None
+    )
+    if serializer != JSON_SERIALIZER:
+        kind = serializer.get("type") if isinstance(serializer, dict) else serializer
+        return f"its serializer is {kind!r}, not laminar's JSON"
+    found: list[Any] = [result]
+    while found:
+        value = found.pop()
+        if isinstance(value, dict):
+            if {"__class__", "__exc_type__"} & value.keys():
+                return "its result names a Python class to build"
+            found.extend(value.values())
+        elif isinstance(value, list):
+            found.extend(value)
+    return None
+
+
 def _drop_if_stale(record_path: Path, locks: Any) -> None:
-    """Delete a cached Prefect result whose files are gone or truncated, or that is unreadable
-    while no live run holds its lock (one that does may be writing it right now)."""
+    """Delete a cached Prefect result whose files are gone or truncated, that laminar did not
+    write (see _untrusted: replaying it could run code), or that is unreadable while no live run
+    holds its lock (one that does may be writing it right now)."""
     try:
         payload = json.loads(record_path.read_text())
         result = json.loads(payload["result"])
@@ -117,6 +154,11 @@ def _drop_if_stale(record_path: Path, locks: Any) -> None:
         if locks is not None and locks.is_locked(record_path.name):
             return
         log.warning("cache record %s is unreadable; recomputing", record_path)
+        record_path.unlink(missing_ok=True)
+        return
+    why = _untrusted(payload, result)
+    if why:
+        log.warning("cache record %s was not written by laminar (%s); dropped", record_path, why)
         record_path.unlink(missing_ok=True)
         return
     stale = [r["path"] for r in _file_records(result) if not verify(r)]

@@ -11,10 +11,18 @@ from pydantic import ValidationError
 
 from tasks.config import Config, LaminarError, flag
 
+OPTIONS_PAGE = "docs/options.md"
+_ROLE_WORDS = {
+    "result": "what is measured: changing it recomputes what depends on it",
+    "sae": "an SAE hyperparameter: changing it retrains the SAEs only",
+    "training": "how the SAEs are trained: changing it retrains the SAEs only",
+    "execution": "how the run executes, never what it computes: no cache key holds it",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python flows/laminar.py",
+        prog="laminar",
         description="The laminar profile: train one SAE per layer of each model and report "
         "density and loss against depth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -57,16 +65,72 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 
 
 def exit_on_bad_flags(argv: list[str]) -> None:
-    """Parse the command line; on a value the config refuses, print its one sentence and exit 2.
-    Needs only pydantic, so the CLI runs it before importing anything heavy."""
+    """Parse the command line; on values the config refuses, print each one's sentence on a line
+    of its own and exit 2. Needs only pydantic, so the CLI runs it before importing anything
+    heavy."""
     try:
         config_from_args(argv)
     except LaminarError as exc:
-        print(f"laminar: {exc}", file=sys.stderr)
+        for sentence in str(exc).splitlines():
+            print(f"laminar: {sentence}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    field = str(err["loc"][0]) if err["loc"] else "config"
-    return f"{flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}."
+    """Every refused value, one sentence a line: laminar's own sentences as they are, pydantic's
+    as '--flag VALUE is invalid: why.'"""
+    lines = []
+    for err in exc.errors():
+        if err["type"] == "laminar":
+            lines.append(err["msg"])
+            continue
+        field = str(err["loc"][0]) if err["loc"] else "config"
+        lines.append(f"{flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}.")
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value) if value != "" else "empty"
+
+
+def options_page() -> str:
+    """The options page of the docs, made from Config alone (`make docs` writes it to
+    OPTIONS_PAGE; a test fails when that file and the model differ)."""
+    rows = []
+    for name, field in Config.model_fields.items():
+        role = field.json_schema_extra["role"]  # type: ignore[index]
+        text = " ".join(str(field.description).split()).replace("|", "\\|")
+        rows.append(f"| `{flag(name)}` | `{_shown(field.default)}` | {role} | {text} |")
+    roles = "\n".join(f"- **{r}**: {words}." for r, words in _ROLE_WORDS.items())
+    return f"""# Options
+
+<!-- Made from tasks/config.py by `make docs` (tasks/cli.py: options_page); do not edit. -->
+
+Every option is a field of one typed config model (`tasks/config.py`), which builds the command
+line (`laminar --help`), the Prefect parameter form, the cache keys and the config recorded in
+each report. Each field declares its role:
+
+{roles}
+
+| flag | default | role | meaning |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Booleans take `--no-` to turn them off (`--no-save-saes`). Bad values get one sentence each,
+naming the flag, the value and the fix, and exit code 2 before anything starts (e.g.
+`laminar: --layers '7' asks for layer 7 but the model has 3 layers (0-2): pick layers in that
+range or use 'all'.`); a run in which some layers failed exits 1 after writing the report for
+the rest.
+"""
+
+
+if __name__ == "__main__":  # python -m tasks.cli: write the options page of the docs
+    from pathlib import Path
+
+    Path(sys.argv[1] if len(sys.argv) > 1 else OPTIONS_PAGE).write_text(options_page())

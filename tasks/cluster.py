@@ -86,6 +86,10 @@ def runner_options(cfg: Config) -> dict[str, Any]:
             "threads_per_worker": 1,
             "processes": True,
             "env": dict.fromkeys(BLAS_THREADS, threads),
+            # scheduler and dashboard on loopback only (Dask's dashboard default is every
+            # interface); port 8787 when free, else Dask picks a free one and says so
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:8787",
         }
     }
 
@@ -133,7 +137,7 @@ def warn_if_open(address: str) -> None:
         logger().warning(
             "--dask-address %s is unencrypted and unauthenticated: anyone who reaches it can run "
             "code on the workers; start the cluster with TLS certificates and use tls://%s "
-            "with --dask-tls-ca/--dask-tls-cert/--dask-tls-key (README, Security)",
+            "with --dask-tls-ca/--dask-tls-cert/--dask-tls-key (docs/security.md)",
             address,
             address.split("://")[-1],
         )

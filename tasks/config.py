@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
@@ -16,37 +16,43 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
-# Fields that change how a run executes, never what it computes: kept out of result hashes.
-EXECUTION_FIELDS = frozenset(
-    {
-        "refresh",
-        "artifacts_dir",
-        "fetch_timeout",
-        "fetch_retries",
-        "max_page_mb",
-        "extract_batch",
-        "task_runner",
-        "dask_address",
-        "dask_workers",
-        "dask_tls_ca",
-        "dask_tls_cert",
-        "dask_tls_key",
-        "progress_every",
-        "quiet",
-    }
-)
-# The SAE's hyperparameters (tasks.sae.train's keyword arguments), and with the matmul precision
-# and the seed, everything a layer's numbers depend on besides its activations.
-SAE_FIELDS = ("epochs", "lr", "l1", "expansion", "topk_frac")
-RESULT_FIELDS = (*SAE_FIELDS, "precision", "batch_tokens")
+# Every field declares its role (`role(...)` on its own Field), and the sets below are derived
+# from them after the class, so a new field cannot fall out of the cache keys unnoticed:
+#   "sae"        the SAE's hyperparameters (tasks.sae.train's keyword arguments)
+#   "training"   how the SAE is trained besides them (precision, minibatches)
+#   "result"     what is measured: models, text, tokens, hook, seeds; in every result hash
+#   "execution"  how a run executes, never what it computes: kept out of result hashes
+ROLES = ("sae", "training", "result", "execution")
+
+
+def role(name: str) -> dict[str, str]:
+    """A Field's json_schema_extra naming its role (one of ROLES)."""
+    assert name in ROLES, name
+    return {"role": name}
+
+
 # A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
 _DASK_ADDRESS = re.compile(r"^([a-z]+://)?[\w.\-\[\]:]+:\d+$")
 
 
 class LaminarError(Exception):
     """A failure the user can fix: its message is one sentence naming the input and the fix."""
+
+
+def refuse(sentence: str) -> NoReturn:
+    """Inside a validator: refuse the value with one sentence naming the flag and the fix.
+    pydantic collects these from every field, so a config with several bad values reports each."""
+    raise PydanticCustomError("laminar", sentence)
+
+
+def once(values: list[Any], name: str, what: str) -> None:
+    """Refuse a list that names the same value twice (it would be counted twice)."""
+    twice = next((v for v in values if values.count(v) > 1), None)
+    if twice is not None:
+        refuse(f"{name} lists '{twice}' twice: name each {what} once.")
 
 
 class Config(BaseModel):
@@ -56,34 +62,45 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(
+        json_schema_extra=role("result"),
         default=["gpt2", "gpt2-large"],
         min_length=1,
         description="Hugging Face model ids or local model folders, one profile each.",
     )
     layers: str = Field(
+        json_schema_extra=role("result"),
         default="all",
         description="Layers to profile: 'all' or a list such as '0,3,5-7' (checked per model).",
     )
     urls: list[str] = Field(
+        json_schema_extra=role("result"),
         default=[LED_URL],
         min_length=1,
         description="Articles to scrape (Wikipedia pages), each fetched and parsed by its own "
         "task; token windows never cross from one article into the next.",
     )
     text: Literal["text", "html"] = Field(
+        json_schema_extra=role("result"),
         default="text",
         description="'text': the article body's text; 'html': the raw HTML slice from the "
         'mw-body-content marker to id="References", as the original course tokenized it.',
     )
     hook: str = Field(
+        json_schema_extra=role("result"),
         default="mlp.hook_pre",
         description="Hook inside each block to read (mlp.hook_pre = MLP first linear output, "
         "before GELU).",
     )
     fetch_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait for the article server to answer."
+        json_schema_extra=role("execution"),
+        le=3600,
+        allow_inf_nan=False,
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for the article server to answer.",
     )
     fetch_retries: int = Field(
+        json_schema_extra=role("execution"),
         default=3,
         ge=0,
         le=3,
@@ -91,40 +108,82 @@ class Config(BaseModel):
         "timeout, HTTP 429/5xx), 2, 4 and 8 s apart.",
     )
     max_page_mb: float = Field(
+        json_schema_extra=role("execution"),
+        le=1024,
+        allow_inf_nan=False,
         default=20.0,
         gt=0,
         description="Largest article download in MB; a bigger body is abandoned unread.",
     )
-    n_seqs: int = Field(default=10, gt=0, description="Sequences per batch.")
-    seq_len: int = Field(default=1024, gt=1, description="Tokens per sequence.")
+    n_seqs: int = Field(
+        json_schema_extra=role("result"), default=10, gt=0, description="Sequences per batch."
+    )
+    seq_len: int = Field(
+        json_schema_extra=role("result"), default=1024, gt=1, description="Tokens per sequence."
+    )
     sampling: Literal["random", "first"] = Field(
+        json_schema_extra=role("result"),
         default="random",
         description="'random': seeded non-overlapping windows; 'first': the first "
         "n_seqs*seq_len tokens, as the course did.",
     )
     keep_first_token: bool = Field(
+        json_schema_extra=role("result"),
         default=False,
         description="Keep position 0 of each sequence (an attention-sink outlier; dropped by "
         "default).",
     )
-    seed: int = Field(default=0, ge=0, description="Seed for sampling the token windows.")
+    seed: int = Field(
+        json_schema_extra=role("result"),
+        default=0,
+        ge=0,
+        description="Seed for sampling the token windows.",
+    )
     sae_seeds: list[int] = Field(
+        json_schema_extra=role("result"),
         default=[0],
         min_length=1,
         description="SAE initialisation seeds: each layer's SAE is trained once per seed and "
         "the report shows mean ± sd.",
     )
-    epochs: int = Field(default=75, gt=0, description="SAE training steps (each full-batch).")
-    lr: float = Field(default=1e-4, gt=0, description="Adam learning rate.")
-    l1: float = Field(default=1.0, ge=0, description="Weight of mean|z| in the loss.")
-    expansion: int = Field(default=2, gt=0, description="Latent width as a multiple of d.")
+    epochs: int = Field(
+        json_schema_extra=role("sae"),
+        le=1_000_000,
+        default=75,
+        gt=0,
+        description="SAE training steps (each full-batch).",
+    )
+    lr: float = Field(
+        json_schema_extra=role("sae"),
+        allow_inf_nan=False,
+        default=1e-4,
+        gt=0,
+        description="Adam learning rate.",
+    )
+    l1: float = Field(
+        json_schema_extra=role("sae"),
+        allow_inf_nan=False,
+        default=1.0,
+        ge=0,
+        description="Weight of mean|z| in the loss.",
+    )
+    expansion: int = Field(
+        json_schema_extra=role("sae"),
+        le=64,
+        default=2,
+        gt=0,
+        description="Latent width as a multiple of d.",
+    )
     topk_frac: float = Field(
+        json_schema_extra=role("sae"),
+        allow_inf_nan=False,
         default=1 / 3,
         ge=0,
         le=1,
         description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
     )
     batch_tokens: int = Field(
+        json_schema_extra=role("training"),
         default=0,
         ge=0,
         description="Tokens per SAE minibatch. 0: each epoch is one step on all of a layer's "
@@ -133,79 +192,125 @@ class Config(BaseModel):
         "memory stays bounded however many tokens there are.",
     )
     precision: Literal["fp32", "tf32", "bf16"] = Field(
+        json_schema_extra=role("training"),
         default="fp32",
         description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
         "cores; 'bf16' multiplies bf16 operands with fp32 accumulation on CPU (native with "
         "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
-        "small measured differences: README 'bf16').",
+        "small measured differences: docs/performance.md, bf16).",
     )
     save_saes: bool = Field(
+        json_schema_extra=role("result"),
         default=True,
         description="Keep every trained SAE beside its metrics, in SAELens's on-disk format "
         "(cfg.json + sae_weights.safetensors: 151 MB a GPT-2-small layer, 419 MB a "
         "GPT-2-large one); --no-save-saes keeps only the metrics.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="Where to run: 'auto' takes CUDA when present."
+        json_schema_extra=role("result"),
+        default="auto",
+        description="Where to run: 'auto' takes CUDA when present.",
     )
     extract_batch: int = Field(
+        json_schema_extra=role("execution"),
         default=1,
         gt=0,
         description="Sequences per forward pass during extraction (memory grows with it).",
     )
     task_runner: Literal["thread", "dask"] = Field(
+        json_schema_extra=role("execution"),
         default="thread",
         description="Where the per-layer work runs: 'thread' in this process, one SAE at a "
         "time; 'dask' on a Dask cluster (a local one of --dask-workers processes, or the one at "
         "--dask-address), which also runs each model's extraction.",
     )
     dask_address: str = Field(
+        json_schema_extra=role("execution"),
         default="",
         description="Scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (with "
         "--task-runner dask); empty: start a local cluster for the run.",
     )
     dask_workers: int = Field(
+        json_schema_extra=role("execution"),
+        le=256,
         default=2,
         gt=0,
         description="Worker processes of the local Dask cluster, each training one SAE at a "
         "time with its share of the CPU cores.",
     )
     dask_tls_ca: str = Field(
+        json_schema_extra=role("execution"),
         default="",
         description="With a tls:// --dask-address: the CA certificate (PEM file) the cluster's "
         "certificates are signed with; empty: Dask's own setting distributed.comm.tls.ca-file.",
     )
     dask_tls_cert: str = Field(
+        json_schema_extra=role("execution"),
         default="",
         description="With a tls:// --dask-address: this client's certificate (PEM file); "
         "empty: Dask's setting distributed.comm.tls.client.cert.",
     )
     dask_tls_key: str = Field(
+        json_schema_extra=role("execution"),
         default="",
         description="With a tls:// --dask-address: this client's private key (PEM file); "
         "empty: Dask's setting distributed.comm.tls.client.key (or the key in the cert file).",
     )
     progress_every: float = Field(
+        json_schema_extra=role("execution"),
+        le=86400,
+        allow_inf_nan=False,
         default=15.0,
         ge=0,
         description="Seconds between progress lines inside a layer (epoch k of n, loss, time "
         "left) and inside an extraction; 0: every epoch.",
     )
     quiet: bool = Field(
+        json_schema_extra=role("execution"),
         default=False,
         description="No progress lines inside layers and no terminal bar (the estimate and a "
         "line per finished layer remain).",
     )
     artifacts_dir: str = Field(
-        default="artifacts", description="Where every output and cache record is written."
+        json_schema_extra=role("execution"),
+        default="artifacts",
+        description="Where every output and cache record is written.",
     )
-    refresh: bool = Field(default=False, description="Ignore caches and recompute everything.")
+    refresh: bool = Field(
+        json_schema_extra=role("execution"),
+        default=False,
+        description="Ignore caches and recompute everything.",
+    )
 
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, value: str) -> str:
-        parse_layer_spec(value, n_layers=None)
+        try:
+            parse_layer_spec(value, n_layers=None)
+        except LaminarError as exc:
+            refuse(str(exc))
         return value.strip()
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        once(value, "--models", "model")
+        names: dict[str, str] = {}
+        for model in value:  # reports, figures and files are named by the short name
+            other = names.setdefault(short_name(model), model)
+            if other != model:
+                refuse(
+                    f"--models '{other}' and '{model}' share the name '{short_name(model)}' "
+                    "that laminar's reports and files use: rename or link one folder (a local "
+                    "folder's name is its name), or profile them in separate runs."
+                )
+        return value
+
+    @field_validator("sae_seeds")
+    @classmethod
+    def _check_seeds(cls, value: list[int]) -> list[int]:
+        once(value, "--sae-seeds", "seed")
+        return value
 
     @field_validator("urls")
     @classmethod
@@ -213,13 +318,11 @@ class Config(BaseModel):
         value = [u.strip() for u in value]
         for url in value:
             if not re.match(r"^https?://[^/\s]+", url):
-                raise LaminarError(
+                refuse(
                     f"--urls '{url}' is not a web address: give http(s)://… addresses of "
                     "Wikipedia articles."
                 )
-        if len(set(value)) < len(value):
-            twice = next(u for u in value if value.count(u) > 1)
-            raise LaminarError(f"--urls lists '{twice}' twice: name each article once.")
+        once(value, "--urls", "article")
         return value
 
     @field_validator("dask_address")
@@ -227,7 +330,7 @@ class Config(BaseModel):
     def _check_dask_address(cls, value: str) -> str:
         value = value.strip()
         if value and not _DASK_ADDRESS.match(value):
-            raise LaminarError(
+            refuse(
                 f"--dask-address '{value}' is not a scheduler address: use tcp://HOST:PORT as "
                 "`dask scheduler` prints it, or leave it empty for a local cluster."
             )
@@ -236,13 +339,13 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _address_needs_dask(self) -> Config:
         if self.dask_address and self.task_runner != "dask":
-            raise LaminarError(
+            refuse(
                 f"--dask-address {self.dask_address} is set but --task-runner is "
                 f"'{self.task_runner}': add --task-runner dask to use that cluster."
             )
         tls = [f for f in ("dask_tls_ca", "dask_tls_cert", "dask_tls_key") if getattr(self, f)]
         if tls and not self.dask_address.startswith("tls://"):
-            raise LaminarError(
+            refuse(
                 f"{flag(tls[0])} is set but --dask-address '{self.dask_address}' is not a "
                 "tls:// address: give the scheduler's tls://HOST:PORT, or drop the certificates."
             )
@@ -259,6 +362,31 @@ class Config(BaseModel):
     @property
     def root(self) -> Path:
         return Path(self.artifacts_dir).expanduser().resolve()
+
+
+def fields_with(*roles: str) -> tuple[str, ...]:
+    """Config's fields of the given roles, in declaration order."""
+    return tuple(
+        name
+        for name, field in Config.model_fields.items()
+        if field.json_schema_extra["role"] in roles  # type: ignore[index]
+    )
+
+
+def without_role(model: type[BaseModel]) -> list[str]:
+    """The fields of `model` that declare no role (see ROLES)."""
+    return [
+        n
+        for n, f in model.model_fields.items()
+        if (f.json_schema_extra or {}).get("role") not in ROLES
+    ]
+
+
+if without_role(Config):  # a field without a role would fall out of the keys: refuse to import
+    raise TypeError(f"Config fields without a role: {without_role(Config)}: add role(...)")
+EXECUTION_FIELDS = frozenset(fields_with("execution"))
+SAE_FIELDS = fields_with("sae")  # with the precision and the seed, what a layer's numbers
+RESULT_FIELDS = fields_with("sae", "training")  # depend on besides its activations
 
 
 def resolve_device(device: str) -> str:
@@ -284,6 +412,7 @@ def stable_hash(obj: Any) -> str:
 
 
 _SPEC = re.compile(r"^\d+(-\d+)?$")
+MAX_LAYER = 9999
 
 
 def parse_layer_spec(spec: str, n_layers: int | None) -> list[int]:
@@ -302,6 +431,11 @@ def parse_layer_spec(spec: str, n_layers: int | None) -> list[int]:
             )
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi or lo)
+        if b > MAX_LAYER:  # before the range is made: '0-99999999999' would exhaust memory
+            raise LaminarError(
+                f"--layers '{spec}' asks for layer {b}: no model has more than {MAX_LAYER + 1} "
+                "layers; pick layers the model has, or use 'all'."
+            )
         if a > b:
             raise LaminarError(
                 f"--layers range '{part}' runs backwards: write it low to high, e.g. '{b}-{a}'."

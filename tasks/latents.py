@@ -151,6 +151,74 @@ def to_html(name: str, layers: dict[int, list[dict]]) -> str:
     return "".join(parts)
 
 
+CARDS_KEY = "laminar-latents"  # + the model's name: one markdown artifact per model
+_PUNCTUATION = set("\\`*_{}[]()#+-.!|~<>&\"'=:/$%^")
+
+
+def md_text(text: str) -> str:
+    """Text from a page or a tokenizer as literal markdown: every ASCII punctuation mark that
+    markdown or HTML could read as syntax is backslash-escaped (CommonMark allows that for any
+    of them), so no link, image, tag, code span or table cell can be made from it; a line
+    break shows as ↵ so each context stays one line."""
+    out = "".join("\\" + c if c in _PUNCTUATION else c for c in text)
+    return out.replace("\r", "").replace("\n", "↵")
+
+
+def md_token(token: str) -> str:
+    """The marked token, bold in a cell of its own. Its edge spaces become entities: a `**`
+    next to a space (or, inside a word, next to punctuation) would not make it bold."""
+    core = token.strip(" ")
+    lead, trail = "&#32;" * (len(token) - len(token.lstrip(" "))), ""
+    trail = "&#32;" * (len(token) - len(token.rstrip(" "))) if core else ""
+    return f"**{lead}{md_text(core)}{trail}**"
+
+
+def to_markdown(name: str, layers: dict[int, list[dict]]) -> str:
+    """The cards as one markdown page (the Prefect UI's artifact): a section per layer, per
+    latent its group, frequency and mean activation, and a table of its top contexts, read
+    across: the text before, the token in bold, the text after."""
+    md = [f"# {md_text(name)}: latent cards", ""]
+    md.append(
+        f"Per layer, {3 * PER_GROUP} live latents of its SAE: the {PER_GROUP} that fire most "
+        f"often, the {PER_GROUP} rarest that fire at least {MIN_FIRES} times and {PER_GROUP} "
+        f"at random, each with its {CONTEXTS} highest-activating tokens in context."
+    )
+    for layer, layer_cards_ in layers.items():
+        md += ["", f"## Layer {layer}"]
+        for c in layer_cards_:
+            md += [
+                "",
+                f"**latent {c['latent']}** ({c['group']}): fires on {100 * c['freq']:.2f}% of "
+                f"tokens, mean activation {c['mean_activation']:.3g}",
+                "",
+                "| before | token | after | activation |",
+                "|--:|:-:|:--|--:|",
+            ]
+            md += [
+                f"| {md_text(x['before'])} | {md_token(x['token'])} | {md_text(x['after'])} "
+                f"| {x['activation']:.3g} |"
+                for x in c["contexts"]
+            ]
+    return "\n".join(md) + "\n"
+
+
+def publish_cards(name: str, files: list[FileRecord]) -> None:
+    """The model's latent cards as a markdown artifact of the flow run, so the Prefect UI shows
+    what the latents respond to (the HTML page sits on the worker's disk)."""
+    import json
+
+    from prefect.artifacts import create_markdown_artifact
+
+    [cards_json] = [f for f in files if f["path"].endswith(".json")]
+    layers = {int(k): v for k, v in json.loads(Path(cards_json["path"]).read_text()).items()}
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    create_markdown_artifact(
+        key=f"{CARDS_KEY}-{slug}",
+        markdown=to_markdown(name, layers),
+        description=f"latent cards of {name}",
+    )
+
+
 @task(
     name="latents",
     task_run_name="latents {name}",

@@ -7,8 +7,8 @@ server this process started (to point Dask workers at it). Each is reached only 
 module, and `missing()` lists the names a Prefect release has taken away: tests/test_prefect_api.py
 fails with that list, so an upgrade breaks one test, loudly, instead of laminar quietly.
 
-pyproject.toml pins prefect to the minor version these were checked against (see the README,
-"Moving the Prefect pin")."""
+pyproject.toml pins prefect to the minor version these were checked against (see
+docs/development.md, "Moving the Prefect pin")."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
         return [
             f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
             f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
-            "accuracy cost measured in README 'bf16'"
+            "accuracy cost measured in docs/performance.md (bf16)"
         ]
     return []
 

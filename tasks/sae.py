@@ -223,7 +223,8 @@ def loss_and_grad(
 
     The same function and gradient as autograd through `forward` + `sae_loss` (a test checks
     it), in five matmuls and a few in-place passes over the (N, m) latents, with no autograd
-    graph: the matmuls are 96-98% of its time at GPT-2 widths (README, the step profile).
+    graph: the matmuls are 96-98% of its fp32 time at GPT-2 widths (docs/performance.md, the
+    step profile).
     Shapes: x (N, d), W (m, d)."""
     ws = ws or Workspace()
     w = sae.weight
@@ -272,10 +273,12 @@ def loss_and_grad_bf16(
     g_err = ws.get("g_err16", (n, d), x16).copy_(err.mul_(2.0 / (n * d)))  # (N, d) dL/dx̂
     g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z", (n, m), x16)).add_(l1 / z.numel())
     masked(g_z, mask)
-    part = ws.get("grad16", (m, d), x16)  # (m, d) bf16: each share, then summed in fp32
-    grad = ws.get("grad", (m, d), x).copy_(torch.mm(g_z.t(), x16, out=part))  # encoder's
-    grad.add_(torch.mm(z.t(), g_err, out=part))  # + decoder's share
-    w.grad = grad
+    # (m, d): the encoder's and the decoder's shares summed in bf16, then widened once into the
+    # fp32 gradient (adding a bf16 share to an fp32 tensor widens it into a fresh one first:
+    # 0.14 s at GPT-2 large; accumulating it with addmm_ ran that GEMM 1.6x slower)
+    both = torch.mm(g_z.t(), x16, out=ws.get("grad16", (m, d), x16))
+    both.add_(torch.mm(z.t(), g_err, out=ws.get("dec16", (m, d), x16)))
+    w.grad = ws.get("grad", (m, d), x).copy_(both)
     return loss
 
 

@@ -1,4 +1,4 @@
-"""The two claims under test, judged by fixed rules (written in the README, not tuned to data).
+"""The two claims under test, judged by fixed rules (docs/experiment.md), not tuned to data.
 
 Claim 1, density rises with depth: Spearman ρ of density against relative depth ≥ 0.5 with
 p < 0.05, and the least-squares slope is positive.

@@ -20,7 +20,7 @@ import pytest
 from wikipages import current_skin, legacy_skin
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = ROOT.parent / "shared" / "gpt2-tokenizer"
+TOKENIZER_DIR = ROOT / "tests" / "data" / "gpt2-tokenizer"  # carried by the repository
 
 # Prefect: a private home per test session, telemetry off, a start-up timeout that covers the
 # first SQLite migration on a slow machine. Set before anything imports prefect.
@@ -165,8 +165,11 @@ def article_server() -> Iterator[ArticleServer]:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
-    if not (TOKENIZER_DIR / "vocab.json").exists():
-        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
+    """The repository's copy of GPT-2's tokenizer files: missing, they fail every test that needs
+    them (a skip there would be a test that never runs in a clone)."""
+    missing = [n for n in ("vocab.json", "merges.txt") if not (TOKENIZER_DIR / n).is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing from {TOKENIZER_DIR}: restore them from git")
     return TOKENIZER_DIR
 
 
@@ -281,14 +284,14 @@ def free_port() -> int:
 
 class UI:
     """scripts/laminar-ui.sh running on a free port with a private Prefect home (the command
-    the README gives users), stopped by pid whatever happens."""
+    the docs give users), stopped by pid whatever happens."""
 
     def __init__(self, home: Path, auth: str = ""):
         self.port, self.home, self.auth = free_port(), home, auth
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PREFECT_HOME": str(home), "LAMINAR_UI_PORT": str(self.port)}
         env.pop("PREFECT_API_URL", None)
-        if auth:  # a password-protected server (README, Security)
+        if auth:  # a password-protected server (docs/security.md)
             env["PREFECT_SERVER_API_AUTH_STRING"] = auth
         self.proc = subprocess.Popen(
             [str(ROOT / "scripts" / "laminar-ui.sh")],

@@ -1,5 +1,5 @@
 """The benchmark runs (tiny sizes) and its fast path computes what the course's loop computes.
-Its timings are read by people from the README, never asserted here."""
+Its timings are read by people from docs/performance.md, never asserted here."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from conftest import ROOT
 
 
+@pytest.mark.slow  # every section once, interleaved rounds
 def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run(

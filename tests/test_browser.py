@@ -16,6 +16,8 @@ pytestmark = pytest.mark.ui
 SCREENSHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-run.png"
 REPORT_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-report.png"
 CARDS_SHOT = ROOT / "artifacts" / "test-output" / "latent-cards.png"
+UI_CARDS_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-latent-cards.png"
+DOCS_SHOT = ROOT / "artifacts" / "test-output" / "docs-options.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -119,6 +121,54 @@ def test_custom_run_from_the_ui_completes(
         marked = section.locator(".card").first.locator("mark").all_inner_texts()
         assert marked == [c["token"].replace("\n", "↵") for c in expected[0]["contexts"]]
     page.locator("section#L02").screenshot(path=str(CARDS_SHOT))
+
+    # The same cards as the run's artifact in the Prefect UI: what the latents respond to,
+    # readable where the run is (the HTML page sits on the worker's disk).
+    from tasks.latents import CARDS_KEY
+
+    with ui.client() as client:
+        [shown_cards] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{CARDS_KEY}-tiny-gpt2"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
+        )
+    page.goto(f"{ui.url}/artifacts/artifact/{shown_cards.id}")
+    page.get_by_text("tiny-gpt2: latent cards").first.wait_for()
+    first = cards["0"][0]
+    page.get_by_text(f"latent {first['latent']}", exact=True).first.wait_for()
+    bold = page.locator("strong").all_inner_texts()
+    token = first["contexts"][0]["token"].replace("\n", "↵").strip()
+    assert token in [b.strip() for b in bold], (token, bold[:12])
+    page.screenshot(path=str(UI_CARDS_SHOT), full_page=False)
+
+
+def test_the_docs_site_reads_in_a_browser(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The built docs as a newcomer opens them: the home page with its figure, the navigation,
+    and the options page generated from the config model."""
+    import subprocess
+    import sys
+
+    from tasks.config import Config
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [Path(sys.executable).parent / "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto((site / "index.html").as_uri())
+    page.get_by_role("heading", name="laminar", exact=True).first.wait_for()
+    figure = page.locator("img[src$='laminar-demo.png']")
+    assert figure.evaluate("e => e.complete && e.naturalWidth") > 0
+    page.get_by_role("link", name="Options").first.click()
+    page.wait_for_url("**/options.html")
+    for name in Config.model_fields:
+        page.get_by_text(f"--{name.replace('_', '-')}", exact=True).first.wait_for()
+    page.screenshot(path=str(DOCS_SHOT), full_page=False)
 
 
 def test_password_protected_server(

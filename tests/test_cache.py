@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tasks.cache import ContentKey
+from tasks.cache import JSON_SERIALIZER, ContentKey
 from tasks.config import Config
 from tasks.store import file_record
 
@@ -43,7 +43,8 @@ def test_stale_record_is_dropped(tmp_path: Path) -> None:
     policy = ContentKey(fields=())
     k = key(policy, tmp_path, cfg=Config(), acts=acts)
     record = tmp_path / k
-    record.write_text(json.dumps({"metadata": {}, "result": json.dumps({"acts": acts})}))
+    meta = {"serializer": JSON_SERIALIZER}  # as laminar writes its records
+    record.write_text(json.dumps({"metadata": meta, "result": json.dumps({"acts": acts})}))
 
     key(policy, tmp_path, cfg=Config(), acts=acts)
     assert record.exists()  # files intact: the record stays and Prefect replays it
@@ -196,3 +197,25 @@ def test_comments_docstrings_and_types_do_not_change_keys() -> None:
 if __name__ == "__main__":  # record the current keys (see the test above)
     KEYS_FILE.write_text(json.dumps(task_keys(), indent=2, sort_keys=True) + "\n")
     print(f"recorded {KEYS_FILE}")
+
+
+def test_only_records_in_laminars_own_json_are_trusted() -> None:
+    """A record's serializer must be exactly laminar's JSON one (pickle, another jsonlib or
+    object decoder would run code in Prefect's hands), and its result plain JSON: an object that
+    Prefect's decoder would import a class for is refused too."""
+    from tasks.cache import JSON_SERIALIZER, _untrusted
+
+    ok = {"metadata": {"serializer": dict(JSON_SERIALIZER)}}
+    assert _untrusted(ok, {"files": [{"path": "a", "size": 1, "sha256": "0"}]}) is None
+    for change, named in [
+        ({"type": "pickle", "picklelib": "pickle"}, "'pickle'"),
+        ({**JSON_SERIALIZER, "jsonlib": "pickle"}, "'json'"),
+        ({**JSON_SERIALIZER, "object_decoder": "os.system"}, "'json'"),
+        (None, "None"),
+    ]:
+        bad = {"metadata": {"serializer": change}}
+        assert _untrusted(bad, {}) == f"its serializer is {named}, not laminar's JSON"
+    assert _untrusted({"data": "x", "serializer": JSON_SERIALIZER}, {}) is not None  # legacy
+    nested = {"rows": [{"x": {"__class__": "subprocess.Popen", "data": ["true"]}}]}
+    assert _untrusted(ok, nested) == "its result names a Python class to build"
+    assert _untrusted(ok, [{"__exc_type__": "SystemExit", "message": ""}]) is not None

@@ -26,6 +26,7 @@ from tasks import cluster
 from tasks.config import Config, LaminarError
 from tasks.runs import time_left
 
+pytestmark = pytest.mark.cluster
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -398,6 +399,25 @@ def test_local_cluster_shares_the_cores_out() -> None:
     assert kwargs["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     remote = cluster.runner_options(Config(task_runner="dask", dask_address="tcp://h:8786"))
     assert remote == {"address": "tcp://h:8786", "client_kwargs": {"timeout": 15}}
+
+
+def test_a_local_cluster_listens_on_loopback_only() -> None:
+    """The local cluster laminar starts binds its scheduler and its dashboard to 127.0.0.1 (Dask's
+    dashboard default is every interface): read from the sockets this process listens on."""
+    import psutil
+    from distributed import LocalCluster
+
+    kwargs = cluster.runner_options(Config(task_runner="dask", dask_workers=1))["cluster_kwargs"]
+    with LocalCluster(**kwargs) as local:
+        port = local.scheduler.http_server.port
+        assert local.dashboard_link.startswith(f"http://127.0.0.1:{port}/")
+        listening = [
+            c.laddr
+            for c in psutil.Process().net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    assert port in {a.port for a in listening}
+    assert {a.ip for a in listening} == {"127.0.0.1"}, listening
 
 
 def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:

@@ -272,6 +272,46 @@ def test_truncated_deleted_and_garbled_files_are_rebuilt(
     assert l1.read_bytes() == good and l2.exists() and tokens.exists()
 
 
+class _Planted:
+    """Unpickling this opens (so creates) the file `marker`: code run by reading a record."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_record_is_dropped_never_unpickled(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """Prefect decodes a cache record with the serializer the record names. A record planted in
+    the artifacts dir that names pickle (the pickle base64-encoded in a JSON string, so it reads
+    as JSON) is dropped by the rerun, through the CLI, with a warning: its code never runs, and
+    the task it stood for is computed again."""
+    import base64
+    import pickle
+
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art")
+    laminar(cfg)
+    [record] = (cfg.root / ".cache" / "results").glob("parse-*")
+    marker = tmp_path / "code-ran"
+    planted = json.loads(record.read_text())
+    planted["metadata"]["serializer"] = {"type": "pickle", "picklelib": "pickle"}
+    blob = base64.encodebytes(pickle.dumps(_Planted(marker))).decode().replace("\n", "")
+    planted["result"] = json.dumps(blob)  # '"gASV..."': a JSON string; base64 to Prefect
+    record.write_text(json.dumps(planted))
+    out = run_cli(*to_args(cfg), cwd=tmp_path, env={"PREFECT_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not marker.exists()
+    assert f"cache record {record} was not written by laminar (its serializer is 'pickle'" in (
+        out.stderr
+    )
+    states = dict(re.findall(r"Task run '([^']+)' - Finished in state (\w+)\(", out.stderr))
+    assert [n for n, s in states.items() if s != "Cached"] == [f"parse {cfg.urls[0]}"]
+    assert json.loads(record.read_text())["metadata"]["serializer"]["type"] == "json"
+
+
 def test_same_size_corruption_is_never_trained_on(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
@@ -393,8 +433,8 @@ def test_two_runs_at_once_share_work_and_agree(
 
 SAES = ["sae tiny-gpt2 L0", "sae tiny-gpt2 L1", "sae tiny-gpt2 L2"]
 TOK = "tokenize {model}"
-# Each setting of README "Changing a setting", changed alone from the base run, and the task runs
-# that then execute (the rest are Cached).
+# Each setting of docs/resuming.md "Changing a setting", changed alone from the base run, and the
+# task runs that then execute (the rest are Cached).
 SETTINGS = [
     ({"epochs": 4}, [LAT, "report", *SAES]),
     ({"lr": 2e-4}, [LAT, "report", *SAES]),

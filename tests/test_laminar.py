@@ -259,6 +259,28 @@ def test_cli_help_lists_every_option() -> None:
         assert "--" + name.replace("_", "-") in out.stdout
 
 
+def test_the_installed_commands(tmp_path: Path) -> None:
+    """`pip install` makes `laminar` (the flow's CLI, refusing a bad flag before the flow loads),
+    `laminar-compare` and `laminar-ui`; they run from any folder, and no module of the project
+    puts itself on sys.path to be found."""
+    bin_dir = Path(sys.executable).parent
+    out = subprocess.run(
+        [bin_dir / "laminar", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0 and out.stdout.startswith("usage: laminar ")
+    assert all("--" + name.replace("_", "-") in out.stdout for name in Config.model_fields)
+    bad = subprocess.run([bin_dir / "laminar", "--epochs", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert said(bad.stderr) == ["laminar: --epochs 0 is invalid: input should be greater than 0."]
+    for command in ("laminar-compare", "laminar-ui"):
+        assert (bin_dir / command).is_file(), command
+    compare = subprocess.run([bin_dir / "laminar-compare", "--help"], capture_output=True)
+    assert compare.returncode == 0 and compare.stdout.startswith(b"usage: laminar-compare ")
+    sources = [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py"), *ROOT.glob("benchmarks/*.py")]
+    assert not [p.name for p in sources if "sys.path.insert(0, str(ROOT))" in p.read_text()]
+    assert not [p.name for p in sources if ".parent.parent))" in p.read_text()]
+
+
 # (arguments, words of the one sentence, checked before Prefect starts)
 BAD_INPUT = [
     (["--models", "not a model!!"], "neither a local folder nor a valid hub id", True),
@@ -288,6 +310,18 @@ BAD_INPUT = [
         "has no mw-body-content element, so it is not a Wikipedia",
         False,
     ),
+    # bounded before anything is made of them (a huge range was expanded, inf overflowed)
+    (["--layers", "0-99999999999"], "asks for layer 99999999999: no model has more", True),
+    (["--fetch-timeout", "inf"], "--fetch-timeout inf is invalid: input should be a finite", True),
+    (["--max-page-mb", "inf"], "--max-page-mb inf is invalid: input should be a finite", True),
+    (["--lr", "inf"], "--lr inf is invalid: input should be a finite number.", True),
+    (["--l1", "nan"], "--l1 nan is invalid: input should be a finite number.", True),
+    (["--epochs", "10000000"], "--epochs 10000000 is invalid: input should be less than", True),
+    (["--expansion", "100"], "--expansion 100 is invalid: input should be less than", True),
+    (["--dask-workers", "1000"], "--dask-workers 1000 is invalid: input should be less", True),
+    (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
+    (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
+    (["--models", "{empty}", "{twin}"], "share the name 'empty' that laminar's reports", True),
 ]
 CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
 
@@ -308,7 +342,13 @@ def bad_input_runs(
         tmp = tmp_path_factory.mktemp(f"bad{i}")
         (tmp / "empty").mkdir()
         (tmp / "file").write_text("")
-        fill = {"{empty}": tmp / "empty", "{file}": tmp / "file", "{url}": article_server.url("")}
+        (tmp / "twin" / "empty").mkdir(parents=True)  # another folder of the same name
+        fill = {
+            "{empty}": tmp / "empty",
+            "{twin}": tmp / "twin" / "empty",
+            "{file}": tmp / "file",
+            "{url}": article_server.url(""),
+        }
         for k, v in fill.items():
             args = [a.replace(k, str(v)) for a in args]
         base = quick_config(tiny_model, article_server, tmp / "art", n_seqs=2, epochs=2)
@@ -325,6 +365,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
+@pytest.mark.slow  # 30 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
@@ -344,6 +385,19 @@ def test_bad_input_is_one_sentence_and_exit_2(
     if early:  # refused before Prefect started: nothing fetched, no cache or results made
         assert not (art / "pages").exists() and not (art / ".cache").exists()
         assert "Starting temporary server" not in out.stderr
+
+
+def test_several_bad_values_are_each_one_sentence(tmp_path: Path) -> None:
+    """A command line with three bad values names all three, a line each, and exits 2 before
+    anything starts."""
+    out = run_cli("--epochs", "0", "--lr", "inf", "--urls", "nope", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert said(out.stderr) == [
+        "laminar: --urls 'nope' is not a web address: give http(s)://… addresses of Wikipedia "
+        "articles.",
+        "laminar: --epochs 0 is invalid: input should be greater than 0.",
+        "laminar: --lr inf is invalid: input should be a finite number.",
+    ]
 
 
 def test_sae_seeds_are_cached_task_runs_reported_as_mean_and_sd(

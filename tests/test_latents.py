@@ -97,3 +97,44 @@ def test_streamed_cards_equal_those_of_the_whole_layer(tmp_path) -> None:  # typ
         whole = cards(model.encode(torch.from_numpy(x)).numpy(), WHERE, BATCH, decode, seed=0)
     assert layer_cards(result, BATCH, decode, seed=0) == whole  # type: ignore[arg-type]
     assert len(whole) == 24
+
+
+def test_the_markdown_cards_show_page_text_as_text() -> None:
+    """The Prefect UI's cards render page and tokenizer text literally: a context holding a link,
+    an image tag, backticks, a table bar or emphasis marks makes none of them; the token is the
+    one bold thing in its line. Rendered by a CommonMark renderer with raw HTML on and GFM's
+    tables and strikethrough (markdown-it-py), as the Prefect UI renders artifacts."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from tasks.latents import md_text, to_markdown
+
+    evil = [
+        ("see [x](http://evil.example) and ![i](http://evil.example/i.png)", "tok"),
+        ("<img src=x onerror=alert(1)> <a href='http://evil.example'>a</a>", "<b>"),
+        ("`code` ``more`` | a | b |", "*star*"),
+        ("line one\nline two _under_ ~~gone~~ #h", "]("),
+    ]
+    contexts = [{"before": b, "token": t, "after": " after", "activation": 1.5} for b, t in evil]
+    card = {"latent": 7, "group": "rare", "freq": 0.25, "mean_activation": 0.5}
+    page = to_markdown("model<x>", {3: [{**card, "contexts": contexts}]})
+    shown = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(page)
+    for tag in ("<img", "<a ", "<code", "<em", "<del", "<b>", "<h1>h", "<h2>h"):
+        assert tag not in shown, tag
+    assert shown.count("<strong>") == 1 + len(evil)  # the latent's name, then each token
+    rows = shown.split("<tbody>")[1].split("<tr>")[1:]
+    assert len(rows) == len(evil)
+    for (before, token), row in zip(evil, rows, strict=True):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        got_before, got_token, got_after = (html.unescape(c) for c in cells[:3])
+        assert got_before == before.replace("\n", "↵")
+        assert got_token == f"<strong>{token}</strong>" and got_after == " after".strip()
+    assert md_text("a\nb") == "a↵b" and md_text("x|y") == "x\\|y"
+    leading = (
+        MarkdownIt("commonmark")
+        .enable("table")
+        .render(to_markdown("m", {0: [{**card, "contexts": [{**contexts[0], "token": " the"}]}]}))
+    )
+    assert "<strong> the</strong>" in leading  # a leading space keeps the token bold

@@ -142,7 +142,7 @@ def final_progress(flow_run_id: str) -> float:
     return float(bar.data)
 
 
-@pytest.mark.parametrize("task_runner", ["thread", "dask"])
+@pytest.mark.parametrize("task_runner", ["thread", pytest.param("dask", marks=pytest.mark.cluster)])
 def test_a_run_says_where_it_is(
     task_runner: str,
     tmp_path: Path,
@@ -225,6 +225,7 @@ def run_in_terminal(args: list[str], cwd: Path) -> str:
     return out.decode(errors="replace")
 
 
+@pytest.mark.slow  # a real run in a pseudo-terminal, twice
 def test_terminal_bar_in_a_terminal_and_never_with_quiet(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer
 ) -> None:
@@ -258,7 +259,7 @@ def test_bf16_advice_on_cpus_with_and_without_native_bf16(
     assert offer == (
         f"this CPU has native bf16 (avx512_bf16): --precision bf16 ran the SAE's matmul "
         f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
-        "accuracy cost measured in README 'bf16'"
+        "accuracy cost measured in docs/performance.md (bf16)"
     )
     assert progress.bf16_advice(cfg, "cuda", 64, 500) == []
     assert progress.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []

@@ -20,6 +20,19 @@ def test_real_gpt2_ids(tokenizer_dir: Path) -> None:
     assert tok("Hello world LED", add_special_tokens=False)["input_ids"] == [15496, 995, 12365]
 
 
+def test_the_repository_carries_the_tokenizer_files(tokenizer_dir: Path) -> None:
+    """The files are the ones tests/data/gpt2-tokenizer/README.md names, byte for byte."""
+    import hashlib
+    import re
+
+    readme = (tokenizer_dir / "README.md").read_text()
+    named = dict(re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{64}) \|$", readme, re.M))
+    assert sorted(named) == ["merges.txt", "vocab.json"]
+    for name, digest in named.items():
+        assert hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest() == digest, name
+    assert (tokenizer_dir / "LICENSE").read_text().startswith("Modified MIT License")
+
+
 def test_fingerprint_equal_for_same_vocab(tokenizer_dir: Path, tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
