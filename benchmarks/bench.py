@@ -37,6 +37,7 @@ from benchmarks.stepprofile import step_profile
 from benchmarks.stream import stream_memory
 from tasks import sae, store
 from tasks.config import Config
+from tasks.precision import matmul_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +116,7 @@ def bench_tf32(n: int, d: int, epochs: int, device: str) -> dict[str, Any]:
     x = torch.randn(n, d, device=device)
     out = {}
     for precision in ["fp32", "tf32"]:
-        with sae.matmul_precision(precision):
+        with matmul_precision(precision):
 
             def run() -> sae.TrainResult:
                 return train_sae(x, epochs)

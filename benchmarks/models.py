@@ -17,6 +17,7 @@ import torch
 from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once, train_sae
 from benchmarks.precision import limit
 from tasks import sae, store
+from tasks.precision import matmul_precision
 
 
 def build_model(shape: str, folder: Path) -> Path:
@@ -169,7 +170,7 @@ def sweep(
     t_extract, layers = made
     _, _, d = SHAPES[shape]
     m = COURSE.expansion * d
-    with sae.matmul_precision(precision):
+    with matmul_precision(precision):
         rate = limit(N_TOKENS, d, m, "bf16" if precision == "bf16" else "fp32", device)
     seconds = 0.0
     for f in layers:
@@ -181,9 +182,9 @@ def sweep(
         x = torch.from_numpy(x_np).to(device)
 
         def train(x: torch.Tensor = x) -> None:
-            with sae.matmul_precision(precision):
+            with matmul_precision(precision):
                 res = train_sae(x, epochs, precision=precision)
-            with sae.matmul_precision("fp32"):
+            with matmul_precision("fp32"):
                 sae.metrics(res.sae, x)
 
         seconds += timed_once(train, device)[0]

@@ -9,7 +9,8 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
     store                                      files: atomic writes, hashes, Parquet layouts
-    host  prefect_api                          this process and machine; Prefect's private API
+    host  prefect_api  precision  codehash     this process and machine; Prefect's private API;
+                                               float32 matmul precision per block; code hashes
     paths  cli                                 where every file of a run goes; the command line
     config  records                            the settings; the records tasks hand on
 """
@@ -17,7 +18,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("config", "records"),
     ("paths", "cli"),
-    ("host", "prefect_api"),
+    ("host", "prefect_api", "precision", "codehash"),
     ("store",),
     ("models",),
     ("sae", "stats"),

@@ -6,7 +6,9 @@ task function's own source. Here a key is the hash of
     re-extract activations),
   * the code of every module the task's result depends on, as Python parses it: comments,
     docstrings, type annotations, imports and layout do not count, so a change that leaves what
-    runs alone (a typed signature, a reworded comment) keeps every key,
+    runs alone (a typed signature, a reworded comment) keeps every key. The modules are found
+    from the imports (tasks.codehash): the task's module and every tasks module it reaches,
+    less NOT_COMPUTING (each with its reason), so a new helper cannot fall out of the key,
   * the other inputs as canonical JSON; upstream results are small records that carry the
     sha256 of the files they point to, so a changed file changes the key.
 Before a key is handed to Prefect, the record it would replay is checked: if a file it names
@@ -16,9 +18,7 @@ task runs again."""
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
+import functools
 import json
 import logging
 import os
@@ -30,6 +30,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
+from tasks import codehash
 from tasks.config import Config, stable_hash
 from tasks.prefect_api import LockFiles
 from tasks.store import atomic_path, pid_alive, verify
@@ -37,59 +38,34 @@ from tasks.store import atomic_path, pid_alive, verify
 log = logging.getLogger(__name__)
 
 
-class _WhatRuns(ast.NodeTransformer):
-    """Drops from a module's syntax tree what does not change what it computes."""
-
-    in_function = False
-
-    def visit_Import(self, node: ast.AST) -> None:
-        return None
-
-    visit_ImportFrom = visit_Import  # noqa: N815
-
-    def visit_arg(self, node: ast.arg) -> ast.arg:
-        node.annotation = None
-        return node
-
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST | None:
-        self.generic_visit(node)
-        if not self.in_function:  # a declaration in a class body (a dataclass field) stays
-            node.annotation = ast.Constant(value="")
-            return node
-        if node.value is None:  # `x: int` inside a function does nothing
-            return None
-        return ast.Assign(targets=[node.target], value=node.value)
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        node.returns = None
-        outer, self.in_function = self.in_function, True
-        try:
-            return self._body(node)
-        finally:
-            self.in_function = outer
-
-    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
-        return self._body(node)
-
-    def visit_Module(self, node: ast.Module) -> ast.AST:
-        return self._body(node)
-
-    def _body(self, node: Any) -> Any:
-        body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            body = body[1:]  # the docstring
-        node.body = body
-        self.generic_visit(node)
-        node.body = node.body or [ast.Pass()]
-        return node
+# Modules a task may import that cannot change what it computes: left out of every key (and
+# not followed: what only they import is not counted for them). Each says why.
+NOT_COMPUTING = frozenset(
+    {
+        "tasks.config",  # the settings: their values enter keys as fields; its code checks them
+        "tasks.cli",  # the command line
+        "tasks.records",  # the records' types
+        "tasks.paths",  # where files go: a replayed record names its files, with their sha256
+        "tasks.host",  # names the process, host and device a result ran on
+        "tasks.prefect_api",  # Prefect's private names
+        "tasks.progress",  # progress lines and the estimate
+        "tasks.cache",  # the keys themselves
+        "tasks.codehash",  # how code is hashed
+    }
+)
 
 
+@functools.cache
 def code_digest(module: str) -> str:
-    """Hash of what a module runs (see the module docstring)."""
-    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
-    return stable_hash(ast.dump(_WhatRuns().visit(tree)))
+    """Hash of what a module runs (tasks.codehash), the same on every Python 3.10+."""
+    return codehash.source_digest(codehash.module_file(module).read_text())
+
+
+@functools.cache
+def computing_modules(module: str, leave_out: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The modules a task defined in `module` depends on: it and every tasks module it imports,
+    transitively, less NOT_COMPUTING and the task's own `leave_out`."""
+    return codehash.reachable(module, NOT_COMPUTING | set(leave_out))
 
 
 def _source_digest(modules: tuple[str, ...]) -> str:
@@ -172,8 +148,9 @@ class ContentKey(CachePolicy):
     """Key = config fields + module sources + input records (see the module docstring)."""
 
     fields: tuple[str, ...] = ()
-    modules: tuple[str, ...] = ()  # module names (the policy is deep-copied by Prefect)
     exclude: tuple[str, ...] = ()  # inputs that name a run but do not change its result
+    # modules the task's module imports that this task never runs (say why where it is used)
+    leave_out: tuple[str, ...] = ()
 
     def compute_key(
         self,
@@ -183,7 +160,9 @@ class ContentKey(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         parts: dict[str, Any] = {"task": task_ctx.task.name}
-        parts["source"] = _source_digest((task_ctx.task.fn.__module__, *self.modules))
+        parts["source"] = _source_digest(
+            computing_modules(task_ctx.task.fn.__module__, self.leave_out)
+        )
         for name, value in sorted(inputs.items()):
             if name in self.exclude:
                 continue

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import torch
 from prefect import task
 
-from tasks import cache, paths, sae, store
+from tasks import cache, paths, store
 from tasks.config import Config, LaminarError, parse_layer_spec, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.models import load_model
+from tasks.precision import matmul_precision
 from tasks.progress import Ticker
 from tasks.records import Batch, Extraction, LayerFile
 
@@ -110,7 +111,7 @@ def forward_hooks(bridge: Any, names: dict[int, str], capture: Any) -> list[tupl
     name="extract",
     task_run_name="extract {name}",
     cache_policy=cache.ContentKey(
-        fields=("layers", "hook", "keep_first_token"), modules=("tasks.store",), exclude=("model",)
+        fields=("layers", "hook", "keep_first_token"), exclude=("model",)
     ),
 )
 def extract_activations(
@@ -143,7 +144,7 @@ def extract_activations(
             capture = functools.partial(_capture, first=first, rows=rows, out=out)
             hooks = forward_hooks(bridge, names, capture)
             # exact fp32 matmuls, even while a TF32 training runs in another thread
-            with torch.inference_mode(), sae.matmul_precision("fp32"):
+            with torch.inference_mode(), matmul_precision("fp32"):
                 bridge.run_with_hooks(
                     torch.from_numpy(chunk).to(device),
                     fwd_hooks=hooks,

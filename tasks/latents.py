@@ -22,6 +22,7 @@ from prefect import task
 from tasks import cache, paths, sae, store
 from tasks.config import Config
 from tasks.models import load_tokenizer
+from tasks.precision import matmul_precision
 from tasks.records import Batch, FileRecord, LayerResult
 
 PER_GROUP = 8  # latents per group: frequent, rare, random
@@ -102,7 +103,7 @@ def layer_cards(result: LayerResult, batch: np.ndarray, decode: Any, seed: int) 
 
     def encoded() -> Iterator[np.ndarray]:  # (rows, m) per row group
         for group in range(src.n_groups):
-            with torch.no_grad(), sae.matmul_precision("fp32"):
+            with torch.no_grad(), matmul_precision("fp32"):
                 z = model.encode(torch.from_numpy(src.group(group))).numpy()
             yield z
 
@@ -222,7 +223,7 @@ def publish_cards(name: str, files: list[FileRecord]) -> None:
 @task(
     name="latents",
     task_run_name="latents {name}",
-    cache_policy=cache.ContentKey(fields=("seed",), modules=("tasks.sae", "tasks.store")),
+    cache_policy=cache.ContentKey(fields=("seed",)),
 )
 def latent_cards(
     cfg: Config, model: str, name: str, results: list[LayerResult], tokens: Batch

@@ -25,8 +25,8 @@ from prefect.artifacts import create_markdown_artifact
 from tasks import paths
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.host import describe_device, logger, native_bf16
+from tasks.precision import matmul_precision
 from tasks.records import Batch, ModelFacts
-from tasks.sae import matmul_precision
 from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)

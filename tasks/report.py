@@ -167,7 +167,6 @@ def draw(
     task_run_name="report",
     cache_policy=cache.ContentKey(
         fields=tuple(f for f in Config.model_fields if f not in EXECUTION_FIELDS),
-        modules=("tasks.figures", "tasks.stats", "tasks.provenance"),
         exclude=("started_at",),  # a replayed report keeps the provenance of the run that made it
     ),
 )

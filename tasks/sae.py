@@ -6,12 +6,10 @@ trained with Adam on the full batch, one step per epoch. Shapes: x (N, d), z (N,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,54 +20,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from tasks import store
-
-
-class _PrecisionGate:
-    """torch's float32 matmul precision is one setting for the whole process, so a TF32
-    training in one thread would also put another thread's matmuls in TF32 (an extraction
-    whose activations are cached as exact, a fp32 layer's training or metrics). The gate holds
-    the setting for every block that asks for one: blocks that want the same setting run
-    together, a block that wants the other waits until the last of them ends."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._setting: str | None = None  # held by _count blocks, None when no block runs
-        self._count = 0
-        self._held = threading.local()  # this thread's setting and nesting depth
-
-    @contextlib.contextmanager
-    def hold(self, setting: str) -> Iterator[None]:
-        mine: tuple[str, int] = getattr(self._held, "value", ("", 0))
-        if mine[1] and mine[0] != setting:  # waiting on itself would never end
-            raise RuntimeError(f"matmul precision {setting!r} asked inside {mine[0]!r}")
-        with self._cond:
-            if not mine[1]:
-                self._cond.wait_for(lambda: self._count == 0 or self._setting == setting)
-                if self._count == 0:
-                    torch.set_float32_matmul_precision(setting)
-                    self._setting = setting
-            self._count += 1
-        self._held.value = (setting, mine[1] + 1)
-        try:
-            yield
-        finally:
-            self._held.value = (setting, mine[1])
-            with self._cond:
-                self._count -= 1
-                if self._count == 0:
-                    torch.set_float32_matmul_precision("highest")  # torch's default
-                    self._setting = None
-                    self._cond.notify_all()
-
-
-_GATE = _PrecisionGate()
-
-
-def matmul_precision(precision: str) -> contextlib.AbstractContextManager[None]:
-    """Float32 matmuls in this block at `precision`: 'tf32' lets CUDA use TF32 tensor cores,
-    anything else is exact ('highest'). Blocks of the other setting in other threads wait (see
-    _PrecisionGate), so TF32 never reaches matmuls that did not ask for it."""
-    return _GATE.hold("high" if precision == "tf32" else "highest")
 
 
 def topk_k(latent: int, frac: float) -> int:

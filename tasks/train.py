@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 from tasks import cache, minibatch, paths, sae, store
 from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
+from tasks.precision import matmul_precision
 from tasks.progress import EpochReporter
 from tasks.records import FileRecord, LayerFile, LayerResult
 from tasks.stats import FREQ_BINS
@@ -61,11 +62,11 @@ def train_layer(
         x = torch.from_numpy(x_np).to(device)
     var = sae.variance(x)
     refuse_unusable(label, x.shape[0], True, var == 0, not x.any())
-    with sae.matmul_precision(cfg.precision):
+    with matmul_precision(cfg.precision):
         settings = cfg.subset(*SAE_FIELDS, "precision")
         result = sae.train(x, **settings, seed=seed, on_epoch=on_epoch)
     check_losses(label, result.losses)
-    with sae.matmul_precision("fp32"):  # metrics are exact whatever the training's precision
+    with matmul_precision("fp32"):  # metrics are exact whatever the training's precision
         out = {**sae.metrics(result.sae, x), **input_stats(x)}
     return finish(out, result, start, device, x.shape, var, label), result.sae
 
@@ -85,7 +86,7 @@ def train_layer_streamed(
     refuse_unusable(
         label, src.n_rows, stats.pop("finite"), stats.pop("constant"), stats.pop("all_zero")
     )
-    with sae.matmul_precision(cfg.precision):
+    with matmul_precision(cfg.precision):
         result = minibatch.train(
             src,
             batch_tokens=cfg.batch_tokens,
@@ -95,7 +96,7 @@ def train_layer_streamed(
             on_epoch=on_epoch,
         )
     check_losses(label, result.losses)
-    with sae.matmul_precision("fp32"):
+    with matmul_precision("fp32"):
         out = {**minibatch.metrics(result.sae, src, stats["x_var"], device), **stats}
     return finish(
         out, result, start, device, (src.n_rows, src.d), stats["x_var"], label
@@ -167,7 +168,6 @@ def write_layer_json(
     task_run_name="sae {label}",
     cache_policy=cache.ContentKey(
         fields=(*RESULT_FIELDS, "save_saes"),
-        modules=("tasks.sae", "tasks.store", "tasks.minibatch"),
         exclude=("label",),
     ),
     retries=0,  # training is deterministic: a retry would fail the same way

@@ -81,7 +81,6 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
 def test_abtest_times_a_commit_against_the_working_tree() -> None:
     """benchmarks/abtest.py imports tasks/sae.py as it was at a commit; against the commit whose
     step this is (the last one that changed tasks/sae.py), training is the same bit for bit."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks import abtest
     from tasks import sae
 
@@ -127,7 +126,6 @@ def test_the_benchmark_needs_no_prefect(tmp_path: Path) -> None:
 def test_sweeps_time_training_only_against_their_own_precision(monkeypatch) -> None:
     """Each precision's floor is its own matmul rate (bf16 timed in bf16), and a layer's
     activations are read before its clock starts."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks import models
 
     monkeypatch.setitem(models.SHAPES, "toy", (2, 16, 32))

@@ -3,6 +3,7 @@ were truncated is dropped, so the task runs again instead of replaying it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -174,12 +175,7 @@ def test_cache_keys_are_those_of_the_recorded_version() -> None:
 
 
 def test_comments_docstrings_and_types_do_not_change_keys() -> None:
-    from tasks.cache import _WhatRuns
-
-    def digest(src: str) -> str:
-        import ast
-
-        return ast.dump(_WhatRuns().visit(ast.parse(src)))
+    from tasks.codehash import source_digest as digest
 
     typed = (
         '"""Module."""\nfrom typing import Any\n\n\n'
@@ -192,6 +188,77 @@ def test_comments_docstrings_and_types_do_not_change_keys() -> None:
     field = "class C:\n    x: int = 1\n"
     assert digest(field) == digest(field.replace("int", "float"))
     assert digest(field) != digest(field.replace("x: int = 1", "x = 1"))
+
+
+def test_a_key_covers_the_code_its_task_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each task's key holds the code of every tasks module its module reaches through imports
+    (less cache.NOT_COMPUTING): the SAE's key moves when tasks.stats (which bins the latent
+    frequencies) changes, the extraction's when tasks.models (which loads the weights) does, a
+    fetch's not when the parser does, and none when only progress lines change."""
+    from tasks import cache
+
+    assert {"tasks.sae", "tasks.stats", "tasks.minibatch"} <= set(
+        cache.computing_modules("tasks.train")
+    )
+    assert "tasks.models" in cache.computing_modules("tasks.extract")
+    before = task_keys()
+    real = cache.code_digest.__wrapped__
+
+    def changed(module: str) -> dict[str, str]:
+        fake = functools.cache(lambda m: "changed" if m == module else real(m))
+        monkeypatch.setattr(cache, "code_digest", fake)
+        return {t: k for t, k in task_keys().items() if before[t] != k}
+
+    assert sorted(changed("tasks.stats")) == ["report", "sae"]
+    assert sorted(changed("tasks.models")) == ["extract", "latents", "report", "tokenize"]
+    assert sorted(changed("tasks.wikitext")) == ["parse"]
+    assert changed("tasks.progress") == {} and changed("tasks.host") == {}
+
+
+def pythons() -> dict[str, str]:
+    """Every Python 3.10+ on this machine (PATH and pyenv), by version, this one included."""
+    import glob
+    import shutil
+    import subprocess
+    import sys
+
+    found = {f"{sys.version_info.major}.{sys.version_info.minor}": sys.executable}
+    candidates = [shutil.which(f"python3.{m}") for m in range(10, 15)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+    for exe in filter(None, candidates):
+        out = subprocess.run(
+            [exe, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+            capture_output=True,
+            text=True,
+        )
+        version = out.stdout.strip()
+        if out.returncode == 0 and tuple(map(int, version.split("."))) >= (3, 10):
+            found.setdefault(version, exe)
+    return found
+
+
+def test_code_digests_are_the_same_on_every_python() -> None:
+    """The keys hash a form of each module's syntax tree of laminar's own making, not ast.dump
+    (which changes between Python versions): every Python 3.10+ on the machine, run on
+    tasks/codehash.py alone, digests every tasks module as this one does."""
+    import subprocess
+
+    from tasks import cache, codehash
+
+    modules = sorted(f"tasks.{p.stem}" for p in codehash.TASKS.glob("*.py") if p.stem != "__init__")
+    here = {m: cache.code_digest(m) for m in modules}
+    code = (
+        "import json, runpy, sys\n"
+        f"g = runpy.run_path({str(codehash.TASKS / 'codehash.py')!r})\n"
+        "mods = json.loads(sys.argv[1])\n"
+        "print(json.dumps({m: g['source_digest'](open(g['module_file'](m)).read()) for m in mods}))"
+    )
+    versions = pythons()
+    for version, exe in versions.items():
+        out = subprocess.run([exe, "-c", code, json.dumps(modules)], capture_output=True, text=True)
+        assert out.returncode == 0, (version, out.stderr[-2000:])
+        assert json.loads(out.stdout) == here, version
+    print(f"digests agree on Python {', '.join(sorted(versions))}")
 
 
 if __name__ == "__main__":  # record the current keys (see the test above)

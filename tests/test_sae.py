@@ -11,6 +11,7 @@ import torch
 
 from tasks import sae
 from tasks.config import SAE_FIELDS, Config
+from tasks.precision import matmul_precision
 
 
 def hand_sae() -> sae.TiedSAE:
@@ -284,7 +285,7 @@ def test_tf32_stays_in_the_block_that_asked_for_it() -> None:
     seen: list[tuple[str, str]] = []
 
     def block(precision: str, hold: bool) -> None:
-        with sae.matmul_precision(precision):
+        with matmul_precision(precision):
             seen.append((precision, torch.get_float32_matmul_precision()))
             if hold:
                 started.set()
@@ -306,9 +307,9 @@ def test_tf32_stays_in_the_block_that_asked_for_it() -> None:
     assert seen[2] == ("fp32", "highest")
     assert torch.get_float32_matmul_precision() == "highest"
     with (
-        sae.matmul_precision("tf32"),
+        matmul_precision("tf32"),
         pytest.raises(RuntimeError, match="asked inside"),
-        sae.matmul_precision("fp32"),
+        matmul_precision("fp32"),
     ):
         pass
     assert torch.get_float32_matmul_precision() == "highest"

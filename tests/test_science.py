@@ -4,14 +4,11 @@ training, refuses a partial file made by other settings, and computes its differ
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT))
 from benchmarks import science
 from tasks.config import Config
 
