@@ -111,9 +111,20 @@ class Config(BaseModel):
         json_schema_extra=role("execution"),
         le=1024,
         allow_inf_nan=False,
-        default=20.0,
+        default=5.0,
         gt=0,
-        description="Largest article download in MB; a bigger body is abandoned unread.",
+        description="Largest article download in MB; a bigger body is abandoned unread (a "
+        "Wikipedia article's HTML is well under it; parsing takes a multiple of the page's size "
+        "in memory).",
+    )
+    fetch_deadline: float = Field(
+        json_schema_extra=role("execution"),
+        default=120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds one article's whole download may take, however slowly the server "
+        "sends it (--fetch-timeout bounds each wait for the next bytes).",
     )
     n_seqs: int = Field(
         json_schema_extra=role("result"), default=10, gt=0, description="Sequences per batch."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from prefect import task
 from requests.exceptions import ContentDecodingError
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
 from tasks import cache, paths
 from tasks.config import Config, LaminarError
@@ -91,6 +93,30 @@ def _same_site(url: str, target: str) -> bool:
     return a.replace(".m.", ".") == b.replace(".m.", ".")
 
 
+def _port(url: str) -> int | None:
+    parts = urlsplit(url)
+    return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _refuse_redirect(url: str, current: str, target: str) -> None:
+    """A redirect must stay on the site, keep https once it has it, and keep the port."""
+    if not _same_site(url, target):
+        raise LaminarError(
+            f"--urls '{url}' redirects to another site ({target}); laminar follows redirects "
+            "only within the article's own site: pass the final address in --urls."
+        )
+    if urlsplit(current).scheme == "https" and urlsplit(target).scheme != "https":
+        raise LaminarError(
+            f"--urls '{url}' redirects from https to {target}, unencrypted: laminar refuses the "
+            "downgrade; pass an https address that stays https."
+        )
+    if _port(current) != _port(target):
+        raise LaminarError(
+            f"--urls '{url}' redirects to another port ({target}): laminar follows redirects "
+            "only on the same port; pass the final address in --urls."
+        )
+
+
 def _get(session: requests.Session, url: str, timeout: float) -> requests.Response:
     """GET following at most MAX_REDIRECTS redirects, all on the same site."""
     current = url
@@ -100,28 +126,64 @@ def _get(session: requests.Session, url: str, timeout: float) -> requests.Respon
             return resp
         target = urljoin(current, resp.headers["location"])
         resp.close()
-        if not _same_site(url, target):
-            raise LaminarError(
-                f"--urls '{url}' redirects to another site ({target}); laminar follows redirects "
-                "only within the article's own site: pass the final address in --urls."
-            )
+        _refuse_redirect(url, current, target)
         current = target
     raise LaminarError(
         f"--urls '{url}' redirected more than {MAX_REDIRECTS} times: pass the final address."
     )
 
 
-def _read(resp: requests.Response, url: str, limit_mb: float) -> bytes:
-    """The body, streamed, abandoned as soon as it passes `limit_mb` megabytes."""
+def _declared(resp: requests.Response, url: str) -> int:
+    """The body's announced size (0 when none is announced)."""
+    value = resp.headers.get("content-length") or "0"
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < 0:
+        resp.close()
+        raise LaminarError(
+            f"--urls '{url}' answered with a malformed Content-Length header ({value!r}): the "
+            "server is not speaking HTTP correctly; check --urls."
+        )
+    return size
+
+
+def _read1(resp: requests.Response) -> bytes:
+    """What has arrived of the body (at most 64 KiB), urllib3's errors turned into requests'
+    as requests' own iter_content turns them."""
+    try:
+        return resp.raw.read1(1 << 16, decode_content=True)
+    except ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except DecodeError as exc:
+        raise ContentDecodingError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+
+
+def _read(resp: requests.Response, url: str, limit_mb: float, deadline: float) -> bytes:
+    """The body, streamed, abandoned as soon as it passes `limit_mb` megabytes or the download
+    outlasts `deadline` (time.monotonic()). It is read as it arrives (read1), so a server that
+    drips a byte at a time is checked against the deadline at every byte."""
     limit = int(limit_mb * 1e6)
-    declared = int(resp.headers.get("content-length") or 0)
+    declared = _declared(resp, url)
     chunks, size = [], 0
-    if declared <= limit:
-        for chunk in resp.iter_content(1 << 16):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                break
+    while declared <= limit and size <= limit:
+        if time.monotonic() > deadline:
+            resp.close()
+            raise TransientFetchError(
+                f"--urls '{url}' was still downloading when --fetch-deadline ran out ({size} "
+                "bytes so far): the server is too slow; try again later, or raise "
+                "--fetch-deadline."
+            )
+        chunk = _read1(resp)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
     if declared > limit or size > limit:
         resp.close()
         raise LaminarError(
@@ -131,8 +193,12 @@ def _read(resp: requests.Response, url: str, limit_mb: float) -> bytes:
     return b"".join(chunks)
 
 
-def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
-    """GET `url`; transient failures raise TransientFetchError, the rest LaminarError."""
+def download(
+    url: str, timeout: float = 30.0, limit_mb: float = 5.0, deadline_s: float = 120.0
+) -> bytes:
+    """GET `url`; transient failures raise TransientFetchError, the rest LaminarError. `timeout`
+    bounds each wait for the server, `deadline_s` the whole download."""
+    deadline = time.monotonic() + deadline_s
     with requests.Session() as session:
         session.headers["User-Agent"] = USER_AGENT
         try:
@@ -153,7 +219,7 @@ def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
                     f"--urls '{url}' sends '{kind or 'no content type'}', not an HTML page: "
                     "pass the address of a Wikipedia article."
                 )
-            return _read(resp, url, limit_mb)
+            return _read(resp, url, limit_mb, deadline)
         except requests.RequestException as exc:
             raise network_error(url, exc) from None
 
@@ -169,7 +235,7 @@ def download(url: str, timeout: float = 30.0, limit_mb: float = 20.0) -> bytes:
 )
 def fetch_page(cfg: Config, url: str) -> Page:
     """Download one article once; later runs replay this record (use --refresh to re-fetch)."""
-    html = download(url, cfg.fetch_timeout, cfg.max_page_mb)
+    html = download(url, cfg.fetch_timeout, cfg.max_page_mb, cfg.fetch_deadline)
     sha = hashlib.sha256(html).hexdigest()
     path = paths.page_html(cfg.root, sha)
     write_bytes(path, html)

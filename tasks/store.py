@@ -56,14 +56,27 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+    Durable through a power cut: the temporary's bytes reach the disk (fsync) before the rename,
+    and the rename itself (fsync of the folder) before this returns, so `path` is after a crash
+    either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sweep_temporaries(folder: Path) -> None:
@@ -103,8 +116,9 @@ def check_writable(root: Path) -> None:
     """Fail early, before any work, when the artifacts dir cannot be written."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
+        # a new file of an unguessable name, never through a link someone planted there
+        probe = root / f".write-probe-{os.getpid()}-{uuid.uuid4().hex}"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise LaminarError(

@@ -194,6 +194,7 @@ def train_sae(
     saved = []
     if cfg.save_saes:  # before the metrics JSON, which marks the layer done
         folder = paths.sae_dir(json_path)
+        store.sweep_temporaries(folder)  # a killed run's half-written SAE (151-419 MB each)
         about = {"layer": layer, "sae_seed": sae_seed, "activations": acts}
         about["settings"] = paths.layer_settings(cfg, sae_seed)
         sae.save(model, folder, f"blocks.{layer}.{cfg.hook}", name, about)

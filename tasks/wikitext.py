@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
 
@@ -115,24 +116,31 @@ def lead_first(body: Tag) -> None:
 
 
 def pieces(node: Tag, pre: bool = False) -> Iterator[str]:
-    """The text under `node`, with "\\n" around blocks and " " between table cells."""
-    for child in node.children:
-        if isinstance(child, Comment | Doctype) or not isinstance(child, NavigableString | Tag):
+    """The text under `node`, with "\n" around blocks and " " between table cells. Walked with
+    a stack of its own, not by recursion: a page that nests thousands of elements deep reads as
+    any other (recursion stopped at Python's limit of about a thousand)."""
+    stack: list[tuple[Iterator[Any], bool, str]] = [(iter(node.children), pre, "")]
+    while stack:
+        children, in_pre, closing = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            if closing:
+                yield closing
+        elif isinstance(child, Comment | Doctype) or not isinstance(child, NavigableString | Tag):
             continue
-        if isinstance(child, NavigableString):
-            yield str(child) if pre else re.sub(r"[\n]+", " ", str(child))
+        elif isinstance(child, NavigableString):
+            yield str(child) if in_pre else re.sub(r"[\n]+", " ", str(child))
         elif child.name == "br":
             yield "\n"
         elif child.name in BLOCKS:
             yield "\n"
-            yield from pieces(child, pre or child.name == "pre")
-            yield "\n"
+            stack.append((iter(child.children), in_pre or child.name == "pre", "\n"))
         elif child.name in CELLS:
             yield " "
-            yield from pieces(child, pre)
-            yield " "
+            stack.append((iter(child.children), in_pre, " "))
         else:
-            yield from pieces(child, pre)
+            stack.append((iter(child.children), in_pre, ""))
 
 
 def tidy(text: str) -> str:

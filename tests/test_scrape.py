@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tasks.config import Config, LaminarError
 from tasks.scrape import (
     RETRY_DELAYS,
     TransientFetchError,
+    _refuse_redirect,
     download,
     fetch_page,
     parse_page,
@@ -101,19 +103,82 @@ def test_redirects_stay_on_the_site(article_server: ArticleServer) -> None:
     assert download(article_server.url("/wiki/LED")) == page  # same host: followed
     elsewhere = article_server.url("/wiki/Page").replace("127.0.0.1", "localhost")
     article_server.routes["/away"] = raw_response(302, {"Location": elsewhere})
-    with pytest.raises(LaminarError, match=r"redirects to another site \(http://localhost"):
+    with pytest.raises(LaminarError, match=r"redirects to another site \(http://localhost") as e:
         download(article_server.url("/away"))
+    assert type(e.value) is LaminarError  # never retried
     article_server.routes["/loop"] = raw_response(302, {"Location": "/loop"})
     with pytest.raises(LaminarError, match="redirected more than 5 times"):
         download(article_server.url("/loop"))
     assert article_server.hits["/loop"] == 6
 
 
+def test_redirects_keep_https_and_the_port(article_server: ArticleServer) -> None:
+    """Followed redirects stay https once https (no downgrade to plain http) and keep the port;
+    refusals are not retried (a retry would get the same answer)."""
+    from conftest import ArticleServer as Other
+
+    other = Other()
+    try:
+        other.routes["/wiki/Page"] = (200, wiki_page(["Prose."]).encode())
+        article_server.routes["/port"] = raw_response(302, {"Location": other.url("/wiki/Page")})
+        with pytest.raises(LaminarError, match=r"redirects to another port \(http://127") as e:
+            download(article_server.url("/port"))
+        assert type(e.value) is LaminarError  # not a TransientFetchError: never retried
+    finally:
+        other.close()
+    https = "https://en.wikipedia.org/wiki/LED"
+    with pytest.raises(LaminarError, match=r"from https to http://en\.wikipedia\.org/wiki/Page"):
+        _refuse_redirect(https, https, "http://en.wikipedia.org/wiki/Page")
+    _refuse_redirect(https, https, "https://en.m.wikipedia.org/wiki/LED")  # mobile host: fine
+
+
+def test_a_malformed_content_length_is_one_sentence(article_server: ArticleServer) -> None:
+    headers = {"Content-Type": "text/html", "Content-Length": "lots"}
+    article_server.routes["/liar"] = raw_response(200, headers, b"<p>x</p>")
+    with pytest.raises(LaminarError, match=r"malformed Content-Length header \('lots'\)") as e:
+        download(article_server.url("/liar"))
+    assert type(e.value) is LaminarError
+
+
+def test_a_dripping_server_meets_the_whole_download_deadline(
+    article_server: ArticleServer,
+) -> None:
+    """A byte every 0.05 s never trips the per-read --fetch-timeout, but the whole download is
+    bounded by --fetch-deadline (and that failure is retried: a slow network may recover)."""
+    stop = threading.Event()
+
+    def drip(handler: object) -> None:
+        handler.send_response(200)  # type: ignore[attr-defined]
+        handler.send_header("Content-Type", "text/html")  # type: ignore[attr-defined]
+        handler.end_headers()  # type: ignore[attr-defined]
+        try:
+            for _ in range(2000):  # at most 100 s, and the test stops it sooner
+                if stop.is_set():
+                    return
+                handler.wfile.write(b"x")  # type: ignore[attr-defined]
+                handler.wfile.flush()  # type: ignore[attr-defined]
+                time.sleep(0.05)
+        except OSError:
+            return
+
+    article_server.routes["/drip"] = drip
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientFetchError, match="still downloading when --fetch-deadline"):
+            download(article_server.url("/drip"), timeout=5, deadline_s=1.0)
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 4
+
+
 def test_not_html_is_refused(article_server: ArticleServer) -> None:
     headers = {"Content-Type": "application/octet-stream", "Content-Length": "3"}
     article_server.routes["/blob"] = raw_response(200, headers, b"\x00\x01\x02")
-    with pytest.raises(LaminarError, match="sends 'application/octet-stream', not an HTML page"):
+    with pytest.raises(
+        LaminarError, match="sends 'application/octet-stream', not an HTML page"
+    ) as e:
         download(article_server.url("/blob"))
+    assert type(e.value) is LaminarError  # refused, never retried
 
 
 def test_oversized_body_is_abandoned_unread(article_server: ArticleServer) -> None:
@@ -145,5 +210,6 @@ def test_oversized_body_is_abandoned_unread(article_server: ArticleServer) -> No
     assert sent["bytes"] < 50_000_000  # the server was cut off: the body was not read to its end
     declared = {"Content-Type": "text/html", "Content-Length": "50000000"}
     article_server.routes["/declared"] = raw_response(200, declared, b"")
-    with pytest.raises(LaminarError, match="more than --max-page-mb 20 MB"):
+    with pytest.raises(LaminarError, match="more than --max-page-mb 5 MB") as e:
         download(article_server.url("/declared"))  # refused from its header alone
+    assert type(e.value) is LaminarError  # never retried

@@ -74,6 +74,33 @@ def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
     assert cfg_json["laminar"]["activations"]["sha256"] == file_record(path)["sha256"]
 
 
+def test_a_killed_runs_sae_temporaries_are_swept(tmp_path: Path) -> None:
+    """A run killed while writing an SAE leaves a temporary of its size in the SAE's folder; the
+    next training of that layer sweeps it (a live process's, or another machine's, stays)."""
+    import os
+
+    from tasks.store import HOST_TAG
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(40, 8)).astype(np.float32)
+    path = tmp_path / "activations" / "m-1234" / "mlp.hook_pre" / "abc" / "L03.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(activation_table(np.zeros(40), np.arange(40), np.zeros(40), acts), path)
+    cfg = Config(artifacts_dir=str(tmp_path), epochs=2, device="cpu")
+    with disable_run_logger():
+        out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)}, 0, "m L3")
+    folder = Path(out["json"]["path"]).with_suffix("")
+    dead = 2**22 + 7  # above the default pid_max: no process has this pid
+    left = folder / f".sae_weights.safetensors.{dead}-{HOST_TAG}-0123abcd.tmp"
+    live = folder / f".sae_weights.safetensors.{os.getpid()}-{HOST_TAG}-4567cdef.tmp"
+    elsewhere = folder / f".cfg.json.{dead}-ffffffff-89abcdef.tmp"
+    for tmp in (left, live, elsewhere):
+        tmp.write_bytes(b"half an SAE")
+    with disable_run_logger():
+        train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)}, 0, "m L3")
+    assert not left.exists() and live.exists() and elsewhere.exists()
+
+
 def test_no_save_saes_keeps_only_the_metrics(tmp_path: Path) -> None:
     acts = np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32)
     path = tmp_path / "activations" / "m-1" / "mlp.hook_pre" / "abc" / "L00.parquet"

@@ -122,3 +122,16 @@ def test_html_slice_is_the_course_cut() -> None:
     cut = html_slice(html)
     assert cut.startswith("mw-body-content") and cut.endswith("<h2 ")
     assert html.index(cut) == html.index("mw-body-content")
+
+
+def test_a_page_nested_thousands_deep_reads_like_any_other() -> None:
+    """2,000 nested <div>s inside the article body: read with laminar's own stack, not by
+    recursion (which stopped at Python's limit with a RecursionError)."""
+    from wikipages import current_skin
+
+    deep = "<div>" * 2000 + "deep words" + "</div>" * 2000
+    page = current_skin([("History", ["Before the nest."])], 1)
+    page = page.replace("Before the nest.", f"Before the nest.</p>{deep}<p>After it.")
+    lines = body_text(page).splitlines()
+    at = lines.index("Before the nest.")
+    assert lines[at : at + 3] == ["Before the nest.", "deep words", "After it."]
