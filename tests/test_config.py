@@ -68,9 +68,9 @@ def test_every_field_declares_its_role_and_the_sets_follow() -> None:
     assert config.SAE_FIELDS == ("epochs", "lr", "l1", "expansion", "topk_frac")
     assert set(config.RESULT_FIELDS) == {*config.SAE_FIELDS, "precision", "batch_tokens"}
     assert {
-        "refresh", "artifacts_dir", "fetch_timeout", "fetch_deadline", "fetch_retries", "max_page_mb",
-        "extract_batch", "task_runner", "dask_address", "dask_workers", "dask_tls_ca",
-        "dask_tls_cert", "dask_tls_key", "progress_every", "quiet",
+        "refresh", "artifacts_dir", "fetch_timeout", "fetch_deadline", "fetch_retries",
+        "max_page_mb", "extract_batch", "task_runner", "dask_address", "dask_workers",
+        "dask_tls_ca", "dask_tls_cert", "dask_tls_key", "progress_every", "quiet",
     } == config.EXECUTION_FIELDS  # fmt: skip
 
     class Grown(Config):
