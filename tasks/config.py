@@ -55,11 +55,22 @@ def once(values: list[Any], name: str, what: str) -> None:
         refuse(f"{name} lists '{twice}' twice: name each {what} once.")
 
 
+def _legacy_url_property(schema: dict[str, Any]) -> None:
+    schema["properties"]["url"] = {
+        "type": "string",
+        "title": "Url (deprecated)",
+        "description": "One article's address, as configs gave it before urls; use urls.",
+        "deprecated": True,
+    }
+
+
 class Config(BaseModel):
     """Settings of one laminar run. Every field is a CLI flag (`--n-seqs` for `n_seqs`) and a
     field of the Prefect parameter form."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `url` (one article) is how configs were written before `urls`: still accepted, also in a
+    # deployment's parameters, which Prefect's server checks against this schema
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_legacy_url_property)
 
     models: list[str] = Field(
         json_schema_extra=role("result"),
@@ -292,6 +303,17 @@ class Config(BaseModel):
         default=False,
         description="Ignore caches and recompute everything.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_is_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
+            data = dict(data)
+            url = data.pop("url")
+            if data.get("urls") not in (None, [url]):
+                refuse(f"both url '{url}' and urls {data['urls']} are set: give urls alone.")
+            data["urls"] = [url] if isinstance(url, str) else url
+        return data
 
     @field_validator("layers")
     @classmethod

@@ -128,9 +128,15 @@ def data_uri(png: Path, width: int = ARTIFACT_WIDTH) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def for_the_ui(markdown: str, folder: Path) -> str:
+def for_the_ui(markdown: str, folder: Path, own: set[str]) -> str:
     """Markdown written beside its figures, made to render where that folder cannot be read
-    (the Prefect UI in a browser): figures embedded as data URIs, other links made absolute
-    paths on the machine that wrote them."""
-    embedded = _IMAGE.sub(lambda m: f"![{m[1]}]({data_uri(folder / m[2])})", markdown)
-    return _RELATIVE.sub(lambda m: f"]({folder / m[1]})", embedded)
+    (the Prefect UI in a browser): the report's own figures (`own`, file names in `folder`)
+    embedded as data URIs, other links made absolute paths on the machine that wrote them. Any
+    other image link (text from a page can look like one) is never read, and a figure that has
+    gone missing stays a link instead of failing the run."""
+
+    def embed(m: re.Match[str]) -> str:
+        path = folder / m[2]
+        return f"![{m[1]}]({data_uri(path)})" if m[2] in own and path.is_file() else m[0]
+
+    return _RELATIVE.sub(lambda m: f"]({folder / m[1]})", _IMAGE.sub(embed, markdown))

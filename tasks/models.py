@@ -170,6 +170,20 @@ def shape(model: str, hook: str) -> tuple[int, int]:
     return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model
 
 
+def check_context(model: str, seq_len: int) -> None:
+    """A window longer than the model's context would fail deep inside extraction: refuse it
+    here, from the model's config (n_positions, or max_position_embeddings)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    n_ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    if n_ctx and seq_len > n_ctx:
+        raise LaminarError(
+            f"--seq-len {seq_len} is longer than {short_name(model)}'s context of {n_ctx} "
+            f"tokens: give --seq-len {n_ctx} or less."
+        )
+
+
 # The hooks inside an MLP that carry its hidden width (the rest carry the residual width):
 # GPT-2 and GPT-NeoX have hook_pre and hook_post; a gated MLP (Llama) also hook_pre_linear (the
 # up projection; hook_pre is the gate) and its gate's output.
@@ -254,6 +268,7 @@ def describe(cfg: Config, model: str) -> ModelFacts:
     tokenizer = load_tokenizer(model)
     n_layers, d = shape(model, cfg.hook)
     check_architecture(model)
+    check_context(model, cfg.seq_len)
     return {
         "model": model,
         "name": short_name(model),

@@ -228,8 +228,9 @@ def publish(report: Report) -> None:
         with open(out / "metrics.csv") as f:
             rows = [{c: r[c] for c in COLUMNS[:12]} for r in csv.DictReader(f)]
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"laminar metrics in {out}")
+    own = {Path(f["path"]).name for f in report["files"] if Path(f["path"]).parent == out}
     create_markdown_artifact(
         key=REPORT_KEY,
-        markdown=figures.for_the_ui((out / "report.md").read_text(), out),
+        markdown=figures.for_the_ui((out / "report.md").read_text(), out, own),
         description=f"laminar report: {out / 'report.md'}",
     )

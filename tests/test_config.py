@@ -77,3 +77,21 @@ def test_every_field_declares_its_role_and_the_sets_follow() -> None:
         new_knob: int = Field(default=1, description="A field someone forgot to give a role.")
 
     assert config.without_role(Grown) == ["new_knob"] and config.without_role(Config) == []
+
+
+def test_a_config_with_the_old_url_field_is_accepted_by_prefects_schema_check() -> None:
+    """A deployment's parameters are checked by Prefect's server against the flow's schema,
+    with the same function used here (prefect.utilities.schema_tools.validate): `url`, the
+    single-article field of older configs, passes and becomes `urls`."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.laminar import laminar
+
+    schema = parameter_schema(laminar).model_dump_for_openapi()
+    old = {"config": {"url": "https://en.wikipedia.org/wiki/LED", "epochs": 3}}
+    validate(old, schema, raise_on_error=True)
+    assert Config(**old["config"]).urls == ["https://en.wikipedia.org/wiki/LED"]
+    assert Config(url="https://a.org/x", urls=["https://a.org/x"]).urls == ["https://a.org/x"]
+    with pytest.raises(ValueError, match="both url 'https://b.org/y' and urls"):
+        Config(url="https://b.org/y", urls=["https://a.org/x"])

@@ -321,6 +321,7 @@ BAD_INPUT = [
     (["--dask-workers", "1000"], "--dask-workers 1000 is invalid: input should be less", True),
     (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
     (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
+    (["--seq-len", "5000"], "--seq-len 5000 is longer than tiny-gpt2's context of", True),
     (["--models", "{empty}", "{twin}"], "share the name 'empty' that laminar's reports", True),
 ]
 CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
@@ -365,7 +366,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 30 fresh CLI processes, three at a time
+@pytest.mark.slow  # 31 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],

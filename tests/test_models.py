@@ -14,6 +14,8 @@ from conftest import make_family_model, make_model
 from tasks import models
 from tasks.config import Config, LaminarError
 
+SHORT = Config(seq_len=32)  # windows the tiny models' 128-token context holds
+
 
 def test_pickled_weights_only_is_one_warning_line(
     tmp_path: Path, tokenizer_dir: Path, caplog: pytest.LogCaptureFixture
@@ -28,8 +30,8 @@ def test_pickled_weights_only_is_one_warning_line(
     safe = make_model(tmp_path / "safe", tokenizer_dir)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # the CLI and the flow both check a model: still one line
-            models.describe(Config(), str(folder))
-        models.describe(Config(), str(safe))
+            models.describe(SHORT, str(folder))
+        models.describe(SHORT, str(safe))
     lines = [r.getMessage() for r in caplog.records if "pickled weights" in r.getMessage()]
     assert lines == [
         f"--models '{folder}' offers only pickled weights (pytorch_model.bin): a pickle can "
@@ -47,7 +49,7 @@ def test_code_shipped_in_a_model_folder_is_never_run(tmp_path: Path, tiny_model:
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"}
     (folder / "config.json").write_text(json.dumps(config))
-    models.describe(Config(), str(folder))
+    models.describe(SHORT, str(folder))
     models.load_model(str(folder), "cpu")
     assert not marker.exists()
 
@@ -63,12 +65,12 @@ def test_local_fingerprint_changes_with_the_weights(tmp_path: Path, tokenizer_di
 
 
 def test_describe_checks_layers_and_folders(tmp_path: Path, tiny_model: Path) -> None:
-    info = models.describe(Config(layers="0,2"), str(tiny_model))
+    info = models.describe(SHORT.model_copy(update={"layers": "0,2"}), str(tiny_model))
     assert info["layers"] == [0, 2] and info["name"] == "tiny-gpt2"
     with pytest.raises(LaminarError, match="has 3 layers"):
-        models.describe(Config(layers="5"), str(tiny_model))
+        models.describe(SHORT.model_copy(update={"layers": "5"}), str(tiny_model))
     with pytest.raises(LaminarError, match="not a model folder"):
-        models.describe(Config(), str(tmp_path))
+        models.describe(SHORT, str(tmp_path))
 
 
 def test_an_architecture_the_bridge_does_not_support_is_one_sentence(
@@ -76,7 +78,7 @@ def test_an_architecture_the_bridge_does_not_support_is_one_sentence(
 ) -> None:
     folder = make_family_model(tmp_path / "tiny-biogpt", tokenizer_dir, "biogpt")
     with pytest.raises(LaminarError) as e:
-        models.describe(Config(), str(folder))  # before any weights are loaded
+        models.describe(SHORT, str(folder))  # before any weights are loaded
     assert str(e.value) == (
         f"--models '{folder}' is a BioGptForCausalLM model, an architecture TransformerLens 4's "
         "TransformerBridge does not support: pick a causal LM of a supported family (GPT-2, "

@@ -132,7 +132,8 @@ def test_report_files(tmp_path: Path) -> None:
         assert f"]({png})" in md
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # What the Prefect UI gets: the same text, its figures embedded (downscaled), links absolute.
-    ui = for_the_ui(md, folder)
+    own = {"laminar.png", "m-panels.png", "m-loss.png", "m-density.png"}
+    ui = for_the_ui(md, folder, own)
     uris = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[^)]+)\)", ui)
     assert len(uris) == 4 and "](laminar.png)" not in ui
     for uri in uris:
@@ -140,3 +141,11 @@ def test_report_files(tmp_path: Path) -> None:
             assert im.format == "PNG" and im.width <= ARTIFACT_WIDTH
     assert f"]({folder}/../../pages/p.text.txt)" in ui
     assert len(ui) < 1_000_000  # 0.23 MB for one model's four figures
+    # Only the report's own figures are read: an image link from elsewhere (page text can look
+    # like one) is never embedded, and a figure gone missing stays a link, never an error.
+    (folder.parent / "outside.png").write_bytes((folder / "laminar.png").read_bytes())
+    planted = "![x](../outside.png) ![y](m-loss.png) ![z](gone.png)"
+    (folder / "m-loss.png").unlink()
+    shown = for_the_ui(planted, folder, own)
+    assert "data:" not in shown
+    assert shown == planted.replace("](", f"]({folder}/")  # links, made absolute as any other
