@@ -93,5 +93,5 @@ def test_a_config_with_the_old_url_field_is_accepted_by_prefects_schema_check() 
     validate(old, schema, raise_on_error=True)
     assert Config(**old["config"]).urls == ["https://en.wikipedia.org/wiki/LED"]
     assert Config(url="https://a.org/x", urls=["https://a.org/x"]).urls == ["https://a.org/x"]
-    with pytest.raises(ValueError, match="both url 'https://b.org/y' and urls"):
+    with pytest.raises(ValueError, match=r"both url 'https://b\.org/y' and urls"):
         Config(url="https://b.org/y", urls=["https://a.org/x"])
