@@ -33,7 +33,7 @@ from tasks.latents import latent_cards, publish_cards
 from tasks.progress import announce
 from tasks.records import ModelFacts
 from tasks.report import publish, write_report
-from tasks.runs import Job, Runner
+from tasks.runs import Job, Runner, check_deployment_targets
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.store import check_writable
 from tasks.tokens import tokenize
@@ -136,6 +136,7 @@ def preflight(cfg: Config, *, keep: bool = False) -> list[ModelFacts]:
     deployment's, a second run in one process) checks for itself."""
     if (checked := _CHECKED.pop(cfg.model_dump_json(), None)) is not None:
         return checked
+    check_deployment_targets(cfg)
     check_writable(cfg.root)
     if cfg.task_runner == "thread":
         resolve_device(cfg.device)

@@ -166,12 +166,11 @@ def md_text(text: str) -> str:
 
 
 def md_token(token: str) -> str:
-    """The marked token, bold in a cell of its own. Its edge spaces become entities: a `**`
-    next to a space (or, inside a word, next to punctuation) would not make it bold."""
+    """The marked token, bold in a cell of its own, without its edge spaces (the cells already
+    part it from its neighbours, and a `**` next to a space would not make it bold); a token of
+    spaces alone shows as ␣."""
     core = token.strip(" ")
-    lead, trail = "&#32;" * (len(token) - len(token.lstrip(" "))), ""
-    trail = "&#32;" * (len(token) - len(token.rstrip(" "))) if core else ""
-    return f"**{lead}{md_text(core)}{trail}**"
+    return f"**{md_text(core) if core else '␣' * len(token)}**"
 
 
 def to_markdown(name: str, layers: dict[int, list[dict]]) -> str:

@@ -261,3 +261,38 @@ class Runner:
 
     def tally(self) -> dict[str, int]:
         return dict(Counter(self.states.values()))
+
+
+# Where a deployment run may point laminar: a deployment's parameters come from whoever can
+# start it (the UI, the API), and its artifacts dir decides what the run reads and trusts
+# (docs/security.md). The worker's operator allows more with these variables.
+ALLOWED_ROOTS_ENV = "LAMINAR_DEPLOYMENT_ARTIFACTS_ROOTS"  # folders, os.pathsep-separated
+ALLOWED_DASK_ENV = "LAMINAR_DEPLOYMENT_DASK_ADDRESSES"  # scheduler addresses, comma-separated
+
+
+def check_deployment_targets(cfg: Config) -> None:
+    """In a run started from a deployment: the artifacts dir must lie in a folder the worker
+    allows (by default its own `artifacts/`), and a Dask scheduler must be one it allows (by
+    default none: a local cluster only). A run from the command line is its user's own."""
+    import os
+
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return
+    given = os.environ.get(ALLOWED_ROOTS_ENV, "")
+    roots = [Path(p).expanduser().resolve() for p in given.split(os.pathsep) if p]
+    roots = roots or [Path("artifacts").resolve()]
+    if not any(cfg.root == r or r in cfg.root.parents for r in roots):
+        raise LaminarError(
+            f"this deployment run's artifacts_dir '{cfg.root}' is outside the folders its worker "
+            f"allows ({', '.join(map(str, roots))}): start the run with an artifacts_dir there, "
+            f"or have the worker's operator add the folder to {ALLOWED_ROOTS_ENV}."
+        )
+    allowed = [a.strip() for a in os.environ.get(ALLOWED_DASK_ENV, "").split(",") if a.strip()]
+    if cfg.dask_address and cfg.dask_address not in allowed:
+        raise LaminarError(
+            f"this deployment run's dask_address '{cfg.dask_address}' is not one its worker "
+            f"allows ({', '.join(allowed) or 'none: a local cluster only'}): leave it empty, or "
+            f"have the worker's operator add it to {ALLOWED_DASK_ENV}."
+        )

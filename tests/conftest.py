@@ -290,6 +290,8 @@ class UI:
         self.port, self.home, self.auth = free_port(), home, auth
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PREFECT_HOME": str(home), "LAMINAR_UI_PORT": str(self.port)}
+        # deployment runs may use artifacts dirs under the tests' own temporary folder
+        env["LAMINAR_DEPLOYMENT_ARTIFACTS_ROOTS"] = str(home.parent)
         env.pop("PREFECT_API_URL", None)
         if auth:  # a password-protected server (docs/security.md)
             env["PREFECT_SERVER_API_AUTH_STRING"] = auth

@@ -102,7 +102,7 @@ def test_failed_layer_resumes_by_retrying_the_flow_run(
             ("precision", "fp32"),
         ]
     }
-    assert (*settings, "batch_tokens") == RESULT_FIELDS  # batch_tokens 0 is left out of names
+    assert {*settings, "batch_tokens"} == set(RESULT_FIELDS)  # batch_tokens 0: not in names
     blocker = l0.parent.parent / "L02" / f"{stable_hash({**settings, 'sae_seed': 0})[:16]}.json"
     blocker.mkdir(parents=True)  # a folder where layer 2's result file goes: a disk fault
 
@@ -135,3 +135,31 @@ def test_dead_network_fails_the_run_with_the_sentence(
         "(nothing listens there); check the network or the URL, then rerun (a page fetched "
         "before stays cached under the artifacts dir)."
     ), run.state.message
+
+
+def test_a_deployment_run_cannot_point_laminar_outside_what_its_worker_allows(
+    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
+) -> None:
+    """Whoever can start a deployment chooses its parameters; the worker's operator chooses
+    where they may point: an artifacts_dir outside the worker's allowed folders (the tests'
+    temporary folder here, the worker's own artifacts/ by default) or a Dask scheduler it does
+    not allow fails the run with one sentence, before anything is read or written there."""
+    import tempfile
+
+    from tasks.runs import ALLOWED_DASK_ENV, ALLOWED_ROOTS_ENV
+
+    outside = Path(tempfile.mkdtemp(prefix="laminar-not-allowed-"))
+    config = run_config(tiny_model, article_server, outside / "art")
+    run = run_deployment(ui, "quick", config)
+    assert run.state.type.value == "FAILED"
+    assert f"artifacts_dir '{outside / 'art'}' is outside the folders its worker" in (
+        run.state.message
+    )
+    assert ALLOWED_ROOTS_ENV in run.state.message and not (outside / "art").exists()
+    remote = run_config(tiny_model, article_server, tmp_path, task_runner="dask")
+    run = run_deployment(ui, "quick", remote | {"dask_address": "tcp://127.0.0.1:9"})
+    assert run.state.type.value == "FAILED"
+    assert "dask_address 'tcp://127.0.0.1:9' is not one its worker allows (none" in (
+        run.state.message
+    )
+    assert ALLOWED_DASK_ENV in run.state.message

@@ -137,4 +137,4 @@ def test_the_markdown_cards_show_page_text_as_text() -> None:
         .enable("table")
         .render(to_markdown("m", {0: [{**card, "contexts": [{**contexts[0], "token": " the"}]}]}))
     )
-    assert "<strong> the</strong>" in leading  # a leading space keeps the token bold
+    assert "<strong>the</strong>" in leading  # a leading space: bold all the same

@@ -45,6 +45,30 @@ def test_whole_layer_as_one_minibatch_is_the_full_batch_step(layer: tuple) -> No
     assert mini.losses == pytest.approx(full.losses, rel=1e-6)
 
 
+def test_minibatch_training_is_an_adam_step_per_minibatch(layer: tuple) -> None:
+    """B < N against a reference written the straightforward way: the same seeded minibatches
+    (minibatches() with the shuffle's own generator), an autograd step on the course's loss and
+    an Adam step for each, every epoch; the epoch's loss the token-weighted mean."""
+    x, src = layer
+    mini = minibatch.train(src, batch_tokens=64, epochs=3, seed=4, device="cpu", **SETTINGS)
+    ref, opt = sae.fresh(16, 2, 1 / 3, SETTINGS["lr"], 4, "cpu")
+    rng, losses = np.random.default_rng(4), []
+    for _ in range(3):
+        total = 0.0
+        for xb in minibatch.minibatches(src, 64, rng):
+            batch = torch.from_numpy(xb)
+            x_hat, z = ref(batch)
+            loss = sae.sae_loss(batch, x_hat, z, SETTINGS["l1"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(xb)
+        losses.append(total / len(x))
+    w, w_mini = ref.weight.detach(), mini.sae.weight.detach()
+    assert torch.linalg.norm(w_mini - w) / torch.linalg.norm(w) < 1e-5
+    assert mini.losses == pytest.approx(losses, rel=1e-5)
+
+
 def test_shuffle_is_seeded_and_each_token_is_seen_once_an_epoch(layer: tuple) -> None:
     x, src = layer
 

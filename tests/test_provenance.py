@@ -94,3 +94,24 @@ def test_compare_prints_the_fields_that_differ(
     assert "provenance: 2 field(s) differ between a and b" in out
     assert f"  software.torch: {prov['software']['torch']!r} -> '9.9.9'" in out
     assert "  models.0.hub_revision: None -> 'abc123'" in out
+
+
+def test_the_dirty_flag_is_the_checkouts(tmp_path: Path) -> None:
+    """A clean checkout is not dirty; an uncommitted change to a tracked file makes it dirty
+    (an untracked file does not: it cannot be what ran)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "run.py").write_text("print(1)\n")
+    git("add", "run.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "notes.txt").write_text("untracked")
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "run.py").write_text("print(2)\n")
+    assert provenance.git_state(tmp_path) == {"commit": head, "dirty": True}
