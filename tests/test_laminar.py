@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ARTICLE, ROOT, SECOND_ARTICLE, ArticleServer, quick_config, run_cli, said
+from conftest import (
+    ARTICLE,
+    ROOT,
+    SECOND_ARTICLE,
+    ArticleServer,
+    make_family_model,
+    quick_config,
+    run_cli,
+    said,
+)
 
 from flows.laminar import LayerFailedError, laminar
 from tasks.cli import to_args
@@ -322,6 +331,12 @@ BAD_INPUT = [
     (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
     (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
     (["--seq-len", "5000"], "--seq-len 5000 is longer than tiny-gpt2's context of", True),
+    (["--models", "{biogpt}"], "is a BioGptForCausalLM model, an architecture Transformer", True),
+    (  # several failing articles: one sentence naming each
+        ["--urls", "{url}/missing", "{url}/gone"],
+        "answered HTTP 404: check the article's address; --urls '",
+        False,
+    ),
     (["--models", "{empty}", "{twin}"], "share the name 'empty' that laminar's reports", True),
 ]
 CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
@@ -329,7 +344,10 @@ CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
 
 @pytest.fixture(scope="module")
 def bad_input_runs(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, article_server: ArticleServer
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    article_server: ArticleServer,
+    tokenizer_dir: Path,
 ) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
     """Every bad-input case through the real CLI, three at a time (each is a fresh Python
     process, most of whose time is imports). Its own artifacts dir, Prefect home and an empty
@@ -338,6 +356,9 @@ def bad_input_runs(
     from concurrent.futures import ThreadPoolExecutor
 
     article_server.routes["/no-body"] = (200, b"<html><body><p>Not an article</p></body></html>")
+    biogpt = make_family_model(
+        tmp_path_factory.mktemp("bio") / "tiny-biogpt", tokenizer_dir, "biogpt"
+    )
 
     def one(i: int, args: list[str]) -> tuple[subprocess.CompletedProcess[str], Path]:
         tmp = tmp_path_factory.mktemp(f"bad{i}")
@@ -347,6 +368,7 @@ def bad_input_runs(
         fill = {
             "{empty}": tmp / "empty",
             "{twin}": tmp / "twin" / "empty",
+            "{biogpt}": biogpt,
             "{file}": tmp / "file",
             "{url}": article_server.url(""),
         }
@@ -366,7 +388,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 31 fresh CLI processes, three at a time
+@pytest.mark.slow  # 33 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
