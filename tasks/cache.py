@@ -18,12 +18,14 @@ task runs again."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,12 +182,40 @@ class ContentKey(CachePolicy):
 LOCK_GRACE_S = 10.0
 
 
+def _read_or(path: str, default: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return default
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat's 22nd field), or None
+    where that cannot be read: a pid reused by a later process has another start."""
+    stat = _read_or(f"/proc/{pid}/stat", "")
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
 class ProcessLockManager(LockFiles):
-    """Prefect's file locks, plus the holder's pid and host. Released instead of making every
-    later run wait forever: a lock whose process died on this machine (kill -9), and a lock file
-    that is empty or has no pid LOCK_GRACE_S after it was last written (its taker died)."""
+    """Prefect's file locks, plus who holds them: pid, host, boot and pid namespace, and the
+    process's start. Released instead of making every later run wait forever: a lock whose
+    process is gone (kill -9) where that can be checked (this host, this boot and this pid
+    namespace: containers that share a host name do not share pids), and a lock file that is
+    empty or has no pid LOCK_GRACE_S after it was last written (its taker died)."""
 
     host = socket.gethostname()
+    boot = _read_or("/proc/sys/kernel/random/boot_id", "")
+    pid_namespace = _pid_namespace()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -196,7 +226,9 @@ class ProcessLockManager(LockFiles):
         if acquired:
             path = self.lock_path(key)
             info = json.loads(path.read_bytes())
-            data = json.dumps({**info, "pid": os.getpid(), "host": self.host}).encode()
+            me = {"pid": os.getpid(), "host": self.host, "boot": self.boot}
+            me |= {"pid_namespace": self.pid_namespace, "started": process_start(os.getpid())}
+            data = json.dumps({**info, **me}).encode()
             with atomic_path(path) as tmp:  # readers see the old or the new file, never half
                 tmp.write_bytes(data)
         return acquired
@@ -209,23 +241,40 @@ class ProcessLockManager(LockFiles):
         except ValueError:
             return {"holder": "", "expiration": None, "path": self.lock_path(key)}
 
+    def _here(self, info: dict[str, Any]) -> bool:
+        """Whether the holder's pid can be checked from this process: the same host, and where
+        the lock says so, the same boot and pid namespace."""
+        same = [(info.get("host"), self.host)]
+        same += [
+            (info[f], v)
+            for f, v in (("boot", self.boot), ("pid_namespace", self.pid_namespace))
+            if f in info
+        ]
+        return all(a == b for a, b in same)
+
+    def _gone(self, info: dict[str, Any]) -> bool:
+        pid, started = info.get("pid"), info.get("started")
+        if not isinstance(pid, int):
+            return False
+        return not pid_alive(pid) or (started is not None and process_start(pid) != started)
+
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         if not super().is_locked(key, use_cache=use_cache):
             return False
-        info = self.read_info(key, use_cache=False) or {}
+        info, ino, age = self._snapshot(key)
         pid, host = info.get("pid"), info.get("host")
-        if host == self.host and isinstance(pid, int) and not pid_alive(pid):
+        if self._here(info) and self._gone(info):
             log.warning("releasing the lock on %s left by process %s, which is gone", key, pid)
-            return self._release(key)
-        if pid is None and (age := self._age(key)) > LOCK_GRACE_S:
+            return self._release(key, ino)
+        if pid is None and age > LOCK_GRACE_S:
             log.warning(
                 "releasing the lock on %s: its file has had no holder pid for %.0f s, so the "
                 "process taking it died",
                 key,
                 age,
             )
-            return self._release(key)
-        if host and host != self.host and key not in self._told:
+            return self._release(key, ino)
+        if host and not self._here(info) and key not in self._told:
             # Another machine's pid cannot be checked from here: say what we wait on and how to
             # end the wait if that machine is gone.
             self._told.add(key)
@@ -239,14 +288,43 @@ class ProcessLockManager(LockFiles):
             )
         return True
 
-    def _release(self, key: str) -> bool:
-        self.lock_path(key).unlink(missing_ok=True)
+    def _snapshot(self, key: str) -> tuple[dict[str, Any], tuple[int, bytes] | None, float]:
+        """The lock file's record, its identity (inode and bytes: a file system may give a new
+        file the inode of one just deleted) and its age in seconds, read from one open file (so
+        they belong together); an empty or half-written record reads as {}."""
+        try:
+            fd = os.open(self.lock_path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return {}, None, 0.0
+        try:
+            st = os.fstat(fd)
+            raw = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        return info, (st.st_ino, raw), time.time() - st.st_mtime
+
+    def _release(self, key: str, judged: tuple[int, bytes] | None) -> bool:
+        """Remove the lock file judged stale (identity `judged`), and only that one: it is moved
+        aside first, so a lock another run took meanwhile in its place is put back, not
+        deleted. Returns whether the key is still locked."""
+        path = self.lock_path(key)
+        aside = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.released")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:  # another run released it first
+            self.forget(key)
+            return False
+        if judged is not None and (aside.stat().st_ino, aside.read_bytes()[: 1 << 16]) != judged:
+            # a new lock took the stale one's place: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            aside.unlink()
+            return True
+        aside.unlink()
         self.forget(key)
         return False
-
-    def _age(self, key: str) -> float:
-        """Seconds since the lock file was last written (0 if it just vanished)."""
-        try:
-            return time.time() - self.lock_path(key).stat().st_mtime
-        except FileNotFoundError:
-            return 0.0

@@ -80,6 +80,54 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
     assert f"delete {tmp_path / 'there.lock'}" in warning
 
 
+def test_a_lock_is_judged_by_its_holders_boot_namespace_and_start(tmp_path: Path) -> None:
+    """A pid means something only in its own pid namespace and boot: a lock from a container
+    with the same host name but another pid namespace is waited on, never released; a pid that
+    is alive but belongs to a later process (another start) is a dead holder's."""
+    import os
+
+    from tasks.cache import ProcessLockManager, process_start
+
+    locks = ProcessLockManager(lock_files_directory=tmp_path)
+    assert locks.acquire_lock("mine", holder="run-a")
+    info = json.loads(locks.lock_path("mine").read_text())
+    assert info["pid"] == os.getpid() and info["host"] == ProcessLockManager.host
+    assert info["boot"] == ProcessLockManager.boot and info["started"] == process_start(os.getpid())
+    assert info["pid_namespace"] == ProcessLockManager.pid_namespace
+    other = ProcessLockManager(lock_files_directory=tmp_path)
+    assert other.is_locked("mine")  # alive, same process: held
+    for key, change, held in [
+        ("container", {"pid": 2**22 + 7, "pid_namespace": "pid:[1]"}, True),  # not ours: wait
+        ("reused", {"started": info["started"] + 1}, False),  # our pid, a later start: gone
+    ]:
+        assert locks.acquire_lock(key, holder=f"run-{key}")
+        path = locks.lock_path(key)
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        assert other.is_locked(key) is held, key
+
+
+def test_releasing_a_stale_lock_never_deletes_a_fresh_one(tmp_path: Path) -> None:
+    """Between a run judging a lock stale and removing it, another run may have released it and
+    a third taken the key: the third's lock stays (the stale file is moved aside and checked by
+    its inode first)."""
+    import os
+
+    from tasks.cache import ProcessLockManager
+
+    locks = ProcessLockManager(lock_files_directory=tmp_path)
+    assert locks.acquire_lock("k", holder="old")
+    _, judged, _ = locks._snapshot("k")
+    path = locks.lock_path("k")
+    path.unlink()  # a second run released it ...
+    fresh = ProcessLockManager(lock_files_directory=tmp_path)
+    assert fresh.acquire_lock("k", holder="new")  # ... and a third took the key
+    assert locks._release("k", judged) is True  # still locked: the new lock was put back
+    assert json.loads(path.read_text())["holder"] == "new"
+    assert os.listdir(tmp_path) == ["k.lock"]  # nothing left aside
+    _, now, _ = locks._snapshot("k")
+    assert locks._release("k", now) is False and not path.exists()
+
+
 @pytest.mark.parametrize("content", [b"", b'{"holder": "run-a", "expiration": null}'])
 def test_lock_without_a_pid_is_released_after_the_grace_period(
     tmp_path: Path, content: bytes, caplog: Any

@@ -141,10 +141,31 @@ def test_sigkill_during_training_resumes_without_recomputing(
 ) -> None:
     cfg = quick_config(slow_model, article_server, tmp_path / "a", epochs=80, seq_len=64)
     proc = spawn(cfg, tmp_path / "home")
-    l1_done = lambda: any((tmp_path / "a" / "sae").rglob("L01/*.json"))  # noqa: E731
-    killed = kill_when(proc, lambda: l1_done() and proc.pid in lock_pids(tmp_path / "a"))
+    sae_dir = tmp_path / "a" / "sae"
+    l1_done = lambda: any(sae_dir.rglob("L01/*.json"))  # noqa: E731
+    mid: list[Path] = []
+
+    def training() -> list[Path]:
+        """A later layer mid-training: its epochs file exists while it trains (gone once done)."""
+        found = []
+        for p in sae_dir.rglob("L0[23]/*.progress"):
+            with contextlib.suppress(OSError, ValueError):
+                done = json.loads(p.read_text())
+                if 0 < done["epoch"] < done["epochs"]:
+                    found.append(p)
+        return found
+
+    def ready() -> bool:
+        if l1_done() and proc.pid in lock_pids(tmp_path / "a") and (now := training()):
+            mid.extend(now)
+            return True
+        return False
+
+    killed = kill_when(proc, ready)
     assert killed, "the run ended before it could be killed"
     assert proc.pid in lock_pids(tmp_path / "a"), "a lock of the dead run is left to release"
+    [running] = mid  # killed while this layer was training, epochs done and not finished
+    assert not list(running.parent.glob("*.json")), "the layer killed mid-training had finished"
     [l0] = (tmp_path / "a" / "sae").rglob("L00/*.json")
     l0_mtime = l0.stat().st_mtime_ns
 

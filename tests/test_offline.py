@@ -6,6 +6,7 @@ model in the hub cache) without the user setting HF_HUB_OFFLINE."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -131,22 +132,49 @@ def test_hub_model_neither_cached_nor_reachable(
     assert not (tmp_path / "art" / ".cache").exists()  # failed before Prefect started
 
 
+class DeadHub:
+    """A hub address that takes each connection and drops it at once (a network that resets):
+    it counts the connections, so a test sees how often the hub was tried."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> None:
+    """The hub resets every connection and the article server goes away after the first run:
+    a cached hub model and a cached page are enough. The hub is asked once per run (the
+    probe), never again: the offline switch holds for everything that loads the model."""
     hf = tmp_path / "hf"
     commit = hub_cache(hf, "laminar-test/tiny-gpt2", tiny_model)
     server = ArticleServer()
     server.routes[ARTICLE] = (200, wiki_page(["Prose of the cached day. " * 40] * 20).encode())
     cfg = quick_config(tiny_model, server, tmp_path / "art", models=["laminar-test/tiny-gpt2"])
-    env = {
-        "HF_HOME": str(hf),
-        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # the hub is gone
-        "HF_HUB_OFFLINE": None,
-    }
+    hub = DeadHub()
+    env = {"HF_HOME": str(hf), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": None}
     try:
         first = run_cli(*to_args(cfg), "--layers", "0", cwd=tmp_path, env=env, timeout=240)
     finally:
         server.close()  # and now the article server is gone too
     assert first.returncode == 0, first.stderr
+    assert hub.connections == 1  # the probe alone
     assert "SAE runs" not in first.stdout + first.stderr  # output piped, not a terminal: no bar
     assert "cannot be reached (ConnectionError): loading models from the local" in first.stderr
     [report] = [
@@ -156,6 +184,9 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     assert f'"hub_revision": "{commit}"' in prov  # the snapshot that was loaded
 
     second = run_cli(*to_args(cfg), "--layers", "0", "--epochs", "4", cwd=tmp_path, env=env)
+    hub.close()
     assert second.returncode == 0, second.stderr
-    assert "Task run 'fetch http" in second.stderr and "Finished in state Cached" in second.stderr
-    assert "Finished in state Completed()" in second.stderr  # the new epochs were trained
+    assert hub.connections == 2  # this run's probe alone
+    states = dict(re.findall(r"Task run '([^']+)' - Finished in state (\w+)\(", second.stderr))
+    assert states[f"fetch {cfg.urls[0]}"] == "Cached"  # the page, from the cache
+    assert states["sae tiny-gpt2 L0"] == "Completed"  # the new epochs were trained

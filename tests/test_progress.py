@@ -225,20 +225,47 @@ def run_in_terminal(args: list[str], cwd: Path) -> str:
     return out.decode(errors="replace")
 
 
+# Loaded by the CLI under test (PYTHONPATH): every SAE epoch lasts at least 10 ms, so a layer of
+# 200 epochs outlasts the bar's 0.5 s poll on any CPU. Test-side only: laminar has no such hook.
+SLOW_EPOCHS = """
+import sys, time
+class _SlowEpochs:
+    def find_spec(self, name, path, target=None):
+        if name != "tasks.progress":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            call = module.EpochReporter.__call__
+            def slow(self, *args, **kwargs):
+                time.sleep(0.01)
+                return call(self, *args, **kwargs)
+            module.EpochReporter.__call__ = slow
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, _SlowEpochs())
+"""
+
+
 @pytest.mark.slow  # a real run in a pseudo-terminal, twice
 def test_terminal_bar_in_a_terminal_and_never_with_quiet(
-    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tasks.cli import to_args
 
-    # 300 epochs: over a second per layer, so the bar (read every 0.5 s) sees a layer running.
-    base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=300, layers="0,1")
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_EPOCHS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "slow"))
+    base = quick_config(tiny_model, article_server, tmp_path / "a", epochs=200, layers="0,1")
     args = to_args(base)
     shown = run_in_terminal(args, tmp_path)
     assert re.search(r"SAE runs: 100%\|█+\| 2/2 \[", shown)  # the overall bar, finished
-    assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/300 \[", shown)
+    assert re.search(r"sae tiny-gpt2 L[01]: +\d+%\|█*[ ▏▎▍▌▋▊▉]*\| \d+/200 \[", shown)
     quiet = run_in_terminal([*args, "--refresh", "--quiet", "--progress-every", "0"], tmp_path)
-    assert "SAE runs" not in quiet and ": epoch 1/300" not in quiet
+    assert "SAE runs" not in quiet and ": epoch 1/200" not in quiet
 
 
 def test_bf16_advice_on_cpus_with_and_without_native_bf16(

@@ -41,12 +41,17 @@ def test_activations_that_do_not_vary_fail_by_name(value: float, kind: str) -> N
         train_layer(x, Config(device="cpu", epochs=2), "gpt2 L2")
 
 
-def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    acts = rng.normal(size=(40, 8)).astype(np.float32)
+def layer_file(tmp_path: Path) -> tuple[np.ndarray, Path]:
+    """40 tokens of width 8 as layer 3's activation file, where extraction would write it."""
+    acts = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     path = tmp_path / "activations" / "m-1234" / "mlp.hook_pre" / "abc" / "L03.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(activation_table(np.zeros(40), np.arange(40), np.zeros(40), acts), path)
+    return acts, path
+
+
+def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
+    acts, path = layer_file(tmp_path)
     cfg = Config(artifacts_dir=str(tmp_path), epochs=4, device="cpu")
     with disable_run_logger():
         out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)}, 7, "m L3 s7")
@@ -81,11 +86,7 @@ def test_a_killed_runs_sae_temporaries_are_swept(tmp_path: Path) -> None:
 
     from tasks.store import HOST_TAG
 
-    rng = np.random.default_rng(0)
-    acts = rng.normal(size=(40, 8)).astype(np.float32)
-    path = tmp_path / "activations" / "m-1234" / "mlp.hook_pre" / "abc" / "L03.parquet"
-    path.parent.mkdir(parents=True)
-    pq.write_table(activation_table(np.zeros(40), np.arange(40), np.zeros(40), acts), path)
+    _, path = layer_file(tmp_path)
     cfg = Config(artifacts_dir=str(tmp_path), epochs=2, device="cpu")
     with disable_run_logger():
         out = train_sae.fn(cfg, "m", 3, {"layer": 3, **file_record(path)}, 0, "m L3")
