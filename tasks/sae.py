@@ -53,7 +53,12 @@ class Workspace:
 
 # Same-width integers: a float's bits read as an integer. For floats >= +0 the integers sort as
 # the floats do, and every negative float (and -0.0) reads as a negative integer, below them.
-BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
 _POOL: ThreadPoolExecutor | None = None
 
 

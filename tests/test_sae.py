@@ -212,7 +212,7 @@ def topk_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     return kth.clamp(min=sae.tiny(z.dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_the_selection_keeps_what_topk_keeps(dtype: torch.dtype) -> None:
     """The threshold from the rows' bits (numpy's partition, rows split among threads) is the
     one torch.topk gives on the ReLU'd rows: negative rows, -0.0, ties at the k-th value, rows
