@@ -155,9 +155,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.model.__getstate__()).hexdigest()
 
 
-def shape(model: str, hook: str) -> tuple[int, int]:
-    """(number of blocks, width d of `hook`'s activations), from the model's config: the MLP's
-    hidden width for the MLP's inner hooks, the residual width for the rest."""
+def shape(model: str, hook: str) -> tuple[int, int, int | None]:
+    """(number of blocks, width d of `hook`'s activations, context length or None), from the
+    model's config: the MLP's hidden width for the MLP's inner hooks, the residual width for
+    the rest; the context from n_positions, or max_position_embeddings."""
     from transformers import AutoConfig
 
     try:
@@ -167,16 +168,13 @@ def shape(model: str, hook: str) -> tuple[int, int]:
         raise model_load_error(model, exc, "config") from exc
     d_model = getattr(c, "n_embd", None) or c.hidden_size
     d_mlp = getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * d_model
-    return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model
-
-
-def check_context(model: str, seq_len: int) -> None:
-    """A window longer than the model's context would fail deep inside extraction: refuse it
-    here, from the model's config (n_positions, or max_position_embeddings)."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model, trust_remote_code=False)
     n_ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model, n_ctx
+
+
+def check_context(model: str, seq_len: int, n_ctx: int | None) -> None:
+    """A window longer than the model's context would fail deep inside extraction: refuse it
+    before any work."""
     if n_ctx and seq_len > n_ctx:
         raise LaminarError(
             f"--seq-len {seq_len} is longer than {short_name(model)}'s context of {n_ctx} "
@@ -266,9 +264,9 @@ def describe(cfg: Config, model: str) -> ModelFacts:
     warn_if_pickled(model)
     ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
-    n_layers, d = shape(model, cfg.hook)
+    n_layers, d, n_ctx = shape(model, cfg.hook)
     check_architecture(model)
-    check_context(model, cfg.seq_len)
+    check_context(model, cfg.seq_len, n_ctx)
     return {
         "model": model,
         "name": short_name(model),

@@ -108,7 +108,7 @@ def threshold(z: torch.Tensor, k: int, ws: Workspace) -> torch.Tensor:
         scratch = ws.get("g_z", (n, m), z)  # free until dL/dz is computed
         if z.device.type == "cpu" and z.dtype in BITS:
             kth = kth_bits(z, k, scratch).clamp_(min=1).view(z.dtype)  # 1: the bits of `floor`
-            return kth.to(z.device).unsqueeze(1)
+            return kth.unsqueeze(1)
         # elsewhere (CUDA) topk is fast; its values and indices live in the scratch buffer
         indices_at = -(-n * k * z.element_size() // 64) * 64  # after the values, aligned
         out = (ws.get("g_z", (n, k), z), ws.get("g_z", (n, k), z, torch.long, at=indices_at))
