@@ -24,19 +24,22 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import models, paths, provenance
+from tasks import models, paths, provenance, published
 from tasks.cli import config_from_args
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
 from tasks.progress import announce
-from tasks.records import ModelFacts
+from tasks.published import profile_sae
+from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner, check_deployment_targets
+from tasks.saelens import Entry
 from tasks.scrape import fetch_page, parse_page, publish_text
+from tasks.splice import splice_sae
 from tasks.store import check_writable
-from tasks.tokens import tokenize
+from tasks.tokens import holdout, tokenize
 from tasks.train import train_sae
 
 # Dask workers unpickle this flow (its run context travels with every task). Run as a script
@@ -61,17 +64,18 @@ class LayerFailedError(Exception):
 )
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
-    cfg = config
     started_at = provenance.now()
-    described = preflight(cfg)
+    cfg, described, family = preflight(config)  # cfg: with --saes, the family's hook
     run = Runner(cfg)
     fetch = fetch_page.with_options(retries=cfg.fetch_retries)
     pages = run.each(fetch, [(cfg, url) for url in cfg.urls])
     texts = run.each(parse_page, [(cfg, page) for page in pages])
-    tokens = {}
+    tokens, holdouts = {}, {}
     for m in described:
         if (fp := m["tokenizer_fingerprint"]) not in tokens:
             tokens[fp] = run(tokenize, cfg, texts, m["model"], fp)
+            if cfg.n_eval_seqs:
+                holdouts[fp] = run(holdout, cfg, texts, m["model"], fp)
     publish_text(pages, texts, list(tokens.values()))
     announce(cfg, described, tokens)
     extractions, jobs = [], []
@@ -82,16 +86,13 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             args = (cfg, m["model"], m["name"], m["weights_fingerprint"], batch)
             ext = run.on(pool, extract_activations, *args)
             extractions.append(ext)
-            for f in ext["files"]:
-                for seed, label in sae_labels(cfg, m["name"], f["layer"]):
-                    name, future = run.submit(
-                        pool, train_sae, cfg, m["name"], f["layer"], f, seed, label
-                    )
-                    progress = paths.epochs_file(paths.layer_json(cfg, Path(f["path"]), seed))
-                    jobs.append(Job(name, future, m["name"], progress))
+            jobs += layer_jobs(run, pool, cfg, m["name"], ext["files"], family)
         results, failed = run.gather(jobs, pool.slots)
+        if holdouts:
+            splices, splice_failed = splice_all(run, pool, cfg, described, results, holdouts)
+            results, failed = with_splices(results, splices), failed + splice_failed
     cards = []
-    for m in described if cfg.save_saes else []:
+    for m in described if cfg.save_saes or cfg.saes else []:
         first_seed = [r for r in results if r["sae_seed"] == cfg.sae_seeds[0]]
         if mine := [r for r in first_seed if r["name"] == m["name"]]:
             batch = tokens[m["tokenizer_fingerprint"]]
@@ -100,7 +101,7 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             cards += made
     batches = list(tokens.values())
     args = (cfg, pages, texts, batches, extractions, results, failed, cards, started_at)
-    report = run(write_report, *args)
+    report = run(write_report, *args, list(holdouts.values()))
     publish(report)
     summary = {
         "report": report["dir"],
@@ -118,32 +119,94 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     return summary
 
 
+def layer_jobs(
+    run: Runner, pool: Any, cfg: Config, name: str, files: list[LayerFile], family: dict
+) -> list[Job]:
+    """One job per (layer, seed): a fresh SAE trained, or (--saes) the published one measured."""
+    jobs = []
+    for f in files:
+        for seed, label in sae_labels(cfg, name, f["layer"]):
+            if family:
+                folder = str(family[f["layer"]].folder)
+                task_name, future = run.submit(
+                    pool, profile_sae, cfg, name, f["layer"], f, folder, label
+                )
+            else:
+                task_name, future = run.submit(
+                    pool, train_sae, cfg, name, f["layer"], f, seed, label
+                )
+            progress = paths.epochs_file(paths.layer_json(cfg, Path(f["path"]), seed))
+            jobs.append(Job(task_name, future, name, progress))
+    return jobs
+
+
+def splice_all(
+    run: Runner,
+    pool: Any,
+    cfg: Config,
+    described: list[ModelFacts],
+    results: list[LayerResult],
+    holdouts: dict[str, EvalBatch],
+) -> tuple[list[tuple[LayerResult, Splice]], list[str]]:
+    """Each SAE spliced into its model on the held-out windows (tasks.splice), model by model
+    so each model is loaded once; (result, its measures) pairs, and the failures."""
+    by_name = {m["name"]: m for m in described}
+    jobs, pairs = [], []
+    for r in results:
+        m = by_name[r["name"]]
+        label = f"{r['name']} L{r['layer']}" + (
+            f" s{r['sae_seed']}" if len(cfg.sae_seeds) > 1 else ""
+        )
+        args = (cfg, m["model"], m["weights_fingerprint"], m["layers"], r["layer"])
+        args += (r["sae_files"], holdouts[m["tokenizer_fingerprint"]], label)
+        task_name, future = run.submit(pool, splice_sae, *args)
+        jobs.append(Job(task_name, future, r["name"], Path(r["json"]["path"] + ".splicing")))
+        pairs.append((r, future))
+    _, failed = run.gather(jobs, pool.slots, what="SAEs spliced in")
+    return [(r, f.result()) for r, f in pairs if f.state.is_completed()], failed
+
+
+def with_splices(
+    results: list[LayerResult], splices: list[tuple[LayerResult, Splice]]
+) -> list[LayerResult]:
+    """Each result with its downstream measures; a result whose splice failed is left out (its
+    failure is reported by name)."""
+    return [{**r, **{k: v for k, v in s.items() if k != "layer"}} for r, s in splices]
+
+
 def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
     """(seed, task label) per SAE seed: 'gpt2 L3', or 'gpt2 L3 s1' when there are several."""
     many = len(cfg.sae_seeds) > 1
     return [(s, f"{name} L{layer}" + (f" s{s}" if many else "")) for s in cfg.sae_seeds]
 
 
-_CHECKED: dict[str, list[ModelFacts]] = {}  # config JSON -> its models, checked by main
+Checked = tuple[Config, list[ModelFacts], dict[int, Entry]]
+_CHECKED: dict[str, Checked] = {}  # config JSON -> what preflight found, checked by main
 
 
-def preflight(cfg: Config, *, keep: bool = False) -> list[ModelFacts]:
+def preflight(cfg: Config, *, keep: bool = False) -> Checked:
     """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
     the artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
     which check it themselves), every model and its layers resolve. The CLI runs it before
     Prefect starts and keeps the answer (`keep`) for the flow run it starts next, which takes
     it instead of loading every tokenizer and model config again; any other flow run (a
     deployment's, a second run in one process) checks for itself."""
-    if (checked := _CHECKED.pop(cfg.model_dump_json(), None)) is not None:
+    given = cfg.model_dump_json()
+    if (checked := _CHECKED.pop(given, None)) is not None:
         return checked
     check_deployment_targets(cfg)
     check_writable(cfg.root)
     if cfg.task_runner == "thread":
         resolve_device(cfg.device)
+    family: dict[int, Entry] = {}
+    if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
+        cfg, family = published.prepare(cfg)
     described = [models.describe(cfg, m) for m in cfg.models]
+    if family:
+        published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     if keep:
-        _CHECKED[cfg.model_dump_json()] = described
-    return described
+        _CHECKED[given] = (cfg, described, family)
+    return cfg, described, family
 
 
 class _NoTracebackForUserErrors(logging.Filter):

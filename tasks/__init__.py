@@ -4,8 +4,9 @@ and may import any of them; tests/test_layers.py walks every import to hold this
 
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
-    scrape tokens extract train latents report the tasks, one module per job
-    cache  wikitext  figures  progress  provenance  minibatch   what the tasks share
+    published                                  --saes: a published family instead of train
+    scrape tokens extract train latents report splice   the tasks, one module per job
+    cache wikitext figures progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
     store                                      files: atomic writes, hashes, Parquet layouts
@@ -22,8 +23,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("store",),
     ("models",),
     ("sae", "stats"),
-    ("cache", "wikitext", "figures", "progress", "provenance", "minibatch"),
-    ("scrape", "tokens", "extract", "train", "latents", "report"),
+    ("cache", "wikitext", "figures", "progress", "provenance", "minibatch", "saelens"),
+    ("scrape", "tokens", "extract", "train", "latents", "report", "splice"),
+    ("published",),
     ("cluster",),
     ("runs",),
 )

@@ -46,6 +46,8 @@ def to_args(cfg: Config) -> list[str]:
     """The command line that gives `cfg`: config_from_args(to_args(cfg)) == cfg."""
     args: list[str] = []
     for name, value in cfg.model_dump().items():
+        if value is None:  # unset (the field's own default decides)
+            continue
         if isinstance(value, bool):
             args.append(flag(name) if value else "--no-" + flag(name)[2:])
         elif isinstance(value, list):
@@ -58,10 +60,16 @@ def to_args(cfg: Config) -> list[str]:
 def config_from_args(argv: list[str] | None = None) -> Config:
     """Parse the command line into a Config; a bad value raises LaminarError naming the flag."""
     args = vars(build_parser().parse_args(argv))
+    # only what differs from a field's default counts as given (Config.model_fields_set)
+    args = {k: v for k, v in args.items() if k not in Config.model_fields or v != _default(k)}
     try:
         return Config(**args)
     except ValidationError as exc:
         raise LaminarError(describe_validation_error(exc)) from None
+
+
+def _default(name: str) -> Any:
+    return Config.model_fields[name].default
 
 
 def exit_on_bad_flags(argv: list[str]) -> None:

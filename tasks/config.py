@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
+EVAL_TOKENS = 2048  # held-out tokens of the downstream measures when --eval-seqs is not given
 # Every field declares its role (`role(...)` on its own Field), and the sets below are derived
 # from them after the class, so a new field cannot fall out of the cache keys unnoticed:
 #   "sae"        the SAE's hyperparameters (tasks.sae.train's keyword arguments)
@@ -221,6 +222,25 @@ class Config(BaseModel):
         "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
         "small measured differences: docs/performance.md, bf16).",
     )
+    eval_seqs: int | None = Field(
+        json_schema_extra=role("result"),
+        default=None,
+        ge=0,
+        le=10_000,
+        description="Held-out windows (of --seq-len tokens, seeded, disjoint from the training "
+        "windows) on which each SAE is spliced into the model for the downstream measures (CE "
+        "loss score, KL score: docs/measures.md). Unset: as many as make 2,048 tokens. 0: no "
+        "downstream measures. Where the articles have no room left, the training windows are "
+        "used and the report says in-sample.",
+    )
+    saes: str = Field(
+        json_schema_extra=role("result"),
+        default="",
+        description="Profile published SAEs instead of training new ones: a local folder or a "
+        "Hugging Face repo id (optionally repo:subfolder) holding one SAELens-format SAE per "
+        "layer (cfg.json + sae_weights.safetensors; standard, topk or jumprelu). Their hook "
+        "is read from the files; empty: train the course's SAE per layer.",
+    )
     save_saes: bool = Field(
         json_schema_extra=role("result"),
         default=True,
@@ -383,6 +403,30 @@ class Config(BaseModel):
                 "tls:// address: give the scheduler's tls://HOST:PORT, or drop the certificates."
             )
         return self
+
+    @model_validator(mode="after")
+    def _downstream_needs_saes(self) -> Config:
+        if self.eval_seqs and not self.save_saes and not self.saes:
+            refuse(
+                f"--eval-seqs {self.eval_seqs} splices each trained SAE into the model, but "
+                "--no-save-saes keeps none to splice: drop --no-save-saes, or give --eval-seqs 0."
+            )
+        if self.saes and len(self.models) > 1:
+            refuse(
+                f"--saes '{self.saes}' is one model's SAE family, but --models names "
+                f"{len(self.models)} models: give the one model its SAEs were trained on."
+            )
+        return self
+
+    @property
+    def n_eval_seqs(self) -> int:
+        """The held-out windows a run splices on: eval_seqs, or (unset) as many as make 2,048
+        tokens; 0 where the SAEs are not kept (--no-save-saes: nothing to splice)."""
+        if self.eval_seqs is not None:
+            return self.eval_seqs
+        if not self.save_saes and not self.saes:
+            return 0
+        return -(-EVAL_TOKENS // self.seq_len)
 
     def subset(self, *fields: str) -> dict[str, Any]:
         """The named fields, for a cache key: only what a task's output depends on."""

@@ -36,15 +36,24 @@ def _models(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows))
 
 
+# With the SAEs spliced in (tasks.splice): what each costs the model, on the same axis
+DOWNSTREAM_PANELS = [
+    ("ce_loss_score", "CE loss score (1: costless, 0: as zeroing the hook)"),
+    ("ce_delta", "ΔCE = CE with SAE − clean CE (nats)"),
+]
+
+
 def profile_overlay(rows: list[dict[str, Any]], path: Path) -> None:
-    """Every model on one relative-depth axis, one panel per metric, ± sd over seeds."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.2))
-    for ax, (col, title) in zip(axes, PANELS, strict=True):
+    """Every model on one relative-depth axis, one panel per metric, ± sd over seeds; the
+    downstream panels where every row has them."""
+    panels = PANELS + [p for p in DOWNSTREAM_PANELS if all(r.get(p[0]) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for ax, (col, title) in zip(axes, panels, strict=True):
         for model in _models(rows):
             pts = [r for r in rows if r["model"] == model]
             x = [r["rel_depth"] for r in pts]
             y = [r[col] for r in pts]
-            sd = [r.get(f"{col}_sd", 0.0) for r in pts]
+            sd = [r.get(f"{col}_sd") or 0.0 for r in pts]
             (line,) = ax.plot(x, y, "o-", ms=3, label=model)
             lo = [a - b for a, b in zip(y, sd, strict=True)]
             hi = [a + b for a, b in zip(y, sd, strict=True)]

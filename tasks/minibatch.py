@@ -125,20 +125,28 @@ def metrics(model: sae.TiedSAE, src: ActivationFile, var: float, device: str) ->
     fired = torch.zeros(m, dtype=torch.int64, device=device)
     z_sum = torch.zeros(m, dtype=torch.float64, device=device)
     sq_err = torch.zeros((), dtype=torch.float64, device=device)
+    sums = {"l2_ratio": 0.0, "cossim": 0.0}
     for x in _chunks(src, device):
         x_hat, z = model(x)
         fired += (z != 0).sum(dim=0)
         z_sum += z.sum(dim=0, dtype=torch.float64)
         sq_err += (x_hat - x).double().pow(2).sum()
+        for key, value in sae.row_sums(x, x_hat).items():
+            sums[key] += value
     n, d = src.n_rows, src.d
     mse = sq_err.item() / (n * d)
     per_latent = fired.double() / n  # (m,) firing frequency
     mean_mag = torch.where(fired > 0, z_sum / fired.clamp(min=1), 0.0)
+    fvu = mse / var if var > 0 else float("nan")
     return {
         "latent_freq": per_latent.float().cpu().numpy(),
         "density_pct": 100.0 * fired.sum().item() / (n * m),
         "final_mse": mse,
-        "fvu": mse / var if var > 0 else float("nan"),
+        "fvu": fvu,
+        "explained_variance": 1.0 - fvu,
+        "l2_ratio": sums["l2_ratio"] / n,
+        "cossim": sums["cossim"] / n,
+        "dense_pct": 100.0 * (per_latent > sae.DENSE_FREQ).double().mean().item(),
         "l0": fired.sum().item() / n,
         "dead_pct": 100.0 * (fired == 0).double().mean().item(),
         "density_activation": (sae.minmax(per_latent.float()) * sae.minmax(mean_mag.float()))

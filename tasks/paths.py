@@ -60,6 +60,8 @@ def layer_settings(cfg: Config, seed: int) -> dict[str, object]:
     not keep its SAEs, that: its metrics file is its own, never one a run that keeps them
     points to (each names the other's file as changed otherwise, and retrains)."""
     kept = {} if cfg.save_saes else {"save_saes": False}
+    if cfg.saes:  # a published SAE measured, not one trained: its source and the loss's l1
+        return {"saes": cfg.saes, "l1": cfg.l1, "sae_seed": seed}
     settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed, **kept}
     if not cfg.batch_tokens:  # full batch, as before the option existed: the same file names
         del settings["batch_tokens"]

@@ -49,6 +49,32 @@ class Batch(TypedDict):
     articles: list[ArticleTokens]  # in --urls order
 
 
+class EvalBatch(TypedDict):
+    """tokens.holdout: the held-out windows the SAEs are spliced in on (E x seq_len ids)."""
+
+    tokens: FileRecord
+    in_sample: bool  # no room was left beside the training windows: these are training windows
+    windows: list[list[int]]  # [article, start] of each held-out window
+    train_windows: list[list[int]]  # [article, start] of each training window
+
+
+class Splice(TypedDict):
+    """splice.splice_sae: what one SAE costs the model (SAELens's CE and KL scores)."""
+
+    layer: int
+    ce_clean: float
+    ce_sae: float
+    ce_ablation: float
+    ce_delta: float  # ce_sae - ce_clean
+    ce_loss_score: float | None  # None where the ablation leaves CE unchanged (undefined)
+    kl_sae: float
+    kl_ablation: float
+    kl_div_score: float | None
+    eval_tokens: int
+    eval_in_sample: bool
+    splice_seconds: float
+
+
 class LayerFile(FileRecord):
     """One layer's activation file (extract)."""
 

@@ -17,11 +17,44 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import cache, figures, paths, provenance
 from tasks.config import EXECUTION_FIELDS, Config
-from tasks.records import Batch, Extraction, FileRecord, LayerResult, Page, Report, Text
+from tasks.records import (
+    Batch,
+    EvalBatch,
+    Extraction,
+    FileRecord,
+    LayerResult,
+    Page,
+    Report,
+    Text,
+)
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
-SPREAD = ["density_pct", "final_loss", "final_mse", "fvu", "l0", "dead_pct", "density_activation"]
+SPREAD = [
+    "density_pct",
+    "final_loss",
+    "final_mse",
+    "fvu",
+    "l0",
+    "dead_pct",
+    "density_activation",
+    "explained_variance",
+    "l2_ratio",
+    "cossim",
+    "dense_pct",
+]
+# What each SAE costs the model (tasks.splice); None where a run measures none (--eval-seqs 0)
+DOWNSTREAM = [
+    "ce_clean",
+    "ce_sae",
+    "ce_ablation",
+    "ce_delta",
+    "ce_loss_score",
+    "kl_sae",
+    "kl_ablation",
+    "kl_div_score",
+]
+SPREAD += DOWNSTREAM
 INPUTS = ["x_mean_norm", "x_var", "x_neg_frac"]
 COLUMNS = [
     "model",
@@ -37,7 +70,16 @@ COLUMNS = [
     "latent",
     "k",
     *INPUTS,
+    "eval_tokens",
+    "eval_in_sample",
     *(f"{c}_sd" for c in SPREAD),
+]
+ARTIFACT_COLUMNS = [
+    *COLUMNS[:12],
+    "explained_variance",
+    "ce_delta",
+    "ce_loss_score",
+    "kl_div_score",
 ]
 TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
 
@@ -60,11 +102,63 @@ def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[di
             "seconds": sum(r["seconds"] for r in runs),
         }
         for col in SPREAD:
-            vals = [r[col] for r in runs]
-            row[col] = statistics.fmean(vals)
-            row[f"{col}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        rows.append({c: row[c] for c in COLUMNS})
+            row[col], row[f"{col}_sd"] = mean_sd([r.get(col) for r in runs])
+        rows.append({c: row.get(c) for c in COLUMNS})
     return rows
+
+
+def mean_sd(vals: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sd over seeds (sd 0 for one seed); None where any seed has no value."""
+    if any(v is None for v in vals):
+        return None, None
+    nums = [float(v) for v in vals if v is not None]
+    return statistics.fmean(nums), statistics.stdev(nums) if len(nums) > 1 else 0.0
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[str]:
+    """The measures the field reports (SAELens, SAEBench; docs/measures.md), one row a layer."""
+    if not rows:
+        return []
+    if not holdouts:
+        where = "not measured (--eval-seqs 0, or --no-save-saes: no SAE kept to splice in)"
+    else:
+        h = holdouts[0]
+        kind = (
+            "**in-sample** (the articles leave no room beside the training windows)"
+            if (h["in_sample"])
+            else "held out (disjoint from the training windows)"
+        )
+        where = f"{len(h['windows'])} windows, {kind}"
+    lines = [
+        "## Measures the field uses",
+        "",
+        f"Explained variance, ‖x̂‖/‖x‖, cosine and dense % on the training tokens; CE and KL with "
+        f"the SAE spliced in on {where}.",
+        "",
+        "| model | layer | expl. var | ‖x̂‖/‖x‖ | cos | dense % | CE clean | CE SAE | ΔCE | "
+        "CE score | KL SAE | KL score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    spec = {
+        "explained_variance": ".3f",
+        "l2_ratio": ".3f",
+        "cossim": ".3f",
+        "dense_pct": ".1f",
+        "ce_clean": ".4f",
+        "ce_sae": ".4f",
+        "ce_delta": ".4f",
+        "ce_loss_score": ".3f",
+        "kl_sae": ".4f",
+        "kl_div_score": ".3f",
+    }
+    for r in rows:
+        cells = [r["model"], str(r["layer"]), *(fmt(r[c], f) for c, f in spec.items())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
@@ -96,8 +190,27 @@ def articles_markdown(prov: dict, out: Path) -> list[str]:
     return [*lines, ""]
 
 
+def sae_line(cfg: Config) -> str:
+    if cfg.saes:
+        return (
+            f"SAEs: published, one per layer, from `{cfg.saes}` (SAELens format), none trained; "
+            f"final loss is the course's loss evaluated on them (MSE + {cfg.l1:g}·mean|z|)."
+        )
+    return (
+        f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
+        f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} {epochs_of(cfg)}, {cfg.precision}, seeds "
+        f"{cfg.sae_seeds} (± is the sd over seeds)."
+    )
+
+
 def markdown(
-    cfg: Config, prov: dict, rows: list[dict], failed: list[str], images: list[str], out: Path
+    cfg: Config,
+    prov: dict,
+    rows: list[dict],
+    failed: list[str],
+    images: list[str],
+    out: Path,
+    holdouts: list[EvalBatch] = (),  # type: ignore[assignment]
 ) -> str:
     lines = [
         "# laminar profile",
@@ -107,9 +220,7 @@ def markdown(
         f"articles, seed {cfg.seed}); hook `{cfg.hook}`; position 0 "
         f"{'kept' if cfg.keep_first_token else 'dropped'}.",
         "",
-        f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
-        f"{cfg.lr:g}, l1 {cfg.l1:g}, {cfg.epochs} {epochs_of(cfg)}, {cfg.precision}, seeds "
-        f"{cfg.sae_seeds} (± is the sd over seeds).",
+        sae_line(cfg),
         "",
         *(claims_markdown(claims(rows)) if rows else []),
         *(f"![{Path(i).stem}]({i})\n" for i in images),
@@ -126,6 +237,7 @@ def markdown(
         f"{r['seconds']:.1f} |"
         for r in rows
     ]
+    lines += ["", *field_table(rows, holdouts)]
     if failed:
         lines += ["", "**Failed (not in the table; rerun to retry them):**", ""]
         lines += [f"- {f}" for f in failed]
@@ -180,13 +292,14 @@ def write_report(
     failed: list[str],
     cards: list[FileRecord],
     started_at: str,
+    holdouts: list[EvalBatch],
 ) -> Report:
     """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
     out = paths.report_dir(cfg)
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
     by_seed = sorted(
-        ({c: r[c] for c in ["name", "layer", "sae_seed", *SPREAD, "seconds"]} for r in results),
+        ({c: r.get(c) for c in ["name", "layer", "sae_seed", *SPREAD, "seconds"]} for r in results),
         key=lambda r: (r["name"], r["layer"], r["sae_seed"]),
     )
     curves = [
@@ -202,7 +315,7 @@ def write_report(
     write_json(out / "claims.json", claims(rows) if rows else {})
     prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at)
     write_json(out / "provenance.json", prov)
-    md = markdown(cfg, prov, rows, failed, images, out)
+    md = markdown(cfg, prov, rows, failed, images, out, holdouts)
     if cards:  # the latent cards, written beside the report by the latents task
         pages = [Path(c["path"]).name for c in cards if c["path"].endswith(".html")]
         md += (
@@ -226,7 +339,7 @@ def publish(report: Report) -> None:
     rows = []
     if (out / "metrics.csv").exists():
         with open(out / "metrics.csv") as f:
-            rows = [{c: r[c] for c in COLUMNS[:12]} for r in csv.DictReader(f)]
+            rows = [{c: r[c] for c in ARTIFACT_COLUMNS} for r in csv.DictReader(f)]
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"laminar metrics in {out}")
     own = {Path(f["path"]).name for f in report["files"] if Path(f["path"]).parent == out}
     create_markdown_artifact(

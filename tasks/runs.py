@@ -61,7 +61,9 @@ class Progress:
     epochs) every POLL_S seconds, and the run's progress artifact (percent of all epochs) every
     ARTIFACT_S seconds."""
 
-    def __init__(self, jobs: list[Job], slots: int, epochs: int, bar: bool) -> None:
+    def __init__(
+        self, jobs: list[Job], slots: int, epochs: int, bar: bool, what: str = "SAE epochs done"
+    ) -> None:
         self.logger = get_run_logger()
         self.jobs, self.slots, self.epochs = jobs, slots, epochs
         self.total = Counter(j.model for j in jobs)
@@ -70,7 +72,7 @@ class Progress:
         self.spent: dict[str, list[float]] = {m: [] for m in self.total}  # s per layer that ran
         self.lock = threading.Lock()
         # A progress bar on the flow run's page in the Prefect UI: % of all SAE epochs done.
-        self.artifact = create_progress_artifact(0.0, description="SAE epochs done")
+        self.artifact = create_progress_artifact(0.0, description=what)
         self.bars = self._bars() if bar else None
         self.stop = threading.Event()
         run_in_context = contextvars.copy_context().run  # the thread talks to this run's API
@@ -234,11 +236,14 @@ class Runner:
         params = inspect.signature(task.fn).bind(*args).arguments
         return run_name(task, args), pool.runner.submit(self.bind(task), dict(params))
 
-    def gather(self, jobs: list[Job], slots: int) -> tuple[list[Any], list[str]]:
+    def gather(
+        self, jobs: list[Job], slots: int, what: str = "SAE epochs done"
+    ) -> tuple[list[Any], list[str]]:
         """Wait for every job as each finishes (a failure must not stop the others), reporting
-        progress; returns results in submission order, and the errors."""
+        progress (`what` names the Prefect progress artifact); returns results in submission
+        order, and the errors."""
         bar = sys.stdout.isatty() and not self.cfg.quiet
-        progress = Progress(jobs, slots, self.cfg.epochs, bar)
+        progress = Progress(jobs, slots, self.cfg.epochs, bar, what)
         by_future = {j.future: j for j in jobs}
         results: dict[Any, Any] = {}
         failed = []
@@ -251,7 +256,8 @@ class Runner:
                 seconds = None  # cached or failed layers say nothing about the time per layer
                 if state.is_completed():
                     results[future] = future.result()
-                    seconds = None if state.name == "Cached" else results[future]["seconds"]
+                    took = results[future].get("seconds", results[future].get("splice_seconds"))
+                    seconds = None if state.name == "Cached" else took
                 else:
                     failed.append(f"{job.name}: {why_failed(future, state)}")
                 progress.update(job, state.name, seconds)

@@ -293,15 +293,46 @@ def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
     per_latent = active.float().mean(dim=0)  # (m,) firing frequency
     fired = active.sum(dim=0)
     mean_mag = torch.where(fired > 0, z.sum(dim=0) / fired.clamp(min=1), 0.0)  # (m,)
+    fvu = mse / var if var > 0 else float("nan")
     return {
         "latent_freq": per_latent.cpu().numpy(),
         "density_pct": 100.0 * active.float().mean().item(),
         "final_mse": mse,
-        "fvu": mse / var if var > 0 else float("nan"),
+        "fvu": fvu,
         "l0": active.sum(dim=1).float().mean().item(),
         "dead_pct": 100.0 * (fired == 0).float().mean().item(),
         "density_activation": (minmax(per_latent) * minmax(mean_mag)).mean().item(),
+        **shape_metrics(x, x_hat, per_latent, fvu),
     }
+
+
+DENSE_FREQ = 0.1  # a latent firing on more than this share of tokens counts as dense (SAEBench)
+
+
+def shape_metrics(
+    x: torch.Tensor, x_hat: torch.Tensor, freq: torch.Tensor, fvu: float
+) -> dict[str, float]:
+    """How the reconstruction x̂ (N, d) sits against x (N, d), as SAELens's evals report it:
+    explained variance 1 - FVU, mean ‖x̂‖/‖x‖ (below 1: shrinkage) and mean cosine of x̂ and x
+    over tokens (a token with ‖x‖ = 0 counts as ratio 0 and cosine 0); and the share of latents
+    firing on more than DENSE_FREQ of tokens, from their frequencies `freq` (m,)."""
+    sums = row_sums(x, x_hat)
+    return {
+        "explained_variance": 1.0 - fvu,
+        "l2_ratio": sums["l2_ratio"] / len(x),
+        "cossim": sums["cossim"] / len(x),
+        "dense_pct": 100.0 * (freq > DENSE_FREQ).double().mean().item(),
+    }
+
+
+def row_sums(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]:
+    """Sums over tokens of ‖x̂‖/‖x‖ and of cos(x̂, x), for rows x, x̂ (N, d); tokens with a zero
+    norm add 0 (SAELens's cosine clamps the norms the same way)."""
+    nx, nh = x.norm(dim=1).double(), x_hat.norm(dim=1).double()
+    dot = (x * x_hat).sum(dim=1).double()
+    ratio = torch.where(nx > 0, nh / nx.clamp(min=1e-30), 0.0)
+    cos = torch.where((nx > 0) & (nh > 0), dot / (nx * nh).clamp(min=1e-30), 0.0)
+    return {"l2_ratio": ratio.sum().item(), "cossim": cos.sum().item()}
 
 
 def variance(x: torch.Tensor) -> float:

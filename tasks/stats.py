@@ -87,7 +87,18 @@ def claims(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "density": density_trend(depth, [r["density_pct"] for r in pts]),
             "loss": loss_shape(depth, [r["final_loss"] for r in pts]),
         }
+        for col in ("fvu", "ce_delta"):  # the U rule on scale-free measures too
+            if all(r.get(col) is not None for r in pts):
+                out[model][col] = loss_shape(depth, [r[col] for r in pts])
     return out
+
+
+def u_line(name: str, u: dict[str, Any]) -> str:
+    return (
+        f"{name}: **{verdict(u['holds'])}** (curvature {num(u['curvature'], '.3g')}, vertex "
+        f"{num(u['vertex'], '.2f')}, first/median {num(u['first_ratio'], '.3f')}, last/median "
+        f"{num(u['last_ratio'], '.3f')})"
+    )
 
 
 def claims_markdown(result: dict[str, dict[str, Any]]) -> list[str]:
@@ -107,6 +118,10 @@ def claims_markdown(result: dict[str, dict[str, Any]]) -> list[str]:
             f"{num(u['last_ratio'], '.3f')}).",
             "",
         ]
+        names = {"fvu": "on FVU", "ce_delta": "on ΔCE (SAE spliced in)"}
+        normalised = [u_line(n, c[col]) for col, n in names.items() if col in c]
+        if normalised:
+            lines += ["The same U rule beside the raw loss: " + "; ".join(normalised) + ".", ""]
     lines += [
         f"Rules: density holds if ρ ≥ {RHO_MIN}, p < {P_MAX} and slope > 0; the U holds if "
         f"curvature > 0, vertex in [{VERTEX_RANGE[0]}, {VERTEX_RANGE[1]}] and first and last "

@@ -13,12 +13,12 @@ from prefect import task
 from tasks import cache, paths
 from tasks.config import Config, LaminarError
 from tasks.models import load_tokenizer
-from tasks.records import Batch, Text
+from tasks.records import Batch, EvalBatch, Text
 from tasks.store import file_record, write_batch
 
 
 def sample_windows(
-    lengths: list[int], n_seqs: int, seq_len: int, how: str, seed: int
+    lengths: list[int], n_seqs: int, seq_len: int, how: str, seed: int | list[int]
 ) -> list[tuple[int, int]]:
     """(article, start) of n_seqs non-overlapping windows of seq_len tokens, none crossing from
     one article into the next; in article order, ascending within each.
@@ -67,12 +67,45 @@ def too_short(lengths: list[int], room: list[int], n_seqs: int, seq_len: int) ->
 def token_batch(streams: list[list[int]], cfg: Config) -> tuple[np.ndarray, list[int]]:
     """(n_seqs, seq_len) int32 batch cut from the articles' token streams, and the number of
     windows taken from each article."""
-    starts = sample_windows(
-        [len(s) for s in streams], cfg.n_seqs, cfg.seq_len, cfg.sampling, cfg.seed
-    )
-    arrays = [np.asarray(s, dtype=np.int32) for s in streams]
-    batch = np.stack([arrays[a][s : s + cfg.seq_len] for a, s in starts])
+    starts = training_windows(streams, cfg)
+    batch = cut(streams, starts, cfg.seq_len)
     return batch, np.bincount([a for a, _ in starts], minlength=len(streams)).tolist()
+
+
+def training_windows(streams: list[list[int]], cfg: Config) -> list[tuple[int, int]]:
+    lengths = [len(s) for s in streams]
+    return sample_windows(lengths, cfg.n_seqs, cfg.seq_len, cfg.sampling, cfg.seed)
+
+
+def cut(streams: list[list[int]], starts: list[tuple[int, int]], seq_len: int) -> np.ndarray:
+    """(len(starts), seq_len) int32: the window at each (article, start)."""
+    arrays = [np.asarray(s, dtype=np.int32) for s in streams]
+    return np.stack([arrays[a][s : s + seq_len] for a, s in starts])
+
+
+EVAL_STREAM = 1  # the held-out windows' draws: a stream of their own beside the seed's
+
+
+def held_out_windows(
+    lengths: list[int], taken: list[tuple[int, int]], n: int, seq_len: int, seed: int
+) -> list[tuple[int, int]] | None:
+    """(article, start) of n windows of seq_len in the stretches the training windows `taken`
+    leave free, none overlapping them or each other (seeded, placed as sample_windows places
+    windows in an article); None when the free stretches cannot hold n."""
+    free = []  # (article, start, end) of each stretch that holds at least one window
+    for a, length in enumerate(lengths):
+        at = 0
+        for s in [*sorted(s for art, s in taken if art == a), length]:
+            if s - at >= seq_len:
+                free.append((a, at, s))
+            at = max(at, s + seq_len)
+    try:
+        picks = sample_windows(
+            [e - s for _, s, e in free], n, seq_len, "random", [seed, EVAL_STREAM]
+        )
+    except LaminarError:
+        return None
+    return [(free[i][0], free[i][1] + start) for i, start in picks]
 
 
 @task(
@@ -87,13 +120,7 @@ def tokenize(
 ) -> Batch:
     """Tokenize each article's text with `tokenizer_of`'s tokenizer and persist the sampled
     batch."""
-    tokenizer = load_tokenizer(tokenizer_of)
-    streams = [
-        tokenizer(Path(t["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)[
-            "input_ids"
-        ]
-        for t in texts
-    ]
+    streams = article_streams(texts, tokenizer_of)
     batch, windows = token_batch(streams, cfg)
     path = paths.token_batch(cfg, tokenizer_fingerprint, [t["text"]["sha256"] for t in texts])
     write_batch(batch, path)
@@ -103,4 +130,47 @@ def tokenize(
         "articles": [
             {"tokens": len(s), "windows": w} for s, w in zip(streams, windows, strict=True)
         ],
+    }
+
+
+def article_streams(texts: list[Text], tokenizer_of: str) -> list[list[int]]:
+    """Each article's text as token ids, with `tokenizer_of`'s tokenizer."""
+    tokenizer = load_tokenizer(tokenizer_of)
+    return [
+        tokenizer(Path(t["text"]["path"]).read_text(), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
+        for t in texts
+    ]
+
+
+@task(
+    name="holdout",
+    task_run_name="holdout {tokenizer_of}",
+    cache_policy=cache.ContentKey(
+        fields=("n_seqs", "seq_len", "sampling", "seed", "eval_seqs", "save_saes", "saes"),
+        exclude=("tokenizer_of",),
+    ),
+)
+def holdout(
+    cfg: Config, texts: list[Text], tokenizer_of: str, tokenizer_fingerprint: str
+) -> EvalBatch:
+    """The held-out windows the SAEs are spliced in on (Config.n_eval_seqs of them): where the
+    training windows leave room, disjoint from them; else the first training windows, marked
+    in-sample."""
+    streams = article_streams(texts, tokenizer_of)
+    taken = training_windows(streams, cfg)
+    n = cfg.n_eval_seqs
+    starts = held_out_windows([len(s) for s in streams], taken, n, cfg.seq_len, cfg.seed)
+    in_sample = starts is None
+    if starts is None:
+        starts = taken[:n]
+    path = paths.token_batch(cfg, tokenizer_fingerprint, [t["text"]["sha256"] for t in texts])
+    path = path.with_name(f"{path.stem}-eval{len(starts)}{'-in' if in_sample else ''}.parquet")
+    write_batch(cut(streams, starts, cfg.seq_len), path)
+    return {
+        "tokens": file_record(path),
+        "in_sample": in_sample,
+        "windows": [list(w) for w in starts],
+        "train_windows": [list(w) for w in taken],
     }

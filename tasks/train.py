@@ -123,10 +123,8 @@ def finish(
     """The layer's metrics row: the SAE's metrics and input statistics, the histogram of latent
     frequencies, the loss curve and where and how long it ran. Every number is finite, or the
     layer fails by name."""
-    freq = out.pop("latent_freq")
-    live = freq[freq > 0]
     out.update(
-        freq_hist=np.histogram(np.log10(live), FREQ_BINS)[0].tolist() if len(live) else [],
+        freq_hist=freq_hist(out.pop("latent_freq")),
         final_loss=result.losses[-1],
         seconds=time.perf_counter() - start,
         device=device,
@@ -145,6 +143,12 @@ def finish(
             "nothing was written for this layer."
         )
     return out
+
+
+def freq_hist(freq: np.ndarray) -> list[int]:
+    """Latents per log10-frequency bin (stats.FREQ_BINS) of the latents that fire."""
+    live = freq[freq > 0]
+    return np.histogram(np.log10(live), FREQ_BINS)[0].tolist() if len(live) else []
 
 
 def write_layer_json(

@@ -188,6 +188,16 @@ CANNED: dict[str, Any] = {
     "failed": [],
     "cards": [],
     "started_at": "2026-01-01T00:00:00+00:00",
+    "holdouts": [],
+    "layers": [0, 1, 2, 3],
+    "sae_files": [_record("sae_weights.safetensors"), _record("cfg.json")],
+    "holdout": {
+        "tokens": _record("t-eval2.parquet"),
+        "in_sample": False,
+        "windows": [[0, 0], [0, 1024]],
+        "train_windows": [[0, 2048]],
+    },
+    "folder": "/saes/blocks.3.hook_resid_pre",
 }
 CANNED["pages"] = [CANNED["page"]]
 
@@ -198,13 +208,16 @@ def task_keys() -> dict[str, str]:
 
     from tasks.extract import extract_activations
     from tasks.latents import latent_cards
+    from tasks.published import profile_sae
     from tasks.report import write_report
     from tasks.scrape import fetch_page, parse_page
-    from tasks.tokens import tokenize
+    from tasks.splice import splice_sae
+    from tasks.tokens import holdout, tokenize
     from tasks.train import train_sae
 
     keys = {}
     tasks = (fetch_page, parse_page, tokenize, extract_activations, train_sae, latent_cards)
+    tasks += (holdout, splice_sae, profile_sae)
     for t in (*tasks, write_report):
         inputs = {p: CANNED[p] for p in inspect.signature(t.fn).parameters}
         task = SimpleNamespace(name=t.name, fn=t.fn, result_storage=None)
@@ -257,8 +270,9 @@ def test_a_key_covers_the_code_its_task_imports(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(cache, "code_digest", fake)
         return {t: k for t, k in task_keys().items() if before[t] != k}
 
-    assert sorted(changed("tasks.stats")) == ["report", "sae"]
-    assert sorted(changed("tasks.models")) == ["extract", "latents", "report", "tokenize"]
+    assert sorted(changed("tasks.stats")) == ["published", "report", "sae"]
+    models_feed = ["extract", "holdout", "latents", "published", "report", "splice", "tokenize"]
+    assert sorted(changed("tasks.models")) == models_feed
     assert sorted(changed("tasks.wikitext")) == ["parse"]
     assert changed("tasks.progress") == {} and changed("tasks.host") == {}
 

@@ -82,3 +82,139 @@ def test_saelens_reads_laminars_sae_and_gets_its_numbers(
     again = sae.metrics(ours, x)
     assert again["density_pct"] == pytest.approx(float(row["density_pct"]), rel=1e-9)
     assert again["final_mse"] == pytest.approx(float(row["final_mse"]), rel=1e-6)
+
+
+# Run in .venv-interop, in two steps. "make": SAELens builds one family per architecture at a
+# hook of its own, random weights, and saves each SAE (save_model). "eval": for every SAE,
+# SAELens's own evals code on laminar's tokens and activations: L0 and explained variance
+# (sae_lens.evals.ExplainedVarianceCalculator) on the layer's Parquet file, and the CE loss
+# score from sae_lens.evals.get_recons_loss (the function run_evals calls; it runs offline) on
+# laminar's held-out windows, with the model as TransformerLens 3 builds it from the same
+# Hugging Face weights.
+FAMILIES = {"standard": "hook_resid_pre", "topk": "mlp.hook_pre", "jumprelu": "hook_mlp_out"}
+SAELENS_EVALS = """
+import json, sys
+import numpy as np, pyarrow.parquet as pq, torch
+from sae_lens import (JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE,
+    TopKSAEConfig)
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.evals import ExplainedVarianceCalculator, get_recons_loss
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_lens import SAE
+step, folder, out = sys.argv[1:4]
+families = json.loads(sys.argv[4])
+widths = {"hook_resid_pre": 64, "mlp.hook_pre": 256, "hook_mlp_out": 64}
+if step == "make":
+    torch.manual_seed(0)
+    kinds = {"standard": (StandardSAE, StandardSAEConfig, {}),
+             "topk": (TopKSAE, TopKSAEConfig, {"k": 24}),
+             "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {})}
+    for arch, hook in families.items():
+        cls, config, extra = kinds[arch]
+        for layer in range(3):
+            d = widths[hook]
+            meta = SAEMetadata(hook_name=f"blocks.{layer}.{hook}", model_name="tiny-gpt2")
+            model = cls(config(d_in=d, d_sae=2 * d, metadata=meta, **extra))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(torch.randn_like(p) * 0.3)
+                if arch == "jumprelu":
+                    model.threshold.copy_(torch.rand_like(model.threshold) * 0.3)
+            model.save_model(f"{out}/{arch}/blocks.{layer}.{hook}")
+    sys.exit(0)
+import transformers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+c = hf.config
+cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions,
+    d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=4 * c.n_embd, d_vocab=c.vocab_size,
+    act_fn="gelu_new", normalization_type="LN", default_prepend_bos=False)
+model = HookedTransformer(cfg)
+model.load_state_dict(convert_gpt2_weights(hf, cfg), strict=False)
+model.eval()
+runs = json.loads(sys.argv[5])
+got = {}
+for arch, run in runs.items():
+    tokens = torch.from_numpy(pq.read_table(run["eval"]).column("token_id").to_numpy()
+        .reshape(-1, run["seq_len"]).astype(np.int64))
+    for layer, parquet in run["layers"].items():
+        sae = SAE.load_from_disk(f"{out}/{arch}/blocks.{layer}.{families[arch]}", device="cpu")
+        col = pq.read_table(parquet, columns=["activation"]).column("activation").combine_chunks()
+        x = torch.from_numpy(col.values.to_numpy().reshape(len(col), -1).copy())
+        with torch.no_grad():
+            z = sae.encode(x)
+            ev = ExplainedVarianceCalculator()
+            ev.add_batch(sae.decode(z), x)
+            m = get_recons_loss(sae, model, ActivationScaler(), tokens, compute_kl=True,
+                compute_ce_loss=True)
+        m = {k: v.mean().item() for k, v in m.items()}
+        score = (m["ce_loss_with_ablation"] - m["ce_loss_with_sae"]) / (
+            m["ce_loss_with_ablation"] - m["ce_loss_without_sae"])
+        kl = (m["kl_div_with_ablation"] - m["kl_div_with_sae"]) / m["kl_div_with_ablation"]
+        got[f"{arch} {layer}"] = {"l0": (z != 0).sum(-1).float().mean().item(),
+            "explained_variance": ev.compute(), "ce_loss_score": score, "kl_div_score": kl,
+            "ce_clean": m["ce_loss_without_sae"]}
+print(json.dumps(got))
+"""
+
+
+def in_interop(python: Path, *args: str, cwd: Path) -> str:
+    out = subprocess.run(
+        [str(python), "-c", SAELENS_EVALS, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,  # not the repo: nothing of laminar is importable there
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_published_families_give_saelenss_own_numbers(
+    interop_python: Path,
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    article_server: ArticleServer,
+) -> None:
+    """SAEs SAELens built and saved (standard, topk, jumprelu, each at its own hook), profiled by
+    laminar's --saes: L0, explained variance and the CE and KL scores equal what SAELens's
+    evals compute on the same tokens, to 1e-4. Position 0 is kept, so laminar splices every
+    position, as get_recons_loss does. The model's weights are drawn wider than GPT-2's
+    (initializer_range 0.3), so zeroing a hook moves its loss well away from the clean one."""
+    import json
+
+    from conftest import make_model
+
+    model = make_model(tmp_path / "tiny-wide", tokenizer_dir, initializer_range=0.3)  # type: ignore[arg-type]
+    saes = tmp_path / "saes"
+    in_interop(interop_python, "make", str(model), str(saes), json.dumps(FAMILIES), cwd=tmp_path)
+    runs, ours = {}, {}
+    for arch, hook in FAMILIES.items():
+        cfg = quick_config(model, article_server, tmp_path / arch, eval_seqs=2)
+        cfg = cfg.model_copy(update={"saes": str(saes / arch), "keep_first_token": True})
+        summary = laminar(cfg)
+        with open(Path(summary["report"]) / "metrics.csv") as f:
+            ours |= {f"{arch} {r['layer']}": r for r in csv.DictReader(f)}
+        root = tmp_path / arch
+        [eval_file] = (root / "tokens").glob("*-eval2.parquet")
+        layers = {
+            la: str(next((root / "activations").rglob(f"{hook}/*/L0{la}.parquet")))
+            for la in range(3)
+        }
+        runs[arch] = {"eval": str(eval_file), "seq_len": cfg.seq_len, "layers": layers}
+    out = in_interop(
+        interop_python,
+        "eval",
+        str(model),
+        str(saes),
+        json.dumps(FAMILIES),
+        json.dumps(runs),
+        cwd=tmp_path,
+    )
+    theirs = json.loads(out.strip().splitlines()[-1])
+    assert sorted(theirs) == sorted(ours) and len(theirs) == 9
+    for key, want in theirs.items():
+        assert abs(want["ce_clean"] - float(ours[key]["ce_clean"])) < 1e-4, key
+        for metric in ("l0", "explained_variance", "ce_loss_score", "kl_div_score"):
+            assert float(ours[key][metric]) == pytest.approx(want[metric], abs=1e-4), (key, metric)

@@ -105,6 +105,7 @@ def test_report_files(tmp_path: Path) -> None:
             ["sae m L3: boom"],
             [],  # no latent cards
             "2026-01-01T00:00:01+00:00",
+            [],  # no downstream measures
         )
     folder = Path(out["dir"])
     with open(folder / "metrics.csv") as f:

@@ -12,7 +12,7 @@ from conftest import gpt2_tokenizer
 from tasks.config import Config, LaminarError
 from tasks.models import tokenizer_fingerprint
 from tasks.store import file_record, read_batch, write_batch
-from tasks.tokens import sample_windows, token_batch
+from tasks.tokens import held_out_windows, sample_windows, token_batch
 
 
 def test_real_gpt2_ids(tokenizer_dir: Path) -> None:
@@ -128,3 +128,26 @@ def test_batch_file_round_trip(tmp_path: Path) -> None:
     batch = np.arange(12, dtype=np.int32).reshape(3, 4)
     write_batch(batch, tmp_path / "b.parquet")
     assert np.array_equal(read_batch(file_record(tmp_path / "b.parquet")), batch)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_held_out_windows_are_disjoint_from_the_training_windows(seed: int) -> None:
+    """Asserted on token positions: no token of a held-out window is in a training window, none
+    crosses an article's end, and the draw is seeded."""
+    lengths, seq_len = [900, 400], 32
+    taken = sample_windows(lengths, 20, seq_len, "random", seed)
+    held = held_out_windows(lengths, taken, 6, seq_len, seed)
+    assert held is not None and len(held) == 6
+    assert held == held_out_windows(lengths, taken, 6, seq_len, seed)
+    train_pos = {(a, s + i) for a, s in taken for i in range(seq_len)}
+    held_pos = [(a, s + i) for a, s in held for i in range(seq_len)]
+    assert not train_pos & set(held_pos)
+    assert len(set(held_pos)) == len(held_pos)  # held-out windows do not overlap each other
+    assert all(s + seq_len <= lengths[a] for a, s in held)
+
+
+def test_no_room_beside_the_training_windows_is_said() -> None:
+    taken = sample_windows([100], 3, 32, "first", 0)  # 96 of 100 tokens taken
+    assert held_out_windows([100], taken, 1, 32, 0) is None
+    [(article, start)] = held_out_windows([140], sample_windows([140], 3, 32, "first", 0), 1, 32, 0)
+    assert article == 0 and 96 <= start <= 140 - 32  # in the free stretch 96..139

@@ -1,0 +1,176 @@
+"""Published SAEs (--saes): the family found and checked before any heavy work, then per layer
+the SAE loaded and measured on that layer's activations instead of a fresh one trained.
+
+A source is a local folder, or a Hugging Face repo id (`org/name`, optionally `org/name:sub`
+for one subfolder). From the hub, the check reads only the cfg.json files; each layer's task
+downloads its own weights. The hub goes through tasks.models's offline logic: unreachable, it
+serves what the local cache holds, and says so."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+
+from tasks import cache, sae, saelens, store
+from tasks.config import Config, LaminarError, resolve_device
+from tasks.host import describe_device, this_process
+from tasks.models import ensure_hub_or_offline, hub_offline
+from tasks.precision import matmul_precision
+from tasks.records import LayerFile, LayerResult
+from tasks.train import freq_hist, input_stats, refuse_unusable, write_layer_json
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """'org/name:sub/dir' -> ('org/name', 'sub/dir'); a repo alone -> (repo, '')."""
+    repo, _, sub = source.partition(":")
+    return repo, sub.strip("/")
+
+
+def fetch_configs(source: str) -> Path:
+    """The folder holding the family's cfg.json files: the local folder, or a hub snapshot of
+    just the cfg.json files (the weights come per layer, in the layer's task)."""
+    if Path(source).expanduser().is_dir():
+        return Path(source).expanduser().resolve()
+    if Path(source).expanduser().exists():
+        raise LaminarError(f"--saes '{source}' is a file: give the folder that holds the SAEs.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    repo, sub = split_source(source)
+    ensure_hub_or_offline([repo])
+    pattern = f"{sub}/**cfg.json" if sub else "**cfg.json"
+    try:
+        root = Path(snapshot_download(repo, allow_patterns=[pattern, pattern.replace("**", "*/")]))
+    except HFValidationError:
+        raise LaminarError(
+            f"--saes '{source}' is neither a local folder nor a hub repo id (org/name, "
+            "optionally org/name:subfolder): check the path or the id."
+        ) from None
+    except Exception as exc:  # the hub client's errors have no common base to catch
+        raise LaminarError(hub_problem(source, exc)) from None
+    return root / sub if sub else root
+
+
+def hub_problem(source: str, exc: BaseException) -> str:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    if hub_offline() or names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
+        why = "the hub cannot be reached and its SAEs are not in the local cache"
+        fix = "connect once to download them, or pass a local folder"
+    elif names & {"RepositoryNotFoundError", "GatedRepoError"}:
+        why, fix = "the hub has no such repo (or it is private)", "check the id"
+    else:
+        why, fix = (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            ("try again later, or pass a local folder"),
+        )
+    return f"--saes '{source}': cannot read its SAEs; {why}: {fix}."
+
+
+def check_family(cfg: Config, layers: list[int], d: int, found: dict[int, saelens.Entry]) -> None:
+    """Every layer the run profiles has an SAE, of the hook's width `d`."""
+    missing = [la for la in layers if la not in found]
+    if missing:
+        have = ",".join(map(str, sorted(found)))
+        raise LaminarError(
+            f"--saes '{cfg.saes}' has no SAE for layer(s) {','.join(map(str, missing))} of "
+            f"{cfg.models[0]} (it has layers {have}): give --layers {have}, or a fuller family."
+        )
+    for layer in layers:
+        if found[layer].d_in != d:
+            raise LaminarError(
+                f"--saes '{cfg.saes}': the layer-{layer} SAE reads d_in {found[layer].d_in} but "
+                f"{cfg.models[0]}'s {cfg.hook} is {d} wide: these SAEs belong to another model."
+            )
+
+
+def prepare(cfg: Config) -> tuple[Config, dict[int, saelens.Entry]]:
+    """The family of --saes, read and checked (no weights loaded), and the config with the
+    family's hook (refused when --hook was given as another)."""
+    folder = fetch_configs(cfg.saes)
+    found = saelens.family(folder, cfg.saes, weights_here=not is_hub(cfg.saes))
+    hook = next(iter(found.values())).hook
+    if "hook" in cfg.model_fields_set and cfg.hook != hook:
+        raise LaminarError(
+            f"--hook {cfg.hook} was given, but the SAEs of --saes '{cfg.saes}' read {hook}: "
+            "leave --hook out (the SAEs' hook is used)."
+        )
+    return cfg.model_copy(update={"hook": hook}), found
+
+
+def is_hub(source: str) -> bool:
+    return not Path(source).expanduser().exists()
+
+
+def weights_of(cfg: Config, folder: Path) -> Path:
+    """The layer's SAE folder with its weights present (downloaded from the hub if need be)."""
+    if (folder / sae.WEIGHTS_FILE).is_file():
+        return folder
+    from huggingface_hub import hf_hub_download
+
+    repo, _ = split_source(cfg.saes)
+    snapshot = next(p for p in folder.parents if p.parent.name == "snapshots")
+    rel = (folder / sae.WEIGHTS_FILE).relative_to(snapshot)
+    try:
+        return Path(hf_hub_download(repo, str(rel), revision=snapshot.name)).parent
+    except Exception as exc:  # the hub client's errors have no common base to catch
+        raise LaminarError(hub_problem(cfg.saes, exc)) from None
+
+
+def measure_layer(model: torch.nn.Module, x: torch.Tensor, l1: float) -> dict[str, Any]:
+    """tasks.sae.metrics of a published SAE on x (N, d), and the course's loss evaluated on
+    it (MSE + l1·mean|z|): the training loss a trained SAE would report."""
+    out = sae.metrics(model, x)
+    with torch.no_grad():
+        mean_z = model.encode(x).abs().mean().item()
+    return {**out, "final_loss": out["final_mse"] + l1 * mean_z}
+
+
+@task(
+    name="published",
+    task_run_name="sae {label}",
+    cache_policy=cache.ContentKey(fields=("saes", "l1"), exclude=("label",)),
+    retries=0,
+)
+def profile_sae(
+    cfg: Config, name: str, layer: int, acts: LayerFile, folder: str, label: str
+) -> LayerResult:
+    """Measure the published SAE in `folder` on the layer's activations `acts`."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    here = weights_of(cfg, Path(folder))
+    model = saelens.load(here).to(device)
+    x = torch.from_numpy(store.read_activations(acts).copy()).to(device)
+    refuse_unusable(label, len(x), bool(torch.isfinite(x).all()), bool(sae.variance(x) == 0), False)
+    with matmul_precision("fp32"):
+        out = {**measure_layer(model, x, cfg.l1), **input_stats(x)}
+    freq = out.pop("latent_freq")
+    m, d = model.weight.shape
+    out.update(
+        freq_hist=freq_hist(freq),
+        seconds=time.perf_counter() - start,
+        device=device,
+        hardware=describe_device(device),
+        ran_on=this_process(),
+        n_tokens=len(x),
+        d=d,
+        latent=m,
+        k=int(getattr(model, "k", 0) or 0),
+        loss_curve=[],
+        sae_source=f"{cfg.saes} ({here})",
+    )
+    row = {"model": name, "layer": layer, "sae_seed": cfg.sae_seeds[0], **out}
+    record = write_layer_json(cfg, acts, row, label, cfg.sae_seeds[0])
+    files = [store.file_record(here / f) for f in (sae.WEIGHTS_FILE, sae.CFG_FILE)]
+    return {
+        "name": name,
+        "sae_seed": cfg.sae_seeds[0],
+        "layer": layer,
+        "activations": acts,
+        "json": record,
+        "sae_files": files,
+        **out,
+    }
