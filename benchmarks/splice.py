@@ -1,6 +1,7 @@
 """The downstream measures' cost (tasks.splice) at a GPT-2 shape, on a random-weight model: the
-clean pass once, then per layer the spliced and the ablated pass, each starting at the hooked
-block. Rounds interleave the layers; each figure is the median with min-max.
+clean pass once, then per layer the spliced and the ablated pass, at the first, middle and last
+layer (each a whole forward pass, so the three should agree). Rounds interleave the layers;
+each figure is the median with min-max.
 
     python -m benchmarks.splice --shape gpt2-large --rounds 3 --out benchmarks/results-splice.json
 """
@@ -60,14 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             key = f"round {r}"  # a fresh clean pass and ablations each round
             start = time.perf_counter()
-            splice._CLEAN[key] = splice.clean_pass(bridge, tokens, layers, chunk=1)
+            splice._CLEAN[key] = splice.clean_pass(bridge, tokens, chunk=1)
             clean_s.append(time.perf_counter() - start)
             for layer in layers:
                 start = time.perf_counter()
                 hook = f"blocks.{layer}.mlp.hook_pre"
-                splice.measure(
-                    bridge, model, tokens, layer, hook, first=1, chunk=1, key=key, layers=layers
-                )
+                splice.measure(bridge, model, tokens, hook, first=1, chunk=1, key=key)
                 per_layer[layer].append(time.perf_counter() - start)
             del splice._CLEAN[key]
     result = {

@@ -22,6 +22,9 @@ from tasks.provenance import differences
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
+# The field's measures (docs/measures.md), compared where every run has them: a published SAE
+# family (--saes) beside laminar's own SAEs, or runs made before these columns existed
+FIELD_METRICS = ["explained_variance", "ce_loss_score", "ce_delta", "kl_div_score"]
 
 
 def read_run(folder: Path) -> list[dict[str, Any]]:
@@ -35,9 +38,16 @@ def read_run(folder: Path) -> list[dict[str, Any]]:
                 "layer": int(r["layer"]),
                 "rel_depth": float(r["rel_depth"]),
                 **{m: float(r[m]) for m in METRICS},
+                **{m: float(r[m]) for m in FIELD_METRICS if r.get(m)},
             }
             for r in csv.DictReader(f)
         ]
+
+
+def metrics_of(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The course's metrics, and each field measure that every row of every run has."""
+    rows = [r for run in runs.values() for r in run]
+    return METRICS + [m for m in FIELD_METRICS if all(m in r for r in rows)]
 
 
 def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -45,6 +55,7 @@ def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     labels = list(runs)
     keyed = {lab: {(r["model"], r["layer"]): r for r in rows} for lab, rows in runs.items()}
     common = sorted(set.intersection(*(set(k) for k in keyed.values())))
+    metrics = metrics_of(runs)
     rows = []
     for model, layer in common:
         row: dict[str, Any] = {
@@ -52,7 +63,7 @@ def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             "layer": layer,
             "rel_depth": keyed[labels[0]][(model, layer)]["rel_depth"],
         }
-        for m in METRICS:
+        for m in metrics:
             for lab in labels:
                 row[f"{m} [{lab}]"] = keyed[lab][(model, layer)][m]
             if len(labels) == 2:
@@ -64,8 +75,9 @@ def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     from tasks.figures import plt, save_png  # pyplot on the Agg backend
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 4.2))
-    for ax, m in zip(axes, METRICS, strict=True):
+    metrics = metrics_of(runs)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
+    for ax, m in zip(axes, metrics, strict=True):
         for (lab, rows), style in zip(runs.items(), ["o-", "s--", "^:", "d-."], strict=False):
             for model in dict.fromkeys(r["model"] for r in rows):
                 pts = [r for r in rows if r["model"] == model]

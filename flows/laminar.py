@@ -24,7 +24,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import models, paths, provenance, published
+from tasks import models, paths, provenance, published, saelens
 from tasks.cli import config_from_args
 from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, resolve_device
@@ -111,12 +111,30 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     }
     print(f"laminar: report in {report['dir']}; tasks {run.tally()}")
     if failed:
-        raise LayerFailedError(
-            f"{len(failed)} layer(s) failed and are missing from the report in {report['dir']}: "
-            + "; ".join(failed)
-            + ". Rerun the same command to retry only those."
-        )
+        raise LayerFailedError(failure_sentence(failed, report["dir"]))
     return summary
+
+
+def failure_sentence(failed: list[str], where: str) -> str:
+    """What failed, in one sentence: SAE trainings (their layers are missing from the report)
+    and splices (their layers are in it without the downstream measures)."""
+    spliced = [f for f in failed if f.startswith("splice ")]
+    trained = [f for f in failed if not f.startswith("splice ")]
+    parts = []
+    if trained:
+        parts.append(f"{len(trained)} layer(s) failed and are missing from the report in {where}")
+    if spliced:
+        parts.append(
+            f"{len(spliced)} layer(s) could not be spliced into the model and have no "
+            f"downstream measures in {where}"
+        )
+    return (
+        ", and ".join(parts)
+        + ": "
+        + "; ".join(failed)
+        + ". Rerun the same command to "
+        + ("retry only those.")
+    )
 
 
 def layer_jobs(
@@ -125,12 +143,13 @@ def layer_jobs(
     """One job per (layer, seed): a fresh SAE trained, or (--saes) the published one measured."""
     jobs = []
     for f in files:
-        for seed, label in sae_labels(cfg, name, f["layer"]):
+        # a published SAE is one SAE a layer: measured once, under the first seed
+        labels = sae_labels(cfg, name, f["layer"])[: 1 if family else None]
+        for seed, label in labels:
             if family:
-                folder = str(family[f["layer"]].folder)
-                task_name, future = run.submit(
-                    pool, profile_sae, cfg, name, f["layer"], f, folder, label
-                )
+                folder = family[f["layer"]].folder
+                args = (cfg, name, f["layer"], f, str(folder), saelens.fingerprint(folder), label)
+                task_name, future = run.submit(pool, profile_sae, *args)
             else:
                 task_name, future = run.submit(
                     pool, train_sae, cfg, name, f["layer"], f, seed, label
@@ -154,13 +173,12 @@ def splice_all(
     jobs, pairs = [], []
     for r in results:
         m = by_name[r["name"]]
-        label = f"{r['name']} L{r['layer']}" + (
-            f" s{r['sae_seed']}" if len(cfg.sae_seeds) > 1 else ""
-        )
-        args = (cfg, m["model"], m["weights_fingerprint"], m["layers"], r["layer"])
+        label = dict(sae_labels(cfg, r["name"], r["layer"]))[r["sae_seed"]]
+        args = (cfg, m["model"], m["weights_fingerprint"], r["layer"])
         args += (r["sae_files"], holdouts[m["tokenizer_fingerprint"]], label)
         task_name, future = run.submit(pool, splice_sae, *args)
-        jobs.append(Job(task_name, future, r["name"], Path(r["json"]["path"] + ".splicing")))
+        no_epochs = Path(r["json"]["path"]).with_suffix(".splicing")  # splices report no epochs
+        jobs.append(Job(task_name, future, r["name"], no_epochs))
         pairs.append((r, future))
     _, failed = run.gather(jobs, pool.slots, what="SAEs spliced in")
     return [(r, f.result()) for r, f in pairs if f.state.is_completed()], failed
@@ -169,9 +187,12 @@ def splice_all(
 def with_splices(
     results: list[LayerResult], splices: list[tuple[LayerResult, Splice]]
 ) -> list[LayerResult]:
-    """Each result with its downstream measures; a result whose splice failed is left out (its
-    failure is reported by name)."""
-    return [{**r, **{k: v for k, v in s.items() if k != "layer"}} for r, s in splices]
+    """Each result with its downstream measures; one whose splice failed keeps its own numbers
+    (the failure is reported by name, and the rerun splices it)."""
+    measured = {id(r): s for r, s in splices}
+    return [
+        {**r, **{k: v for k, v in measured.get(id(r), {}).items() if k != "layer"}} for r in results
+    ]
 
 
 def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:

@@ -223,6 +223,22 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
     return []
 
 
+def splice_passes(layers: int, seeds: int) -> int:
+    """Forward passes of the model that splicing costs (tasks.splice): the clean one, then per
+    layer one ablated and, per seed, one spliced pass."""
+    return 1 + layers * (1 + seeds)
+
+
+def splice_estimate(cfg: Config, m: ModelFacts) -> str:
+    """'gpt2: downstream measures (SAEs spliced in) on 2 × 1024 held-out tokens: 25 forward
+    passes of the model'."""
+    passes = splice_passes(len(m["layers"]), 1 if cfg.saes else len(cfg.sae_seeds))
+    return (
+        f"{m['name']}: downstream measures (SAEs spliced in) on {cfg.n_eval_seqs} × "
+        f"{cfg.seq_len} held-out tokens: {passes} forward passes of the model"
+    )
+
+
 def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
     device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
@@ -254,6 +270,7 @@ def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -
                 cfg.precision,
             )
         )
+    lines += [splice_estimate(cfg, m) for m in models if cfg.n_eval_seqs]
     if models:
         lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
     for line in lines:

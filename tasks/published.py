@@ -136,15 +136,23 @@ def measure_layer(model: torch.nn.Module, x: torch.Tensor, l1: float) -> dict[st
     retries=0,
 )
 def profile_sae(
-    cfg: Config, name: str, layer: int, acts: LayerFile, folder: str, label: str
+    cfg: Config,
+    name: str,
+    layer: int,
+    acts: LayerFile,
+    folder: str,
+    sae_fingerprint: str,
+    label: str,
 ) -> LayerResult:
-    """Measure the published SAE in `folder` on the layer's activations `acts`."""
+    """Measure the published SAE in `folder` (its files' identity: `sae_fingerprint`,
+    saelens.fingerprint) on the layer's activations `acts`."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     here = weights_of(cfg, Path(folder))
     model = saelens.load(here).to(device)
     x = torch.from_numpy(store.read_activations(acts).copy()).to(device)
-    refuse_unusable(label, len(x), bool(torch.isfinite(x).all()), bool(sae.variance(x) == 0), False)
+    finite, constant = bool(torch.isfinite(x).all()), sae.variance(x) == 0
+    refuse_unusable(label, len(x), finite, constant, not x.any())
     with matmul_precision("fp32"):
         out = {**measure_layer(model, x, cfg.l1), **input_stats(x)}
     freq = out.pop("latent_freq")

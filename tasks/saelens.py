@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tasks import sae
-from tasks.config import LaminarError
+from tasks.config import LaminarError, stable_hash
 from tasks.host import logger
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
@@ -159,6 +159,20 @@ def family(folder: Path, source: str, weights_here: bool = True) -> dict[int, En
             )
         by_layer[entry.layer] = entry
     return by_layer
+
+
+def fingerprint(folder: Path) -> str:
+    """Identity of an SAE's files for cache keys, cheap: its cfg.json, and the size and mtime of
+    its weights (a hub snapshot's folder names its commit as well)."""
+    weights = folder / sae.WEIGHTS_FILE
+    stat = weights.stat() if weights.exists() else None
+    return stable_hash(
+        {
+            "folder": str(folder),
+            "cfg": (folder / sae.CFG_FILE).read_text(),
+            "weights": [stat.st_size, stat.st_mtime_ns] if stat else None,
+        }
+    )
 
 
 def load(folder: str | Path) -> torch.nn.Module:

@@ -11,14 +11,14 @@ as Hugging Face's `labels=input_ids` computes it. The SAE replaces exactly the p
 trained on: with position 0 dropped from training (the default) position 0 keeps its own
 activation, and KL is the mean over the spliced positions.
 
-Cost: the clean pass runs once per model and process, keeping its next-token log-probs
-(E, T, vocab) and the residual entering each profiled block; each spliced or ablated pass then
-starts at the hooked block (TransformerLens's start_at_layer), so a layer at relative depth r
-costs 2(1 - r) forward passes."""
+Cost: the clean pass runs once per model and process and keeps its next-token log-probs
+(E, T, vocab); each layer then costs one ablated pass and one spliced pass per SAE seed, whole
+forward passes: TransformerLens 4's start_at_layer still runs the blocks below the one it
+starts at (it discards their output), so starting at the hooked block would save nothing
+(measured: docs/measures.md)."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -38,17 +38,15 @@ from tasks.records import EvalBatch, FileRecord, Splice
 
 @dataclass
 class Clean:
-    """The clean model on the held-out windows: log-probs (E, T, vocab), the mean CE, and the
-    residual entering each profiled block (E, T, d_model)."""
+    """The clean model on the held-out windows: log-probs (E, T, vocab) and the mean CE."""
 
     logprobs: torch.Tensor
     ce: float
-    resid: dict[int, torch.Tensor]
 
 
 _LOCK = threading.Lock()
 _MODEL: dict[str, Any] = {}  # (model, device) -> its bridge: one model kept per process
-_CLEAN: dict[str, Clean] = {}  # (model, weights, tokens, layers, device) -> the clean pass
+_CLEAN: dict[str, Clean] = {}  # (model, weights, tokens, device) -> the clean pass
 _ABLATED: dict[str, tuple[float, float]] = {}  # ... + hook -> (CE, KL) with the hook zeroed
 
 
@@ -73,36 +71,24 @@ def kl_per_token(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - other)).sum(-1)
 
 
-def clean_pass(bridge: Any, tokens: torch.Tensor, layers: list[int], chunk: int) -> Clean:
-    resid_names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
-    logprobs, resid = [], {layer: [] for layer in layers}
-    for start in range(0, len(tokens), chunk):
-        part = tokens[start : start + chunk]
-
-        def keep(act: torch.Tensor, hook: Any, layer: int) -> None:
-            resid[layer].append(act.detach().clone())
-
-        hooks = [(n, functools.partial(keep, layer=la)) for la, n in resid_names.items()]
-        logits = bridge.run_with_hooks(part, fwd_hooks=hooks, return_type="logits")
-        logprobs.append(logits.float().log_softmax(-1))
+def clean_pass(bridge: Any, tokens: torch.Tensor, chunk: int) -> Clean:
+    logprobs = [
+        bridge(tokens[start : start + chunk], return_type="logits").float().log_softmax(-1)
+        for start in range(0, len(tokens), chunk)
+    ]
     lp = torch.cat(logprobs)
-    ce = next_token_ce(lp, tokens).mean().item()
-    return Clean(lp, ce, {layer: torch.cat(r) for layer, r in resid.items()})
+    return Clean(lp, next_token_ce(lp, tokens).mean().item())
 
 
 def spliced_pass(
-    bridge: Any, clean: Clean, tokens: torch.Tensor, layer: int, hook: str, replace: Any, chunk: int
+    bridge: Any, clean: Clean, tokens: torch.Tensor, hook: str, replace: Any, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, T-1) CE and (E, T) KL to the clean model, with `replace(act)` at `hook` of block
-    `layer`, the pass starting at that block from the clean residual."""
+    """(E, T-1) CE and (E, T) KL to the clean model, with `replace(act)` at `hook`."""
     ces, kls = [], []
     for start in range(0, len(tokens), chunk):
         part = slice(start, start + chunk)
         logits = bridge.run_with_hooks(
-            clean.resid[layer][part],
-            start_at_layer=layer,
-            fwd_hooks=[(hook, lambda act, hook: replace(act))],
-            return_type="logits",
+            tokens[part], fwd_hooks=[(hook, lambda act, hook: replace(act))], return_type="logits"
         )
         lq = logits.float().log_softmax(-1)
         ces.append(next_token_ce(lq, tokens[part]))
@@ -144,19 +130,18 @@ def scores(clean_ce: float, sae: tuple[float, float], ablated: tuple[float, floa
 
 
 def measure(
-    bridge: Any, model: torch.nn.Module, tokens: torch.Tensor, layer: int, hook: str, **kw: Any
+    bridge: Any, model: torch.nn.Module, tokens: torch.Tensor, hook: str, **kw: Any
 ) -> dict[str, Any]:
-    """The downstream measures of one SAE (`model`) at `hook` of block `layer`; kw: first (the
-    first spliced position), chunk (sequences per pass), key (of the clean pass's cache entry),
-    layers (every layer the clean pass keeps a residual for)."""
+    """The downstream measures of one SAE (`model`) at `hook`; kw: first (the first spliced
+    position), chunk (sequences per pass), key (of the clean pass's cache entry)."""
     first, chunk, key = kw["first"], kw["chunk"], kw["key"]
     with _LOCK:
         if key not in _CLEAN:
-            _CLEAN[key] = clean_pass(bridge, tokens, kw["layers"], chunk)
+            _CLEAN[key] = clean_pass(bridge, tokens, chunk)
     clean = _CLEAN[key]
 
     def run(sae_model: torch.nn.Module | None) -> tuple[float, float]:
-        ce, kl = spliced_pass(bridge, clean, tokens, layer, hook, replacer(sae_model, first), chunk)
+        ce, kl = spliced_pass(bridge, clean, tokens, hook, replacer(sae_model, first), chunk)
         return ce.mean().item(), kl[:, first:].mean().item()
 
     if (ablation_key := f"{key}|{hook}") not in _ABLATED:
@@ -168,7 +153,7 @@ def measure(
     name="splice",
     task_run_name="splice {label}",
     cache_policy=cache.ContentKey(
-        fields=("keep_first_token", "device", "extract_batch"), exclude=("model", "label", "layers")
+        fields=("keep_first_token", "device", "extract_batch"), exclude=("model", "label")
     ),
     retries=0,  # deterministic: a retry would fail the same way
 )
@@ -176,14 +161,13 @@ def splice_sae(
     cfg: Config,
     model: str,
     weights_fingerprint: str,
-    layers: list[int],
     layer: int,
     sae_files: list[FileRecord],
     holdout: EvalBatch,
     label: str,
 ) -> Splice:
     """The downstream measures of one layer's SAE (its files `sae_files`) on the held-out
-    windows `holdout`; `layers` are every layer of the model the run splices at."""
+    windows `holdout`."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     folder = Path(sae_files[0]["path"]).parent
@@ -191,20 +175,12 @@ def splice_sae(
     hook = f"blocks.{layer}.{cfg.hook}"  # with --saes, the family's own (flows.laminar)
     tokens = torch.from_numpy(store.read_batch(holdout["tokens"]).astype(np.int64)).to(device)
     sha = holdout["tokens"]["sha256"]
-    key = f"{model}|{weights_fingerprint}|{sha}|{layers}|{device}"
+    key = f"{model}|{weights_fingerprint}|{sha}|{device}"
     with torch.inference_mode(), matmul_precision("fp32"):
         bridge = bridge_for(model, weights_fingerprint, device)
-        out = measure(
-            bridge,
-            sae_model,
-            tokens,
-            layer,
-            hook,
-            first=0 if cfg.keep_first_token else 1,
-            chunk=cfg.extract_batch,
-            key=key,
-            layers=layers,
-        )
+        first = 0 if cfg.keep_first_token else 1
+        chunk = cfg.extract_batch
+        out = measure(bridge, sae_model, tokens, hook, first=first, chunk=chunk, key=key)
     return {
         **out,
         "layer": layer,

@@ -189,7 +189,6 @@ CANNED: dict[str, Any] = {
     "cards": [],
     "started_at": "2026-01-01T00:00:00+00:00",
     "holdouts": [],
-    "layers": [0, 1, 2, 3],
     "sae_files": [_record("sae_weights.safetensors"), _record("cfg.json")],
     "holdout": {
         "tokens": _record("t-eval2.parquet"),
@@ -198,6 +197,7 @@ CANNED: dict[str, Any] = {
         "train_windows": [[0, 2048]],
     },
     "folder": "/saes/blocks.3.hook_resid_pre",
+    "sae_fingerprint": "d" * 64,
 }
 CANNED["pages"] = [CANNED["page"]]
 

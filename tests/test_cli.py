@@ -48,6 +48,8 @@ def test_flags_parse_into_typed_fields() -> None:
         (["--epochs", "0"], ["--epochs", "0"]),
         (["--lr", "-1"], ["--lr", "-1"]),
         (["--n-seqs", "x"], ["--n-seqs x is invalid"]),
+        (["--eval-seqs", "2", "--no-save-saes"], ["--no-save-saes keeps none to splice"]),
+        (["--eval-seqs", "-1"], ["--eval-seqs", "-1"]),
     ],
 )
 def test_bad_values_name_the_flag(argv: list[str], words: list[str]) -> None:
@@ -68,5 +70,9 @@ def test_args_round_trip() -> None:
         refresh=True,
     )
     assert config_from_args([]) == Config()  # the CLI's defaults are the model's
+    assert config_from_args(["--eval-seqs", "3"]).n_eval_seqs == 3
+    assert Config().n_eval_seqs == 2 and Config(seq_len=100).n_eval_seqs == 21  # >= 2,048 tokens
+    assert Config(save_saes=False).n_eval_seqs == 0  # nothing kept to splice
+    assert config_from_args(["--hook", "mlp.hook_post"]).model_fields_set == {"hook"}
     assert config_from_args(to_args(cfg)) == cfg
     assert config_from_args([*to_args(cfg), "--epochs", "9"]).epochs == 9  # last flag wins

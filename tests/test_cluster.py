@@ -62,12 +62,12 @@ def torch_threads(n: int) -> Iterator[None]:
 def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
     tmp_path: Path, tiny_model: Path, article_server: ArticleServer, monkeypatch: Any
 ) -> None:
-    base = {"n_seqs": 8, "seq_len": 64, "epochs": 20}
+    base = {"n_seqs": 8, "seq_len": 64, "epochs": 20, "eval_seqs": 2}
     # Float sums depend on the BLAS threads per process: one on both sides, on any machine (the
     # local cluster gives each of its 2 workers cpu_count // 2 threads).
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with torch_threads(1):
-        laminar(quick_config(tiny_model, article_server, tmp_path / "t", **base))
+        thread = laminar(quick_config(tiny_model, article_server, tmp_path / "t", **base))
     dask = quick_config(
         tiny_model, article_server, tmp_path / "d", task_runner="dask", dask_workers=2, **base
     )
@@ -86,6 +86,9 @@ def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
     }
     assert threads == {"1 threads"}  # the pin held in the workers
     assert layer_rows(tmp_path / "d") == layer_rows(tmp_path / "t")  # loss curves too, exactly
+    spliced = [n for n, s in first["tasks"].items() if n.startswith("splice") and s == "Completed"]
+    assert len(spliced) == 3  # each SAE spliced into the model on a worker, as on the thread
+    assert field_rows(first["report"]) == field_rows(thread["report"])
     assert os.getpid() not in pids_of(tmp_path / "d")  # trained in the worker processes
     [extract] = (tmp_path / "d" / ".cache" / "results").glob("extract-*")
     ran_on = json.loads(json.loads(extract.read_text())["result"])["ran_on"]
@@ -94,6 +97,15 @@ def test_local_cluster_matches_the_thread_runner_and_shares_its_cache(
     # thread run's artifacts executes nothing.
     again = laminar(dask.model_copy(update={"artifacts_dir": str(tmp_path / "t")}))
     assert set(again["tasks"].values()) == {"Cached"}, again["tasks"]
+
+
+def field_rows(report: str) -> list[tuple[str, ...]]:
+    """The downstream measures of each layer, from a report's metrics.csv."""
+    import csv
+
+    cols = ("layer", "ce_clean", "ce_sae", "ce_ablation", "kl_sae", "kl_div_score")
+    with open(Path(report) / "metrics.csv") as f:
+        return [tuple(r[c] for c in cols) for r in csv.DictReader(f)]
 
 
 class DaskCluster:

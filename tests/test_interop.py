@@ -139,7 +139,7 @@ for arch, run in runs.items():
     tokens = torch.from_numpy(pq.read_table(run["eval"]).column("token_id").to_numpy()
         .reshape(-1, run["seq_len"]).astype(np.int64))
     for layer, parquet in run["layers"].items():
-        sae = SAE.load_from_disk(f"{out}/{arch}/blocks.{layer}.{families[arch]}", device="cpu")
+        sae = SAE.load_from_disk(run["saes"][layer], device="cpu")
         col = pq.read_table(parquet, columns=["activation"]).column("activation").combine_chunks()
         x = torch.from_numpy(col.values.to_numpy().reshape(len(col), -1).copy())
         with torch.no_grad():
@@ -157,6 +157,12 @@ for arch, run in runs.items():
             "ce_clean": m["ce_loss_without_sae"]}
 print(json.dumps(got))
 """
+
+
+def metrics_of(summary: dict) -> dict[int, dict[str, str]]:
+    """A run's metrics.csv rows by layer."""
+    with open(Path(summary["report"]) / "metrics.csv") as f:
+        return {int(r["layer"]): r for r in csv.DictReader(f)}
 
 
 def in_interop(python: Path, *args: str, cwd: Path) -> str:
@@ -179,9 +185,11 @@ def test_published_families_give_saelenss_own_numbers(
 ) -> None:
     """SAEs SAELens built and saved (standard, topk, jumprelu, each at its own hook), profiled by
     laminar's --saes: L0, explained variance and the CE and KL scores equal what SAELens's
-    evals compute on the same tokens, to 1e-4. Position 0 is kept, so laminar splices every
-    position, as get_recons_loss does. The model's weights are drawn wider than GPT-2's
-    (initializer_range 0.3), so zeroing a hook moves its loss well away from the clean one."""
+    evals compute on the same tokens, to 1e-4. So do laminar's own trained SAEs, read by
+    SAELens and profiled again by --saes (which also gives the training run's numbers).
+    Position 0 is kept, so laminar splices every position, as get_recons_loss does. The model's
+    weights are drawn wider than GPT-2's (initializer_range 0.3), so zeroing a hook moves its
+    loss well away from the clean one."""
     import json
 
     from conftest import make_model
@@ -189,20 +197,35 @@ def test_published_families_give_saelenss_own_numbers(
     model = make_model(tmp_path / "tiny-wide", tokenizer_dir, initializer_range=0.3)  # type: ignore[arg-type]
     saes = tmp_path / "saes"
     in_interop(interop_python, "make", str(model), str(saes), json.dumps(FAMILIES), cwd=tmp_path)
+    base = quick_config(model, article_server, tmp_path / "own", eval_seqs=2, epochs=5)
+    base = base.model_copy(update={"keep_first_token": True})
+    trained = metrics_of(laminar(base))
+    [own] = {p.parent.parent.parent for p in (tmp_path / "own" / "sae").rglob("cfg.json")}
+    sources = {**{arch: saes / arch for arch in FAMILIES}, "laminar": own}
+    hooks = {**FAMILIES, "laminar": "mlp.hook_pre"}
     runs, ours = {}, {}
-    for arch, hook in FAMILIES.items():
-        cfg = quick_config(model, article_server, tmp_path / arch, eval_seqs=2)
-        cfg = cfg.model_copy(update={"saes": str(saes / arch), "keep_first_token": True})
-        summary = laminar(cfg)
-        with open(Path(summary["report"]) / "metrics.csv") as f:
-            ours |= {f"{arch} {r['layer']}": r for r in csv.DictReader(f)}
+    for arch, source in sources.items():
         root = tmp_path / arch
+        cfg = base.model_copy(update={"saes": str(source), "artifacts_dir": str(root)})
+        ours |= {f"{arch} {la}": r for la, r in metrics_of(laminar(cfg)).items()}
         [eval_file] = (root / "tokens").glob("*-eval2.parquet")
-        layers = {
-            la: str(next((root / "activations").rglob(f"{hook}/*/L0{la}.parquet")))
+        acts = {
+            la: next((root / "activations").rglob(f"{hooks[arch]}/*/L0{la}.parquet"))
             for la in range(3)
         }
-        runs[arch] = {"eval": str(eval_file), "seq_len": cfg.seq_len, "layers": layers}
+        pattern = "L{:02d}/*/cfg.json" if arch == "laminar" else "blocks.{}.*/cfg.json"
+        folders = {la: next(source.glob(pattern.format(la))).parent for la in range(3)}
+        runs[arch] = {
+            "eval": str(eval_file),
+            "seq_len": cfg.seq_len,
+            "layers": {la: str(p) for la, p in acts.items()},
+            "saes": {la: str(p) for la, p in folders.items()},
+        }
+    for la, row in trained.items():  # laminar's SAEs, trained and profiled: the same numbers
+        for metric in ("l0", "explained_variance", "ce_loss_score", "kl_div_score", "density_pct"):
+            assert float(ours[f"laminar {la}"][metric]) == pytest.approx(
+                float(row[metric]), abs=1e-6
+            )
     out = in_interop(
         interop_python,
         "eval",
@@ -213,7 +236,7 @@ def test_published_families_give_saelenss_own_numbers(
         cwd=tmp_path,
     )
     theirs = json.loads(out.strip().splitlines()[-1])
-    assert sorted(theirs) == sorted(ours) and len(theirs) == 9
+    assert sorted(theirs) == sorted(ours) and len(theirs) == 12
     for key, want in theirs.items():
         assert abs(want["ce_clean"] - float(ours[key]["ce_clean"])) < 1e-4, key
         for metric in ("l0", "explained_variance", "ce_loss_score", "kl_div_score"):

@@ -36,7 +36,7 @@ def hub_cache(hf_home: Path, repo_id: str, folder: Path) -> str:
     (repo / "blobs").mkdir()
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    for f in sorted(folder.iterdir()):
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = f.read_bytes()
         # LFS files are stored under their sha256, small git files under their git blob sha1
         blob = (
@@ -45,7 +45,10 @@ def hub_cache(hf_home: Path, repo_id: str, folder: Path) -> str:
             else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         )
         (repo / "blobs" / blob).write_bytes(data)
-        (snapshot / f.name).symlink_to(Path("../../blobs") / blob)
+        rel = f.relative_to(folder)  # a file in a subfolder links one level further up
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        up = Path(*[".."] * (len(rel.parts) + 1))
+        (snapshot / rel).symlink_to(up / "blobs" / blob)
     return commit
 
 

@@ -106,3 +106,32 @@ def test_bad_saes_are_one_sentence_and_nothing_is_computed(
         lines = said(result.stderr)
         assert len(lines) == 1 and sentence in lines[0], (name, lines)
         assert not (art / "activations").exists() and not (art / "pages").exists(), name
+
+
+def test_a_hub_family_runs_from_a_warm_cache_with_the_hub_down(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """--saes org/name:subfolder, the repo in the Hugging Face cache in the hub's layout, the
+    hub resetting every connection: the family loads from the cache, the hub asked once."""
+    from test_offline import DeadHub, hub_cache
+
+    repo = tmp_path / "repo"
+    legacy_family(repo / "res", range(3))
+    hf = tmp_path / "hf"
+    hub_cache(hf, "laminar-test/tiny-saes", repo)
+    hub = DeadHub()
+    env = {"HF_HOME": str(hf), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": None}
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art", eval_seqs=1)
+    from tasks.cli import to_args
+
+    args = [*to_args(cfg), "--saes", "laminar-test/tiny-saes:res"]
+    try:
+        out = run_cli(*args, cwd=tmp_path, env=env, timeout=240)
+    finally:
+        hub.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert hub.connections == 1  # the probe alone
+    [report] = [line.split("report: ")[1] for line in out.stdout.splitlines() if "report: " in line]
+    with open(Path(report).parent / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["layer"] for r in rows] == ["0", "1", "2"] and all(r["ce_sae"] for r in rows)

@@ -39,21 +39,19 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, 50257, (3, 20), generator=torch.Generator().manual_seed(0))
 
 
-def measured(bridge, model, tokens, layer, hook, first=1, key="k"):  # type: ignore[no-untyped-def]
+def measured(bridge, model, tokens, hook, first=1, key="k"):  # type: ignore[no-untyped-def]
     with torch.inference_mode():
-        return splice.measure(
-            bridge, model, tokens, layer, hook, first=first, chunk=2, key=key, layers=[0, 1, 2]
-        )
+        return splice.measure(bridge, model, tokens, hook, first=first, chunk=2, key=key)
 
 
 @pytest.mark.parametrize("hook", ["mlp.hook_pre", "hook_resid_pre"])
 def test_perfect_and_empty_reconstructions(bridge, tokens, hook: str) -> None:  # type: ignore[no-untyped-def]
-    perfect = measured(bridge, Identity(), tokens, 1, f"blocks.1.{hook}", key=f"id-{hook}")
+    perfect = measured(bridge, Identity(), tokens, f"blocks.1.{hook}", key=f"id-{hook}")
     assert perfect["ce_loss_score"] == pytest.approx(1.0, abs=1e-6)
     assert perfect["kl_sae"] == pytest.approx(0.0, abs=1e-6)
     assert perfect["kl_div_score"] == pytest.approx(1.0, abs=1e-6)
     assert perfect["ce_delta"] == pytest.approx(0.0, abs=1e-6)
-    empty = measured(bridge, Zero(), tokens, 1, f"blocks.1.{hook}", key=f"zero-{hook}")
+    empty = measured(bridge, Zero(), tokens, f"blocks.1.{hook}", key=f"zero-{hook}")
     assert empty["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
     assert empty["kl_div_score"] == pytest.approx(0.0, abs=1e-6)
     assert empty["kl_ablation"] > 0
@@ -66,29 +64,41 @@ def test_clean_ce_is_hugging_faces_loss(tiny_model: Path, bridge, tokens) -> Non
     hf = transformers.GPT2LMHeadModel.from_pretrained(tiny_model).eval()
     with torch.no_grad():
         want = hf(tokens, labels=tokens).loss.item()
-    got = measured(bridge, Identity(), tokens, 0, "blocks.0.mlp.hook_pre", key="hf")
+    got = measured(bridge, Identity(), tokens, "blocks.0.mlp.hook_pre", key="hf")
     assert got["ce_clean"] == pytest.approx(want, abs=1e-4)
 
 
-def test_pass_from_the_hooked_block_equals_a_full_pass(bridge, tokens) -> None:  # type: ignore[no-untyped-def]
-    """The same CE and KL as a whole forward pass with the replacement at the hook, with
-    position 0 kept (first=1) and replaced (first=0)."""
-    hook = "blocks.2.mlp.hook_pre"
+def test_the_splice_is_hugging_faces_model_with_that_activation_replaced(
+    tiny_model: Path,
+    bridge,
+    tokens,  # type: ignore[no-untyped-def]
+) -> None:
+    """CE and KL equal the Hugging Face model's with its c_fc output (= mlp.hook_pre) replaced
+    by a torch forward hook, position 0 kept (first=1) and replaced (first=0); the KL also by
+    hand from the probabilities."""
+    import transformers
+
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tiny_model).eval()
     for first in (0, 1):
-        got = measured(bridge, Scaled(), tokens, 2, hook, first=first, key=f"full-{first}")
-        replace = splice.replacer(Scaled(), first)
-        with torch.inference_mode():
-            clean = bridge(tokens).float().log_softmax(-1)
-            lq = bridge.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook, r=replace: r(a))])
-            lq = lq.float().log_softmax(-1)
-        ce = splice.next_token_ce(lq, tokens).mean().item()
-        kl = splice.kl_per_token(clean, lq)[:, first:].mean().item()
-        assert got["ce_sae"] == pytest.approx(ce, abs=1e-5)
-        assert got["kl_sae"] == pytest.approx(kl, abs=1e-6)
-        # and by hand: KL from the probabilities, the CE from the logits of the true tokens
+        got = measured(bridge, Scaled(), tokens, "blocks.2.mlp.hook_pre", first, f"hf-{first}")
+
+        def half(module, args, out, first=first):  # type: ignore[no-untyped-def]
+            out = out.clone()
+            out[:, first:] *= 0.5
+            return out
+
+        with torch.no_grad():
+            clean = hf(tokens).logits.log_softmax(-1)
+            handle = hf.transformer.h[2].mlp.c_fc.register_forward_hook(half)
+            try:
+                spliced = hf(tokens, labels=tokens)
+            finally:
+                handle.remove()
+        lq = spliced.logits.log_softmax(-1)
+        assert got["ce_sae"] == pytest.approx(spliced.loss.item(), abs=1e-5)
         p, q = clean.exp(), lq.exp()
         by_hand = (p * (p.log() - q.log())).sum(-1)[:, first:].mean().item()
-        assert kl == pytest.approx(by_hand, abs=1e-5)
+        assert got["kl_sae"] == pytest.approx(by_hand, abs=1e-5)
 
 
 def test_position_zero_is_kept_when_dropped_from_training(bridge, tokens) -> None:  # type: ignore[no-untyped-def]
@@ -154,3 +164,11 @@ def record_of_layer(records: Path, keys: set[str], layer: int) -> str:
         if json.loads(payload["result"])["layer"] == layer:
             return key
     raise AssertionError(f"no splice record of layer {layer}")
+
+
+def test_the_estimate_counts_every_forward_pass() -> None:
+    from tasks.progress import splice_passes
+
+    # the clean pass, then per layer the ablated pass and one spliced pass per seed
+    assert splice_passes(3, seeds=1) == 7
+    assert splice_passes(12, seeds=3) == 49
