@@ -47,7 +47,7 @@ def read_run(folder: Path) -> list[dict[str, Any]]:
 def metrics_of(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The course's metrics, and each field measure that every row of every run has."""
     rows = [r for run in runs.values() for r in run]
-    return METRICS + [m for m in FIELD_METRICS if all(m in r for r in rows)]
+    return METRICS + [m for m in FIELD_METRICS if all(isinstance(r.get(m), float) for r in rows)]
 
 
 def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

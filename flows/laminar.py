@@ -128,13 +128,8 @@ def failure_sentence(failed: list[str], where: str) -> str:
             f"{len(spliced)} layer(s) could not be spliced into the model and have no "
             f"downstream measures in {where}"
         )
-    return (
-        ", and ".join(parts)
-        + ": "
-        + "; ".join(failed)
-        + ". Rerun the same command to "
-        + ("retry only those.")
-    )
+    what = ", and ".join(parts)
+    return f"{what}: {'; '.join(failed)}. Rerun the same command to retry only those."
 
 
 def layer_jobs(

@@ -147,7 +147,7 @@ for arch, run in runs.items():
             ev = ExplainedVarianceCalculator()
             ev.add_batch(sae.decode(z), x)
             m = get_recons_loss(sae, model, ActivationScaler(), tokens, compute_kl=True,
-                compute_ce_loss=True)
+                compute_ce_loss=True, hook_name=f"blocks.{layer}.{run['hook']}")
         m = {k: v.mean().item() for k, v in m.items()}
         score = (m["ce_loss_with_ablation"] - m["ce_loss_with_sae"]) / (
             m["ce_loss_with_ablation"] - m["ce_loss_without_sae"])
@@ -218,6 +218,7 @@ def test_published_families_give_saelenss_own_numbers(
         runs[arch] = {
             "eval": str(eval_file),
             "seq_len": cfg.seq_len,
+            "hook": hooks[arch],
             "layers": {la: str(p) for la, p in acts.items()},
             "saes": {la: str(p) for la, p in folders.items()},
         }
