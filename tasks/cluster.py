@@ -235,7 +235,9 @@ def check_workers(client: Any, cfg: Config, api: str) -> int:
             "filesystem), reach the flow's Prefect API and have the --device asked for; fix "
             "that or use --task-runner thread."
         )
-    return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+    # Asked of the scheduler now: the client's cached scheduler_info() is refreshed every few
+    # seconds without its workers (n_workers=0), so reading it could count none.
+    return sum(client.nthreads().values())
 
 
 def worker_problem(probe: str, token: str, api: str, device: str = "auto") -> str:

@@ -72,7 +72,7 @@ def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> fl
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return 2.0 * n * d * latent * done / seconds / 1e9
+    return 2.0 * n * d * latent * done / seconds / 1e9 if seconds > 0 else 0.0
 
 
 def calibrated_rate(
@@ -90,10 +90,13 @@ def calibrated_rate(
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if key not in known:
-        known[key] = measure_rate(device, precision, n, d, latent)
+    if key in known:
+        return float(known[key])
+    rate = measure_rate(device, precision, n, d, latent)
+    if rate > 0:  # 0: unknown, measured again next time rather than remembered
+        known[key] = rate
         write_json(path, known)
-    return float(known[key])
+    return rate
 
 
 def estimate(
@@ -110,11 +113,14 @@ def estimate(
     """'gpt2-large: 36 layers × 75 epochs, 10,230 tokens, d 5120 → 14.5 PFLOP; about 19 h here
     (fp32, measured 210 GFLOP/s); cached: 12 of 36 layers'."""
     per_layer = sae_flops(n_tokens, d, latent) * epochs
-    left = per_layer * (layers - cached) / (gflops * 1e9)
+    if gflops > 0:
+        left = per_layer * (layers - cached) / (gflops * 1e9)
+        when = f"about {human_time(left)} here ({precision}, measured {gflops:.0f} GFLOP/s)"
+    else:  # a matmul too fast for the clock, or none timed: no rate, so no time
+        when = f"time here unknown ({precision}, no matmul rate measured)"
     return (
         f"{name}: {layers} layers × {epochs} epochs, {n_tokens:,} tokens, d {d} → "
-        f"{human_flops(per_layer * layers)}; about {human_time(left)} here ({precision}, "
-        f"measured {gflops:.0f} GFLOP/s); cached: {cached} of {layers} layers"
+        f"{human_flops(per_layer * layers)}; {when}; cached: {cached} of {layers} layers"
     )
 
 
@@ -158,18 +164,24 @@ class EpochReporter:
         if self.every < 0 or now - self.last_line < self.every or epoch == self.epochs:
             return
         self.last_line = now
-        rate = epoch / max(now - self.start, 1e-9)
-        left = (self.epochs - epoch) / rate
         value = float(loss)  # the only read-back from the device: once per line
         self.log(
-            "%s: epoch %d/%d, loss %.5g, %.2f epochs/s, about %s left for this layer",
+            "%s: epoch %d/%d, loss %.5g, %s",
             self.label,
             epoch,
             self.epochs,
             value,
-            rate,
-            human_time(left),
+            self.pace(epoch, now),
         )
+
+    def pace(self, epoch: int, now: float) -> str:
+        """'0.25 epochs/s, about 64 s left for this layer'; unknown while no time has passed."""
+        elapsed = now - self.start
+        if elapsed <= 0 or epoch <= 0:
+            return "rate unknown yet (no time measured)"
+        rate = epoch / elapsed
+        left = human_time((self.epochs - epoch) / rate)
+        return f"{rate:.2f} epochs/s, about {left} left for this layer"
 
 
 class Ticker:

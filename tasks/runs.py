@@ -37,11 +37,21 @@ def run_name(task: Any, args: tuple[Any, ...]) -> str:
     return task.task_run_name.format(**params)
 
 
-def time_left(spent: list[float], remaining: int, slots: int) -> float:
-    """Seconds for `remaining` layers at the mean time of those that ran, `slots` at a time."""
-    if not spent or remaining <= 0:
+def time_left(spent: list[float], remaining: int, slots: int) -> float | None:
+    """Seconds for `remaining` layers at the mean time of those that ran, `slots` at a time;
+    None (unknown) while no layer has been timed or no slot is known."""
+    if remaining <= 0:
         return 0.0
+    if not spent or slots <= 0:
+        return None
     return sum(spent) / len(spent) * math.ceil(remaining / slots)
+
+
+def left_phrase(seconds: float | None) -> str:
+    """'about 12 s left', or what is unknown and why."""
+    if seconds is None:
+        return "time left unknown until a layer is timed"
+    return f"about {seconds:.0f} s left"
 
 
 @dataclass
@@ -134,13 +144,13 @@ class Progress:
         left = time_left(self.spent[job.model], total - done, self.slots)
         self.refresh()
         self.logger.info(
-            "%s: %d/%d layers done (%s %s), about %.0f s left for this model",
+            "%s: %d/%d layers done (%s %s), %s for this model",
             job.model,
             done,
             total,
             job.name,
             state,
-            left,
+            left_phrase(left),
         )
 
     def close(self) -> None:

@@ -24,7 +24,6 @@ from conftest import ROOT, ArticleServer, free_port, make_model, quick_config
 from flows.laminar import LayerFailedError, laminar
 from tasks import cluster
 from tasks.config import Config, LaminarError
-from tasks.runs import time_left
 
 pytestmark = pytest.mark.cluster
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -430,13 +429,6 @@ def test_a_local_cluster_listens_on_loopback_only() -> None:
         ]
     assert port in {a.port for a in listening}
     assert {a.ip for a in listening} == {"127.0.0.1"}, listening
-
-
-def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:
-    assert time_left([], 5, 1) == 0.0
-    assert time_left([2.0, 4.0], 0, 1) == 0.0
-    assert time_left([2.0, 4.0], 3, 1) == 9.0
-    assert time_left([2.0, 4.0], 3, 2) == 6.0  # two rounds of two
 
 
 def test_flow_loaded_as_a_deployment_unpickles_where_it_cannot_be_imported(

@@ -1,0 +1,87 @@
+"""The run machinery's arithmetic never divides by a zero time, count or slot number: where a
+rate is unknown it says so; and the Dask pool's slots are counted from the scheduler itself,
+never from the client's cached cluster view (which a periodic refresh empties of workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks import cluster, progress
+from tasks.config import Config
+from tasks.runs import left_phrase, time_left
+
+
+def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:
+    assert time_left([2.0, 4.0], 0, 1) == 0.0  # nothing remains: nothing left, known
+    assert time_left([2.0, 4.0], 3, 1) == 9.0
+    assert time_left([2.0, 4.0], 3, 2) == 6.0  # two rounds of two
+
+
+def test_time_left_with_zero_times_counts_and_slots_is_unknown_not_a_crash() -> None:
+    assert time_left([], 5, 1) is None  # no layer timed yet
+    assert time_left([2.0], 5, 0) is None  # no slot known: was ZeroDivisionError
+    assert time_left([2.0], 5, -1) is None
+    assert time_left([0.0, 0.0], 4, 2) == 0.0  # cached-fast layers: 0 s each, 0 s left
+    assert left_phrase(None) == "time left unknown until a layer is timed"
+    assert left_phrase(9.4) == "about 9 s left"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_epoch_lines_with_no_time_passed_say_the_rate_is_unknown() -> None:
+    clock, lines = Clock(), []
+    report = progress.EpochReporter("m L0", 3, 0.0, None, clock, log=lambda *a: lines.append(a))
+    report(1, 0.5)  # the clock has not moved: elapsed 0
+    clock.t = 2.0
+    report(2, 0.25)
+    assert [line[0] % line[1:] for line in lines] == [
+        "m L0: epoch 1/3, loss 0.5, rate unknown yet (no time measured)",
+        "m L0: epoch 2/3, loss 0.25, 1.00 epochs/s, about 1 s left for this layer",
+    ]
+
+
+def test_estimate_with_no_measured_rate_says_so() -> None:
+    line = progress.estimate("m", 3, 1, 75, 100, 8, 16, 0.0, "fp32")
+    assert line == (  # 10 N d m FLOPs an epoch: 10 * 100 * 8 * 16 * 75 epochs * 3 layers
+        "m: 3 layers × 75 epochs, 100 tokens, d 8 → 2.88e+07 FLOP; "
+        "time here unknown (fp32, no matmul rate measured); cached: 1 of 3 layers"
+    )
+    assert progress.overall(0, 0, 0, 75) == 100.0  # no jobs: done
+    assert progress.overall(0, 0, 3, 0) == 100.0  # no epochs: nothing to wait for
+
+
+def test_a_zero_rate_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rates = iter([0.0, 50.0])
+    monkeypatch.setattr(progress, "measure_rate", lambda *a: next(rates))
+    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 0.0
+    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 50.0  # measured again
+
+
+@pytest.mark.cluster
+def test_slots_come_from_the_scheduler_while_the_client_refreshes_its_view(
+    tmp_path: Path,
+) -> None:
+    """A Dask client refreshes its cached scheduler_info() every few seconds without the workers
+    (n_workers=0); a read of it racing that refresh counted 0 slots, and the first finished
+    layer's time-left divided by it (ZeroDivisionError on a quiet machine). Here the refresh
+    runs every millisecond, so the race is met on any machine."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    cfg = Config(artifacts_dir=str(tmp_path), task_runner="dask")
+    with (
+        dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as local,
+        Client(local) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        counted = [cluster.check_workers(client, cfg, "") for _ in range(40)]
+    assert counted == [2] * 40
