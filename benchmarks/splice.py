@@ -59,16 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     clean_s, per_layer = [], {layer: [] for layer in layers}
     with torch.inference_mode(), matmul_precision("fp32"):
         for r in range(args.rounds):
-            key = f"round {r}"  # a fresh clean pass and ablations each round
+            # a fresh Splicer each round: its own clean pass and ablations
+            splicer = splice.Splicer((f"round {r}",), bridge)
             start = time.perf_counter()
-            splice._CLEAN[key] = splice.clean_pass(bridge, tokens, chunk=1)
+            splicer.clean_pass(tokens, "bench", chunk=1)
             clean_s.append(time.perf_counter() - start)
             for layer in layers:
                 start = time.perf_counter()
-                hook = f"blocks.{layer}.mlp.hook_pre"
-                splice.measure(bridge, model, tokens, hook, first=1, chunk=1, key=key)
+                where = splice.Where(f"blocks.{layer}.mlp.hook_pre", first=1, chunk=1)
+                splicer.measure(model, tokens, "bench", where)
                 per_layer[layer].append(time.perf_counter() - start)
-            del splice._CLEAN[key]
     result = {
         "shape": args.shape,
         "hardware": machine("cpu"),

@@ -37,7 +37,7 @@ from tasks.report import publish, write_report
 from tasks.runs import Job, Runner, check_deployment_targets
 from tasks.saelens import Entry
 from tasks.scrape import fetch_page, parse_page, publish_text
-from tasks.splice import splice_sae
+from tasks.splice import release_splicers, splice_sae
 from tasks.store import check_writable
 from tasks.tokens import holdout, tokenize
 from tasks.train import train_sae
@@ -93,8 +93,8 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
             results, failed = with_splices(results, splices), failed + splice_failed
     cards = []
     for m in described if cfg.save_saes or cfg.saes else []:
-        first_seed = [r for r in results if r["sae_seed"] == cfg.sae_seeds[0]]
-        if mine := [r for r in first_seed if r["name"] == m["name"]]:
+        shown = [r for r in results if r["sae_seed"] == cfg.shown_seed]
+        if mine := [r for r in shown if r["name"] == m["name"]]:
             batch = tokens[m["tokenizer_fingerprint"]]
             made = run(latent_cards, cfg, m["model"], m["name"], mine, batch)
             publish_cards(m["name"], made)
@@ -172,10 +172,12 @@ def splice_all(
         args = (cfg, m["model"], m["weights_fingerprint"], r["layer"])
         args += (r["sae_files"], holdouts[m["tokenizer_fingerprint"]], label)
         task_name, future = run.submit(pool, splice_sae, *args)
-        no_epochs = Path(r["json"]["path"]).with_suffix(".splicing")  # splices report no epochs
-        jobs.append(Job(task_name, future, r["name"], no_epochs))
+        jobs.append(Job(task_name, future, r["name"], None))  # a splice reports no epochs
         pairs.append((r, future))
-    _, failed = run.gather(jobs, pool.slots, what="SAEs spliced in")
+    try:
+        _, failed = run.gather(jobs, pool.slots, what="SAEs spliced in")
+    finally:  # the model and passes the splices shared, wherever they ran, go with the run
+        release_splicers(pool, str(flow_run.id))
     return [(r, f.result()) for r, f in pairs if f.state.is_completed()], failed
 
 

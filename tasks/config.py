@@ -359,6 +359,13 @@ class Config(BaseModel):
                 )
         return value
 
+    @property
+    def shown_seed(self) -> int:
+        """The SAE seed drawn where one SAE a layer is shown (latent cards, loss curves, the
+        frequency heatmaps): the first seed given in --sae-seeds. Tables and the claims use
+        every seed (their mean, ± the sd)."""
+        return self.sae_seeds[0]
+
     @field_validator("sae_seeds")
     @classmethod
     def _check_seeds(cls, value: list[int]) -> list[int]:

@@ -72,7 +72,7 @@ def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
         ax.errorbar(
             [r["layer"] for r in pts],
             [r[col] for r in pts],
-            yerr=[r.get(f"{col}_sd", 0.0) for r in pts],
+            yerr=[r.get(f"{col}_sd") or 0.0 for r in pts],
             fmt="o-",
             ms=3,
             capsize=2,

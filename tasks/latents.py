@@ -222,24 +222,23 @@ def publish_cards(name: str, files: list[FileRecord]) -> None:
 @task(
     name="latents",
     task_run_name="latents {name}",
-    cache_policy=cache.ContentKey(fields=("seed",)),
+    cache_policy=cache.ContentKey(fields=("seed", "sae_seeds")),
 )
 def latent_cards(
     cfg: Config, model: str, name: str, results: list[LayerResult], tokens: Batch
 ) -> list[FileRecord]:
-    """The model's latent cards (first SAE seed of every layer whose SAE was saved), as JSON
-    and HTML in the report folder."""
+    """The model's latent cards (Config.shown_seed's SAE of every layer whose SAE was saved), as
+    JSON and HTML in the report folder."""
     tokenizer = load_tokenizer(model)
     batch = store.read_batch(tokens["tokens"])
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
-    first = min(r["sae_seed"] for r in results)
     layers = {
         r["layer"]: layer_cards(r, batch, decode, cfg.seed)
         for r in sorted(results, key=lambda r: r["layer"])
-        if r["sae_seed"] == first and r["sae_files"]
+        if r["sae_seed"] == cfg.shown_seed and r["sae_files"]
     }
     out = paths.report_dir(cfg)
     store.write_json(out / f"{name}-latents.json", {str(k): v for k, v in layers.items()})

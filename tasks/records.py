@@ -66,10 +66,12 @@ class Splice(TypedDict):
     ce_sae: float
     ce_ablation: float
     ce_delta: float  # ce_sae - ce_clean
-    ce_loss_score: float | None  # None where the ablation leaves CE unchanged (undefined)
+    ce_loss_score: float | None  # None where undefined: the ablation's effect is noise
+    ce_loss_score_undefined: str | None  # why it is undefined (splice.within_noise)
     kl_sae: float
     kl_ablation: float
     kl_div_score: float | None
+    kl_div_score_undefined: str | None
     eval_tokens: int
     eval_in_sample: bool
     splice_seconds: float

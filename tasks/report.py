@@ -55,6 +55,9 @@ DOWNSTREAM = [
     "kl_div_score",
 ]
 SPREAD += DOWNSTREAM
+# Why a score is undefined (tasks.splice.within_noise), None where it has a value; the same for
+# every seed (it depends on the clean and ablated passes only)
+UNDEFINED = ["ce_loss_score_undefined", "kl_div_score_undefined"]
 INPUTS = ["x_mean_norm", "x_var", "x_neg_frac"]
 COLUMNS = [
     "model",
@@ -72,6 +75,7 @@ COLUMNS = [
     *INPUTS,
     "eval_tokens",
     "eval_in_sample",
+    *UNDEFINED,
     *(f"{c}_sd" for c in SPREAD),
 ]
 ARTIFACT_COLUMNS = [
@@ -85,8 +89,8 @@ TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
 
 
 def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[dict[str, Any]]:
-    """One row per (model, layer): the mean over SAE seeds, `<metric>_sd` their spread (0 for
-    one seed), relative depth = layer / (n_layers - 1)."""
+    """One row per (model, layer): the mean over SAE seeds, `<metric>_sd` their spread (None
+    for one seed: no spread is measured), relative depth = layer / (n_layers - 1)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["name"], r["layer"]), []).append(r)
@@ -108,15 +112,20 @@ def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[di
 
 
 def mean_sd(vals: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sd over seeds (sd 0 for one seed); None where any seed has no value."""
+    """Mean and sd over seeds (sd None for one seed); None where any seed has no value."""
     if any(v is None for v in vals):
         return None, None
     nums = [float(v) for v in vals if v is not None]
-    return statistics.fmean(nums), statistics.stdev(nums) if len(nums) > 1 else 0.0
+    return statistics.fmean(nums), statistics.stdev(nums) if len(nums) > 1 else None
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+    return "—" if value is None else format(value, spec)
+
+
+def pm(row: dict[str, Any], col: str, spec: str) -> str:
+    """'value ± sd' over seeds; the sd '—' where there is none (one seed, a published SAE)."""
+    return f"{fmt(row[col], spec)} ± {fmt(row.get(f'{col}_sd'), spec)}"
 
 
 def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[str]:
@@ -137,28 +146,25 @@ def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[s
         "## Measures the field uses",
         "",
         f"Explained variance, ‖x̂‖/‖x‖, cosine and dense % on the training tokens; CE and KL with "
-        f"the SAE spliced in on {where}.",
+        f"the SAE spliced in on {where}, and with the hook zeroed (ablation). ± is the sd over "
+        "SAE seeds ('—': one seed, or a published SAE). A score is undefined ('—') where the "
+        "ablation's effect is within its noise or the wrong way (the reasons follow the table).",
         "",
-        "| model | layer | expl. var | ‖x̂‖/‖x‖ | cos | dense % | CE clean | CE SAE | ΔCE | "
-        "CE score | KL SAE | KL score |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | layer | expl. var | ‖x̂‖/‖x‖ | cos | dense % | CE clean | CE SAE | "
+        "CE ablation | ΔCE | CE score | KL SAE | KL ablation | KL score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    spec = {
-        "explained_variance": ".3f",
-        "l2_ratio": ".3f",
-        "cossim": ".3f",
-        "dense_pct": ".1f",
-        "ce_clean": ".4f",
-        "ce_sae": ".4f",
-        "ce_delta": ".4f",
-        "ce_loss_score": ".3f",
-        "kl_sae": ".4f",
-        "kl_div_score": ".3f",
-    }
+    plain = {"explained_variance": ".3f", "l2_ratio": ".3f", "cossim": ".3f", "dense_pct": ".1f"}
+    spliced = {"ce_clean": ".4f", "ce_sae": ".4f", "ce_ablation": ".4f", "ce_delta": ".4f"}
+    spliced |= {"ce_loss_score": ".3f", "kl_sae": ".4f", "kl_ablation": ".4f"}
+    spliced |= {"kl_div_score": ".3f"}
+    why = []
     for r in rows:
-        cells = [r["model"], str(r["layer"]), *(fmt(r[c], f) for c, f in spec.items())]
+        cells = [r["model"], str(r["layer"]), *(fmt(r[c], f) for c, f in plain.items())]
+        cells += [pm(r, c, f) if r[c] is not None else "—" for c, f in spliced.items()]
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        why += [f"- {r['model']} L{r['layer']} {c[:-10]}: {r[c]}." for c in UNDEFINED if r.get(c)]
+    return [*lines, "", *(["Undefined scores:", "", *why, ""] if why else [])]
 
 
 def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
@@ -230,8 +236,8 @@ def markdown(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['model']} | {r['layer']} | {r['rel_depth']:.3f} | {r['density_pct']:.2f} ± "
-        f"{r['density_pct_sd']:.2f} | {r['final_loss']:.5g} ± {r['final_loss_sd']:.2g} | "
+        f"| {r['model']} | {r['layer']} | {r['rel_depth']:.3f} | {pm(r, 'density_pct', '.2f')} "
+        f"| {r['final_loss']:.5g} ± {fmt(r['final_loss_sd'], '.2g')} | "
         f"{r['final_mse']:.5g} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['dead_pct']:.1f} | "
         f"{r['x_mean_norm']:.3g} | {r['x_var']:.3g} | {r['x_neg_frac']:.3f} | "
         f"{r['seconds']:.1f} |"
@@ -247,16 +253,21 @@ def markdown(
 
 
 def draw(
-    rows: list[dict], results: list[LayerResult], n_layers: dict[str, int], out: Path
+    rows: list[dict],
+    results: list[LayerResult],
+    n_layers: dict[str, int],
+    out: Path,
+    shown_seed: int,
 ) -> list[str]:
-    """Every figure of the report; returns their file names in report order."""
+    """Every figure of the report; returns their file names in report order. Per-SAE figures
+    show the seed Config.shown_seed names."""
     if not rows:
         return []
     figures.profile_overlay(rows, out / "laminar.png")
     names = ["laminar.png"]
-    first_seed = [r for r in results if r["sae_seed"] == min(x["sae_seed"] for x in results)]
+    shown = [r for r in results if r["sae_seed"] == shown_seed]
     for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in first_seed if r["name"] == model]
+        mine = [r for r in shown if r["name"] == model]
         figures.course_panels(rows, model, out / f"{model}-panels.png")
         figures.loss_curves(
             [{"model": model, "layer": r["layer"], "loss": r["loss_curve"]} for r in mine],
@@ -299,7 +310,10 @@ def write_report(
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
     by_seed = sorted(
-        ({c: r.get(c) for c in ["name", "layer", "sae_seed", *SPREAD, "seconds"]} for r in results),
+        (
+            {c: r.get(c) for c in ["name", "layer", "sae_seed", *SPREAD, *UNDEFINED, "seconds"]}
+            for r in results
+        ),
         key=lambda r: (r["name"], r["layer"], r["sae_seed"]),
     )
     curves = [
@@ -311,7 +325,7 @@ def write_report(
     for stem, table in tables.items():
         if table:
             _write_table(table, out, stem)
-    images = draw(rows, results, n_layers, out)
+    images = draw(rows, results, n_layers, out, cfg.shown_seed)
     write_json(out / "claims.json", claims(rows) if rows else {})
     prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at)
     write_json(out / "provenance.json", prov)

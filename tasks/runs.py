@@ -56,12 +56,13 @@ def left_phrase(seconds: float | None) -> str:
 
 @dataclass
 class Job:
-    """One submitted SAE training: its task run name, future, model and epochs-done file."""
+    """One submitted task: its run name, future, model and epochs-done file (None for a task
+    that reports no epochs)."""
 
     name: str
     future: Any
     model: str
-    progress: Path
+    progress: Path | None
 
 
 class Progress:
@@ -101,7 +102,7 @@ class Progress:
         """(job, epochs done) of the layers started but not finished."""
         with self.lock:
             open_jobs = [j for j in self.jobs if j.name not in self.finished]
-        return [(j, e) for j in open_jobs if (e := read_epochs(j.progress)) > 0]
+        return [(j, e) for j in open_jobs if j.progress and (e := read_epochs(j.progress)) > 0]
 
     def percent(self) -> float:
         partial = sum(min(e, self.epochs) for _, e in self.running())

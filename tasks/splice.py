@@ -11,11 +11,15 @@ as Hugging Face's `labels=input_ids` computes it. The SAE replaces exactly the p
 trained on: with position 0 dropped from training (the default) position 0 keeps its own
 activation, and KL is the mean over the spliced positions.
 
-Cost: the clean pass runs once per model and process and keeps its next-token log-probs
-(E, T, vocab); each layer then costs one ablated pass and one spliced pass per SAE seed, whole
-forward passes: TransformerLens 4's start_at_layer still runs the blocks below the one it
-starts at (it discards their output), so starting at the hooked block would save nothing
-(measured: docs/measures.md)."""
+A score is undefined (None, with its reason beside it) where the ablation's effect on the
+held-out tokens is within NOISE_SE standard errors of zero, or the wrong way: its denominator
+would be noise.
+
+Cost: the clean pass runs once per model and run (`Splicer`, the run's own) and keeps its
+next-token log-probs (E, T, vocab; `clean_bytes`); each layer then costs one ablated pass and
+one spliced pass per SAE seed, whole forward passes: TransformerLens 4's start_at_layer still
+runs the blocks below the one it starts at (it discards their output), so starting at the
+hooked block would save nothing (measured: docs/measures.md)."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from prefect import task
+from prefect.runtime import flow_run
 
 from tasks import cache, saelens, store
 from tasks.config import Config, resolve_device
@@ -35,30 +40,123 @@ from tasks.models import load_model
 from tasks.precision import matmul_precision
 from tasks.records import EvalBatch, FileRecord, Splice
 
+# A score's denominator must clear its own noise: the ablation's effect, averaged over the
+# held-out tokens, counts only where it exceeds NOISE_SE standard errors of that mean (the
+# per-token paired differences' sd / sqrt(n)), about a 97.7% one-sided test that it is not zero.
+# Below that, or the wrong way (the ablation lowering CE), the ratio divides by noise: undefined.
+NOISE_SE = 2.0
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an SAE is spliced: the hook, the first spliced position (positions before it keep
+    their own activation) and the sequences per forward pass."""
+
+    hook: str
+    first: int
+    chunk: int
+
 
 @dataclass
 class Clean:
-    """The clean model on the held-out windows: log-probs (E, T, vocab) and the mean CE."""
+    """The clean model on the held-out windows: next-token log-probs (E, T, vocab), each next
+    token's CE (E, T-1) and its mean."""
 
     logprobs: torch.Tensor
+    ce_tokens: torch.Tensor
     ce: float
 
 
-_LOCK = threading.Lock()
-_MODEL: dict[str, Any] = {}  # (model, device) -> its bridge: one model kept per process
-_CLEAN: dict[str, Clean] = {}  # (model, weights, tokens, device) -> the clean pass
-_ABLATED: dict[str, tuple[float, float]] = {}  # ... + hook -> (CE, KL) with the hook zeroed
+@dataclass
+class Passes:
+    """One spliced (or ablated) pass's per-token CE (E, T-1) and KL to the clean model over the
+    spliced positions (E, T-first), with their means."""
+
+    ce_tokens: torch.Tensor
+    kl_tokens: torch.Tensor
+
+    @property
+    def ce(self) -> float:
+        return self.ce_tokens.mean().item()
+
+    @property
+    def kl(self) -> float:
+        return self.kl_tokens.mean().item()
 
 
-def bridge_for(model: str, weights_fingerprint: str, device: str) -> Any:
-    """The loaded model, kept for the next layer's splice (a model loads in seconds to a
-    minute; a run splices every layer of it in turn)."""
-    key = f"{model}|{weights_fingerprint}|{device}"
-    if key not in _MODEL:
-        _MODEL.clear()
-        _CLEAN.clear()
-        _MODEL[key] = load_model(model, device)
-    return _MODEL[key]
+def clean_bytes(n_seqs: int, seq_len: int, vocab: int, chunk: int) -> int:
+    """Memory the splices hold at their peak: the clean log-probs (E, T, vocab) fp32, kept for
+    the run, plus one chunk's logits, log-probs and their difference in a spliced pass."""
+    return 4 * seq_len * vocab * (n_seqs + 3 * min(chunk, n_seqs))
+
+
+class Splicer:
+    """What the splices of one run share on one device in one process: the loaded model, its
+    clean pass and the ablated passes, each keyed by everything it depends on. Owned by the run
+    (`SPLICERS` holds one run's at a time; the flow releases it when its splices are done), so
+    a second run in the same process or on the same Dask worker never reads the first's."""
+
+    def __init__(self, key: tuple[str, ...], bridge: Any) -> None:
+        self.key, self.bridge = key, bridge
+        self.lock = threading.Lock()  # one Dask worker may splice several layers at once
+        self.clean: dict[tuple[str, int], Clean] = {}  # (tokens sha, chunk) ->
+        self.ablated: dict[tuple[str, str, int, int], Passes] = {}  # + (hook, first)
+
+    def clean_pass(self, tokens: torch.Tensor, sha: str, chunk: int) -> Clean:
+        with self.lock:
+            if (sha, chunk) not in self.clean:
+                self.clean[(sha, chunk)] = clean_pass(self.bridge, tokens, chunk)
+            return self.clean[(sha, chunk)]
+
+    def measure(
+        self, sae: torch.nn.Module, tokens: torch.Tensor, sha: str, where: Where
+    ) -> dict[str, Any]:
+        """The downstream measures of one SAE at `where.hook`, spliced from `where.first` on."""
+        clean = self.clean_pass(tokens, sha, where.chunk)
+        key = (sha, where.hook, where.first, where.chunk)
+        with self.lock:
+            if key not in self.ablated:
+                self.ablated[key] = spliced_pass(self.bridge, clean, tokens, where, None)
+            ablated = self.ablated[key]
+        return scores(clean, spliced_pass(self.bridge, clean, tokens, where, sae), ablated)
+
+
+class SplicerHolder:
+    """The process's one Splicer: the asking run's, made on first use; a different run (or
+    model, weights, device) replaces it, freeing the model and passes it held."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.current: Splicer | None = None
+
+    def get(self, run: str, model: str, weights_fingerprint: str, device: str) -> Splicer:
+        key = (run, model, weights_fingerprint, device)
+        with self.lock:
+            if self.current is None or self.current.key != key:
+                self.current = None  # freed before the next model loads
+                self.current = Splicer(key, load_model(model, device))
+            return self.current
+
+    def release(self, run: str) -> None:
+        """Drop the run's Splicer (the flow calls it when its splices are done)."""
+        with self.lock:
+            if self.current is not None and self.current.key[0] == run:
+                self.current = None
+
+
+SPLICERS = SplicerHolder()
+
+
+def release_here(run: str) -> None:
+    """Free the run's Splicer in this process (run on each Dask worker by release_splicers)."""
+    SPLICERS.release(run)
+
+
+def release_splicers(pool: Any, run: str) -> None:
+    """Free the run's Splicer here and, for a Dask pool, on every worker."""
+    release_here(run)
+    if pool.remote:
+        pool.runner.client.run(release_here, run)
 
 
 def next_token_ce(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -72,28 +170,38 @@ def kl_per_token(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def clean_pass(bridge: Any, tokens: torch.Tensor, chunk: int) -> Clean:
-    logprobs = [
-        bridge(tokens[start : start + chunk], return_type="logits").float().log_softmax(-1)
-        for start in range(0, len(tokens), chunk)
-    ]
-    lp = torch.cat(logprobs)
-    return Clean(lp, next_token_ce(lp, tokens).mean().item())
+    """The clean log-probs, written chunk by chunk into one (E, T, vocab) tensor: the peak is
+    that tensor and one chunk's logits, never a list of chunks and their concatenation."""
+    logprobs: torch.Tensor | None = None
+    for start in range(0, len(tokens), chunk):
+        lp = bridge(tokens[start : start + chunk], return_type="logits").float().log_softmax(-1)
+        if logprobs is None:
+            logprobs = lp.new_empty((len(tokens), *lp.shape[1:]))
+        logprobs[start : start + len(lp)] = lp
+        del lp
+    assert logprobs is not None, "no held-out windows"
+    ce_tokens = next_token_ce(logprobs, tokens)
+    return Clean(logprobs, ce_tokens, ce_tokens.mean().item())
 
 
 def spliced_pass(
-    bridge: Any, clean: Clean, tokens: torch.Tensor, hook: str, replace: Any, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, T-1) CE and (E, T) KL to the clean model, with `replace(act)` at `hook`."""
+    bridge: Any, clean: Clean, tokens: torch.Tensor, where: Where, sae: torch.nn.Module | None
+) -> Passes:
+    """The model with positions where.first.. of `where.hook` replaced by the SAE's
+    reconstruction (sae None: by zeros): per-token CE and KL to the clean model."""
+    replace = replacer(sae, where.first)
     ces, kls = [], []
-    for start in range(0, len(tokens), chunk):
-        part = slice(start, start + chunk)
+    for start in range(0, len(tokens), where.chunk):
+        part = slice(start, start + where.chunk)
         logits = bridge.run_with_hooks(
-            tokens[part], fwd_hooks=[(hook, lambda act, hook: replace(act))], return_type="logits"
+            tokens[part],
+            fwd_hooks=[(where.hook, lambda act, hook: replace(act))],
+            return_type="logits",
         )
         lq = logits.float().log_softmax(-1)
         ces.append(next_token_ce(lq, tokens[part]))
-        kls.append(kl_per_token(clean.logprobs[part], lq))
-    return torch.cat(ces), torch.cat(kls)
+        kls.append(kl_per_token(clean.logprobs[part], lq)[:, where.first :])
+    return Passes(torch.cat(ces), torch.cat(kls))
 
 
 def replacer(model: torch.nn.Module | None, first: int) -> Any:
@@ -113,40 +221,38 @@ def replacer(model: torch.nn.Module | None, first: int) -> Any:
     return replace
 
 
-def scores(clean_ce: float, sae: tuple[float, float], ablated: tuple[float, float]) -> dict:
-    """SAELens's two scores from the (CE, KL) of the spliced and the ablated model; None where
-    the ablation changes nothing (the score is undefined there)."""
-    (ce_sae, kl_sae), (ce_abl, kl_abl) = sae, ablated
+def within_noise(name: str, effect: torch.Tensor) -> str | None:
+    """Why a score whose denominator is `effect`'s mean (the ablation's per-token effect) is
+    undefined, or None where the mean clears NOISE_SE standard errors above zero."""
+    mean = effect.mean().item()
+    se = effect.std().item() / effect.numel() ** 0.5 if effect.numel() > 1 else float("inf")
+    if mean <= 0:
+        return f"the zero ablation did not raise {name} ({mean:+.3g}): nothing to score against"
+    if mean <= NOISE_SE * se:
+        return (
+            f"the zero ablation moved {name} by {mean:.3g}, within its noise "
+            f"({NOISE_SE:g} standard errors = {NOISE_SE * se:.3g})"
+        )
+    return None
+
+
+def scores(clean: Clean, sae: Passes, ablated: Passes) -> dict[str, Any]:
+    """SAELens's two scores from the spliced and the ablated passes; each undefined (None, and
+    its reason) where the ablation's effect is within noise or the wrong way (within_noise)."""
+    ce_why = within_noise("CE", ablated.ce_tokens - clean.ce_tokens)
+    kl_why = within_noise("KL", ablated.kl_tokens)
     return {
-        "ce_clean": clean_ce,
-        "ce_sae": ce_sae,
-        "ce_ablation": ce_abl,
-        "ce_delta": ce_sae - clean_ce,
-        "ce_loss_score": (ce_abl - ce_sae) / (ce_abl - clean_ce) if ce_abl != clean_ce else None,
-        "kl_sae": kl_sae,
-        "kl_ablation": kl_abl,
-        "kl_div_score": (kl_abl - kl_sae) / kl_abl if kl_abl > 0 else None,
+        "ce_clean": clean.ce,
+        "ce_sae": sae.ce,
+        "ce_ablation": ablated.ce,
+        "ce_delta": sae.ce - clean.ce,
+        "ce_loss_score": None if ce_why else (ablated.ce - sae.ce) / (ablated.ce - clean.ce),
+        "ce_loss_score_undefined": ce_why,
+        "kl_sae": sae.kl,
+        "kl_ablation": ablated.kl,
+        "kl_div_score": None if kl_why else (ablated.kl - sae.kl) / ablated.kl,
+        "kl_div_score_undefined": kl_why,
     }
-
-
-def measure(
-    bridge: Any, model: torch.nn.Module, tokens: torch.Tensor, hook: str, **kw: Any
-) -> dict[str, Any]:
-    """The downstream measures of one SAE (`model`) at `hook`; kw: first (the first spliced
-    position), chunk (sequences per pass), key (of the clean pass's cache entry)."""
-    first, chunk, key = kw["first"], kw["chunk"], kw["key"]
-    with _LOCK:
-        if key not in _CLEAN:
-            _CLEAN[key] = clean_pass(bridge, tokens, chunk)
-    clean = _CLEAN[key]
-
-    def run(sae_model: torch.nn.Module | None) -> tuple[float, float]:
-        ce, kl = spliced_pass(bridge, clean, tokens, hook, replacer(sae_model, first), chunk)
-        return ce.mean().item(), kl[:, first:].mean().item()
-
-    if (ablation_key := f"{key}|{hook}") not in _ABLATED:
-        _ABLATED[ablation_key] = run(None)
-    return scores(clean.ce, run(model), _ABLATED[ablation_key])
 
 
 @task(
@@ -174,13 +280,10 @@ def splice_sae(
     sae_model = saelens.load(folder).to(device)
     hook = f"blocks.{layer}.{cfg.hook}"  # with --saes, the family's own (flows.laminar)
     tokens = torch.from_numpy(store.read_batch(holdout["tokens"]).astype(np.int64)).to(device)
-    sha = holdout["tokens"]["sha256"]
-    key = f"{model}|{weights_fingerprint}|{sha}|{device}"
+    where = Where(hook, 0 if cfg.keep_first_token else 1, cfg.extract_batch)
     with torch.inference_mode(), matmul_precision("fp32"):
-        bridge = bridge_for(model, weights_fingerprint, device)
-        first = 0 if cfg.keep_first_token else 1
-        chunk = cfg.extract_batch
-        out = measure(bridge, sae_model, tokens, hook, first=first, chunk=chunk, key=key)
+        splicer = SPLICERS.get(str(flow_run.id), model, weights_fingerprint, device)
+        out = splicer.measure(sae_model, tokens, holdout["tokens"]["sha256"], where)
     return {
         **out,
         "layer": layer,

@@ -62,7 +62,7 @@ def test_rows_are_sorted_with_relative_depth_and_seed_spread() -> None:
     ]
     assert rows[1]["density_pct"] == 12.0
     assert rows[1]["density_pct_sd"] == pytest.approx(2**0.5 * 2)  # sd of (10, 14)
-    assert rows[0]["density_pct_sd"] == 0.0 and list(rows[0]) == COLUMNS
+    assert rows[0]["density_pct_sd"] is None and list(rows[0]) == COLUMNS  # one seed: no sd
 
 
 def record(path: Path, data: bytes) -> dict:
@@ -125,7 +125,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert "[p.text.txt](../../pages/p.text.txt)" in md  # the text that was fed, linked
     assert (folder / "../../pages/p.text.txt").read_bytes() == b"prose"
     assert "## Provenance" in md and "run 2026-01-01T00:00:01+00:00 to " in md
-    assert "| m | 4 | 1.000 | 30.00 ± 0.00 |" in md
+    assert "| m | 4 | 1.000 | 30.00 ± — |" in md
     assert "**m** — density rises with depth: **holds**" in md
     claims = json.loads((folder / "claims.json").read_text())
     assert claims["m"]["density"]["holds"] is True and claims["m"]["density"]["rho"] == 1.0
@@ -150,3 +150,55 @@ def test_report_files(tmp_path: Path) -> None:
     shown = for_the_ui(planted, folder, own)
     assert "data:" not in shown
     assert shown == planted.replace("](", f"]({folder}/")  # links, made absolute as any other
+
+
+def spliced(r: dict, ce_sae: float, score: float | None, why: str | None = None) -> dict:
+    """A result with the downstream measures (tasks.splice) of one SAE."""
+    measures = {"ce_clean": 3.0, "ce_sae": ce_sae, "ce_ablation": 5.0, "ce_delta": ce_sae - 3.0}
+    measures |= {"ce_loss_score": score, "ce_loss_score_undefined": why}
+    measures |= {"kl_sae": 0.1, "kl_ablation": 0.5, "kl_div_score": 0.8}
+    measures |= {"kl_div_score_undefined": None, "explained_variance": 0.8, "l2_ratio": 0.9}
+    return {**r, **measures, "cossim": 0.95, "dense_pct": 1.0}
+
+
+def test_field_table_shows_the_ablation_the_spread_and_why_a_score_is_undefined() -> None:
+    from tasks.report import field_table
+
+    why = "the zero ablation did not raise CE (-0.01): nothing to score against"
+    results = [
+        spliced(result("m", 0, 10, seed=0), 3.5, 0.75),
+        spliced(result("m", 0, 12, seed=1), 3.7, 0.65),
+        spliced(result("m", 1, 10), 3.2, None, why),
+    ]
+    rows = metric_rows(results, {"m": 2})
+    held = {"tokens": {}, "in_sample": False, "windows": [[0, 0], [0, 64]], "train_windows": []}
+    text = "\n".join(field_table(rows, [held]))  # type: ignore[list-item]
+    assert "| CE clean | CE SAE | CE ablation | ΔCE | CE score | KL SAE | KL ablation |" in text
+    two_seeds, one_seed = (line for line in text.splitlines() if line.startswith("| m |"))
+    sd = 0.1 * 2**0.5 / 2 * 2  # sd of (3.5, 3.7) = 0.1414
+    assert f"| 3.6000 ± {sd:.4f} | 5.0000 ± 0.0000 |" in two_seeds
+    assert "| 0.700 ± 0.071 |" in two_seeds  # the CE score over two seeds
+    assert "| 3.2000 ± — | 5.0000 ± — | 0.2000 ± — | — | 0.1000 ± — |" in one_seed
+    assert f"- m L1 ce_loss_score: {why}." in text
+    assert "± 0.00 |" not in one_seed
+
+
+def test_per_sae_figures_show_the_first_seed_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--sae-seeds 3 1: the loss curves and frequency heatmaps show seed 3's SAE (the first
+    given, Config.shown_seed), as the latent cards do; the tables average both."""
+    from tasks import figures, report
+
+    drawn: dict[str, object] = {}
+    monkeypatch.setattr(figures, "profile_overlay", lambda *a: None)
+    monkeypatch.setattr(figures, "course_panels", lambda *a: None)
+    monkeypatch.setattr(figures, "loss_curves", lambda c, *a: drawn.update(curves=c))
+    monkeypatch.setattr(figures, "density_heatmap", lambda h, *a: drawn.update(hist=h))
+    cfg = Config(sae_seeds=[3, 1])
+    assert cfg.shown_seed == 3
+    results = [result("m", 0, 10, seed=3), result("m", 0, 12, seed=1)]
+    results[0]["loss_curve"], results[1]["loss_curve"] = [3.0, 3.0], [1.0, 1.0]
+    rows = metric_rows(results, {"m": 2})
+    report.draw(rows, results, {"m": 2}, tmp_path, cfg.shown_seed)
+    assert drawn["curves"] == [{"model": "m", "layer": 0, "loss": [3.0, 3.0]}]

@@ -17,10 +17,10 @@ def test_strictly_rising_density_holds() -> None:
     assert r["holds"] is True
 
 
-def test_falling_or_flat_density_does_not_hold() -> None:
+def test_falling_density_does_not_hold_and_a_flat_one_is_undefined() -> None:
     assert density_trend(DEPTH, [30 - i for i in range(12)])["holds"] is False
-    flat = density_trend(DEPTH, [33.3] * 12)
-    assert flat["holds"] is False and flat["slope"] == 0.0
+    flat = density_trend(DEPTH, [33.3] * 12)  # e.g. L0 = k under a TopK SAE
+    assert flat["holds"] is None and flat["undefined"] == "constant across layers"
 
 
 def test_planted_u_holds_with_its_vertex() -> None:
@@ -30,8 +30,9 @@ def test_planted_u_holds_with_its_vertex() -> None:
     assert r["first_ratio"] > 1 and r["last_ratio"] > 1 and r["holds"] is True
 
 
-def test_flat_or_monotone_loss_is_no_u() -> None:
-    assert loss_shape(DEPTH, [1.0] * 12)["holds"] is False
+def test_flat_loss_is_undefined_and_a_monotone_one_no_u() -> None:
+    flat = loss_shape(DEPTH, [1.0] * 12)
+    assert flat["holds"] is None and flat["undefined"] == "constant across layers"
     assert loss_shape(DEPTH, [1 + x for x in DEPTH])["holds"] is False  # rising: last only
     edge_u = loss_shape(DEPTH, [(x - 0.95) ** 2 + 1 for x in DEPTH])  # vertex outside the range
     assert edge_u["holds"] is False
@@ -41,6 +42,30 @@ def test_too_few_layers_is_not_judged() -> None:
     assert density_trend([0, 1], [1, 2])["holds"] is None
     r = loss_shape([0, 0.5, 1], [2, 1, 2])
     assert r["holds"] is None and r["vertex"] is None
+    assert r["undefined"] == "too few layers (fewer than 4)"
+
+
+def test_a_perfect_family_fvu_zero_everywhere_is_undefined_json() -> None:
+    """An identity SAE at every layer: FVU 0 at each layer (constant), and a profile whose
+    median is 0 without being constant: undefined with the reason, and valid JSON."""
+    import json
+
+    zero = loss_shape(DEPTH, [0.0] * 12)
+    assert zero["holds"] is None and zero["undefined"] == "constant across layers"
+    mostly = loss_shape(DEPTH, [0.1] + [0.0] * 10 + [0.2])
+    assert mostly["holds"] is None
+    assert mostly["undefined"] == "the median layer's value is 0: no ratio to it"
+    nan = density_trend(DEPTH, [1.0] * 11 + [float("nan")])
+    assert nan["undefined"] == "a layer's value is not a finite number"
+    rows = [
+        {"model": "id", "rel_depth": x, "density_pct": 5.0, "final_loss": 0.0, "fvu": 0.0}
+        for x in DEPTH
+    ]
+    result = claims(rows)
+    json.dumps(result, allow_nan=False)
+    text = "\n".join(claims_markdown(result))
+    assert "**id** — neither claim can be judged: constant across layers." in text
+    assert "on FVU: **undefined (constant across layers)**" in text
 
 
 def test_undefined_statistics_are_null_never_nan() -> None:
@@ -58,11 +83,13 @@ def test_undefined_statistics_are_null_never_nan() -> None:
     assert result["flat"]["density"] == {
         "rho": None,
         "p": None,
-        "slope": 0.0,
+        "slope": None,
         "r2": None,
-        "holds": False,
+        "holds": None,
+        "undefined": "constant across layers",
     }
     text = "\n".join(claims_markdown(result))
+    assert "density rises with depth: **undefined (constant across layers)** (Spearman" in text
     assert "Spearman ρ = undefined, p = undefined" in text and "nan" not in text.lower()
 
 
@@ -83,4 +110,5 @@ def test_claims_per_model_and_markdown() -> None:
 def test_too_few_layers_reads_as_such() -> None:
     rows = [{"model": "m", "rel_depth": x, "density_pct": 1.0, "final_loss": 1.0} for x in (0, 1)]
     text = "\n".join(claims_markdown(claims(rows)))
-    assert "**m** — too few layers to judge (fewer than 4 layers)." in text and "nan" not in text
+    assert "**m** — neither claim can be judged: too few layers (fewer than 4)." in text
+    assert "nan" not in text
