@@ -30,7 +30,7 @@ from tasks.cluster import fanout
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
-from tasks.progress import announce
+from tasks.progress import announce, check_splice_memory
 from tasks.published import profile_sae
 from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report
@@ -75,9 +75,9 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
         if (fp := m["tokenizer_fingerprint"]) not in tokens:
             tokens[fp] = run(tokenize, cfg, texts, m["model"], fp)
             if cfg.n_eval_seqs:
-                holdouts[fp] = run(holdout, cfg, texts, m["model"], fp)
+                holdouts[fp] = run(holdout, cfg, tokens[fp], m["model"])
     publish_text(pages, texts, list(tokens.values()))
-    announce(cfg, described, tokens)
+    announce(cfg, described, tokens, holdouts)
     extractions, jobs = [], []
     with fanout(cfg) as pool:
         print(f"laminar: per-layer work on the {pool.describe()}")
@@ -214,12 +214,12 @@ def preflight(cfg: Config, *, keep: bool = False) -> Checked:
         return checked
     check_deployment_targets(cfg)
     check_writable(cfg.root)
-    if cfg.task_runner == "thread":
-        resolve_device(cfg.device)
     family: dict[int, Entry] = {}
     if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
         cfg, family = published.prepare(cfg)
     described = [models.describe(cfg, m) for m in cfg.models]
+    if cfg.task_runner == "thread":  # Dask workers check their own device
+        check_splice_memory(cfg, described, resolve_device(cfg.device))
     if family:
         published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     if keep:

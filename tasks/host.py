@@ -102,3 +102,21 @@ def describe_device(device: str) -> str:
         gpu = torch.cuda.get_device_name(torch.device(device))
         return f"cuda: {gpu}, CUDA {torch.version.cuda}, driver {gpu_driver()} on {host}"
     return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads on {host}"
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a new allocation on `device`: a CUDA device's free memory, else the
+    machine's MemAvailable (Linux); None where neither can be read."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

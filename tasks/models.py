@@ -155,10 +155,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.model.__getstate__()).hexdigest()
 
 
-def shape(model: str, hook: str) -> tuple[int, int, int | None]:
-    """(number of blocks, width d of `hook`'s activations, context length or None), from the
-    model's config: the MLP's hidden width for the MLP's inner hooks, the residual width for
-    the rest; the context from n_positions, or max_position_embeddings."""
+def shape(model: str, hook: str) -> tuple[int, int, int | None, int]:
+    """(number of blocks, width d of `hook`'s activations, context length or None, vocabulary
+    size), from the model's config: the MLP's hidden width for the MLP's inner hooks, the
+    residual width for the rest; the context from n_positions, or max_position_embeddings."""
     from transformers import AutoConfig
 
     try:
@@ -169,7 +169,7 @@ def shape(model: str, hook: str) -> tuple[int, int, int | None]:
     d_model = getattr(c, "n_embd", None) or c.hidden_size
     d_mlp = getattr(c, "n_inner", None) or getattr(c, "intermediate_size", None) or 4 * d_model
     n_ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
-    return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model, n_ctx
+    return n_layers, d_mlp if hook in MLP_WIDE_HOOKS else d_model, n_ctx, int(c.vocab_size)
 
 
 def check_context(model: str, seq_len: int, n_ctx: int | None) -> None:
@@ -264,7 +264,7 @@ def describe(cfg: Config, model: str) -> ModelFacts:
     warn_if_pickled(model)
     ensure_hub_or_offline([model])
     tokenizer = load_tokenizer(model)
-    n_layers, d, n_ctx = shape(model, cfg.hook)
+    n_layers, d, n_ctx, vocab = shape(model, cfg.hook)
     check_architecture(model)
     check_context(model, cfg.seq_len, n_ctx)
     return {
@@ -274,4 +274,5 @@ def describe(cfg: Config, model: str) -> ModelFacts:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "layers": parse_layer_spec(cfg.layers, n_layers),
         "d": d,
+        "vocab": vocab,
     }

@@ -24,9 +24,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import paths
 from tasks.config import Config, LaminarError, resolve_device
-from tasks.host import describe_device, logger, native_bf16
+from tasks.host import available_memory, describe_device, logger, native_bf16
 from tasks.precision import matmul_precision
-from tasks.records import Batch, ModelFacts
+from tasks.records import Batch, EvalBatch, ModelFacts
 from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
@@ -241,17 +241,56 @@ def splice_passes(layers: int, seeds: int) -> int:
     return 1 + layers * (1 + seeds)
 
 
-def splice_estimate(cfg: Config, m: ModelFacts) -> str:
-    """'gpt2: downstream measures (SAEs spliced in) on 2 × 1024 held-out tokens: 25 forward
-    passes of the model'."""
+def clean_bytes(n_seqs: int, seq_len: int, vocab: int, chunk: int) -> int:
+    """Memory the splices (tasks.splice) hold at their peak: the clean log-probs (E, T, vocab)
+    fp32, kept for the run, plus one chunk's logits, log-probs and their difference in a spliced
+    pass."""
+    return 4 * seq_len * vocab * (n_seqs + 3 * min(chunk, n_seqs))
+
+
+def check_splice_memory(cfg: Config, models: list[ModelFacts], device: str) -> None:
+    """Refuse, before any work, a run whose splices cannot fit in the device's free memory."""
+    free = available_memory(device)
+    for m in models if cfg.n_eval_seqs else []:
+        need = clean_bytes(cfg.n_eval_seqs, cfg.seq_len, m["vocab"], cfg.extract_batch)
+        if free is not None and need > free:
+            raise LaminarError(
+                f"--eval-seqs {cfg.n_eval_seqs} × --seq-len {cfg.seq_len} would hold "
+                f"{human_bytes(need)} of {m['name']}'s next-token log-probs (vocabulary "
+                f"{m['vocab']:,}) on {device}, which has {human_bytes(free)} free: lower "
+                "--eval-seqs (or --extract-batch), or give --eval-seqs 0 to skip the splices."
+            )
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def splice_estimate(cfg: Config, m: ModelFacts, held: EvalBatch) -> str:
+    """'gpt2: downstream measures (SAEs spliced in) on 2 × 1024 tokens (2 held out): 25 forward
+    passes of the model, 0.835 GB held for the clean log-probs'."""
     passes = splice_passes(len(m["layers"]), 1 if cfg.saes else len(cfg.sae_seeds))
+    n = held["held_out"] + held["in_sample"]
+    where = f"{held['held_out']} held out" + (
+        f", {held['in_sample']} in-sample" if held["in_sample"] else ""
+    )
+    memory = clean_bytes(n, cfg.seq_len, m["vocab"], cfg.extract_batch)
     return (
-        f"{m['name']}: downstream measures (SAEs spliced in) on {cfg.n_eval_seqs} × "
-        f"{cfg.seq_len} held-out tokens: {passes} forward passes of the model"
+        f"{m['name']}: downstream measures (SAEs spliced in) on {n} × {cfg.seq_len} tokens "
+        f"({where}): {passes} forward passes of the model, {human_bytes(memory)} held at the "
+        "peak for the clean log-probs"
     )
 
 
-def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -> list[str]:
+def announce(
+    cfg: Config,
+    models: list[ModelFacts],
+    batches: dict[str, Batch],
+    holdouts: dict[str, EvalBatch],
+) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
     device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
     try:
@@ -282,7 +321,11 @@ def announce(cfg: Config, models: list[ModelFacts], batches: dict[str, Batch]) -
                 cfg.precision,
             )
         )
-    lines += [splice_estimate(cfg, m) for m in models if cfg.n_eval_seqs]
+    lines += [
+        splice_estimate(cfg, m, holdouts[m["tokenizer_fingerprint"]])
+        for m in models
+        if m["tokenizer_fingerprint"] in holdouts
+    ]
     if models:
         lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
     for line in lines:

@@ -19,7 +19,7 @@ from typing import Any
 from tasks import models
 from tasks.config import Config
 from tasks.host import describe_device
-from tasks.records import Batch, Extraction, LayerResult, Page, Text
+from tasks.records import Batch, EvalBatch, Extraction, LayerResult, Page, Text
 
 LIBRARIES = ["torch", "transformer-lens", "transformers", "prefect", "pyarrow", "numpy"]
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +72,7 @@ def collect(
     extractions: list[Extraction],
     results: list[LayerResult],
     started_at: str,
+    holdouts: list[EvalBatch] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """The provenance record of one report (see the module docstring)."""
     model_rows = []
@@ -117,6 +118,16 @@ def collect(
             for t in tokens
         ],
         "models": model_rows,
+        # the windows the SAEs were spliced in on: [article, start, held out (1) or in-sample (0)]
+        "eval_windows": [
+            {
+                "sha256": h["tokens"]["sha256"],
+                "held_out": h["held_out"],
+                "in_sample": h["in_sample"],
+                "windows": h["windows"],
+            }
+            for h in holdouts
+        ],
     }
 
 

@@ -45,6 +45,7 @@ class Batch(TypedDict):
     """tokens.tokenize: the token batch (n_seqs x seq_len ids) of one tokenizer."""
 
     tokens: FileRecord
+    streams: FileRecord  # every article's token ids, one row, article after article
     n_article_tokens: int  # tokens in all the articles' texts, before sampling windows
     articles: list[ArticleTokens]  # in --urls order
 
@@ -53,8 +54,9 @@ class EvalBatch(TypedDict):
     """tokens.holdout: the held-out windows the SAEs are spliced in on (E x seq_len ids)."""
 
     tokens: FileRecord
-    in_sample: bool  # no room was left beside the training windows: these are training windows
-    windows: list[list[int]]  # [article, start] of each held-out window
+    held_out: int  # windows disjoint from every training window
+    in_sample: int  # windows that are training windows (the articles had no room for them)
+    windows: list[list[int]]  # [article, start, held out (1) or in-sample (0)] of each window
     train_windows: list[list[int]]  # [article, start] of each training window
 
 
@@ -73,7 +75,8 @@ class Splice(TypedDict):
     kl_div_score: float | None
     kl_div_score_undefined: str | None
     eval_tokens: int
-    eval_in_sample: bool
+    eval_held_out: int  # held-out windows (EvalBatch.held_out)
+    eval_in_sample: int  # in-sample windows (EvalBatch.in_sample)
     splice_seconds: float
 
 
@@ -103,6 +106,7 @@ class ModelFacts(TypedDict):
     tokenizer_fingerprint: str  # models.tokenizer_fingerprint: which vocabulary and merges
     layers: list[int]  # the layers this run profiles
     d: int  # width of the hooked activation
+    vocab: int  # vocabulary size: the width of the model's next-token log-probs
 
 
 class LayerResult(TypedDict):

@@ -74,6 +74,7 @@ COLUMNS = [
     "k",
     *INPUTS,
     "eval_tokens",
+    "eval_held_out",
     "eval_in_sample",
     *UNDEFINED,
     *(f"{c}_sd" for c in SPREAD),
@@ -128,6 +129,18 @@ def pm(row: dict[str, Any], col: str, spec: str) -> str:
     return f"{fmt(row[col], spec)} ± {fmt(row.get(f'{col}_sd'), spec)}"
 
 
+def eval_windows(h: EvalBatch) -> str:
+    """'2 windows, held out (disjoint from the training windows)', or how many are
+    in-sample."""
+    if not h["in_sample"]:
+        return f"{h['held_out']} windows, held out (disjoint from the training windows)"
+    return (
+        f"{h['held_out'] + h['in_sample']} windows, {h['held_out']} held out and "
+        f"**{h['in_sample']} in-sample** (training windows: the articles have room for no more "
+        "beside the training windows)"
+    )
+
+
 def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[str]:
     """The measures the field reports (SAELens, SAEBench; docs/measures.md), one row a layer."""
     if not rows:
@@ -135,13 +148,7 @@ def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[s
     if not holdouts:
         where = "not measured (--eval-seqs 0, or --no-save-saes: no SAE kept to splice in)"
     else:
-        h = holdouts[0]
-        kind = (
-            "**in-sample** (the articles leave no room beside the training windows)"
-            if (h["in_sample"])
-            else "held out (disjoint from the training windows)"
-        )
-        where = f"{len(h['windows'])} windows, {kind}"
+        where = eval_windows(holdouts[0])
     lines = [
         "## Measures the field uses",
         "",
@@ -327,7 +334,7 @@ def write_report(
             _write_table(table, out, stem)
     images = draw(rows, results, n_layers, out, cfg.shown_seed)
     write_json(out / "claims.json", claims(rows) if rows else {})
-    prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at)
+    prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at, holdouts)
     write_json(out / "provenance.json", prov)
     md = markdown(cfg, prov, rows, failed, images, out, holdouts)
     if cards:  # the latent cards, written beside the report by the latents task

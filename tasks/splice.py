@@ -16,7 +16,7 @@ held-out tokens is within NOISE_SE standard errors of zero, or the wrong way: it
 would be noise.
 
 Cost: the clean pass runs once per model and run (`Splicer`, the run's own) and keeps its
-next-token log-probs (E, T, vocab; `clean_bytes`); each layer then costs one ablated pass and
+next-token log-probs (E, T, vocab; progress.clean_bytes); each layer then costs one ablated pass and
 one spliced pass per SAE seed, whole forward passes: TransformerLens 4's start_at_layer still
 runs the blocks below the one it starts at (it discards their output), so starting at the
 hooked block would save nothing (measured: docs/measures.md)."""
@@ -82,12 +82,6 @@ class Passes:
     @property
     def kl(self) -> float:
         return self.kl_tokens.mean().item()
-
-
-def clean_bytes(n_seqs: int, seq_len: int, vocab: int, chunk: int) -> int:
-    """Memory the splices hold at their peak: the clean log-probs (E, T, vocab) fp32, kept for
-    the run, plus one chunk's logits, log-probs and their difference in a spliced pass."""
-    return 4 * seq_len * vocab * (n_seqs + 3 * min(chunk, n_seqs))
 
 
 class Splicer:
@@ -288,6 +282,7 @@ def splice_sae(
         **out,
         "layer": layer,
         "eval_tokens": int(tokens.numel()),
+        "eval_held_out": holdout["held_out"],
         "eval_in_sample": holdout["in_sample"],
         "splice_seconds": time.perf_counter() - start,
     }

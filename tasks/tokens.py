@@ -14,41 +14,54 @@ from tasks import cache, paths
 from tasks.config import Config, LaminarError
 from tasks.models import load_tokenizer
 from tasks.records import Batch, EvalBatch, Text
-from tasks.store import file_record, write_batch
+from tasks.store import file_record, read_batch, write_batch
 
 
-def sample_windows(
-    lengths: list[int], n_seqs: int, seq_len: int, how: str, seed: int | list[int]
-) -> list[tuple[int, int]]:
-    """(article, start) of n_seqs non-overlapping windows of seq_len tokens, none crossing from
-    one article into the next; in article order, ascending within each.
+def layout(lengths: list[int], seq_len: int, how: str, seed: int) -> list[tuple[int, int]]:
+    """Every window of seq_len that fits in the articles, as one non-overlapping layout of
+    (article, start), none crossing from one article into the next, in the order they are
+    handed out: the training windows first, then the held-out ones (held_out_windows).
 
-    'first' takes each article's windows from its start, articles in the given order, until
-    n_seqs are taken. 'random' first shares the n_seqs windows among the articles by drawing
-    them from all the windows that fit (without replacement, so in proportion to each article's
-    room; with one article there is nothing to draw), then places each article's k windows by
-    spreading its slack S = n - k*seq_len over the k+1 gaps: k sorted draws from 0..S (stars
-    and bars) give every non-overlapping placement a chance."""
-    room = [n // seq_len for n in lengths]
-    if sum(room) < n_seqs:
-        raise LaminarError(too_short(lengths, room, n_seqs, seq_len))
+    Article a holds k = n_a // seq_len windows. 'first' starts them at 0, seq_len, … and hands
+    them out in article order (the course's cut first). 'random' spreads each article's slack
+    S = n_a - k*seq_len (< seq_len) over its k+1 gaps (k sorted draws from 0..S, stars and
+    bars), then hands the windows of all articles out in a seeded random order: any n of them
+    are a uniform draw of n slots, shared among the articles in proportion to their room."""
     rng = np.random.default_rng(seed)
-    if how == "first":
-        take = [min(r, n_seqs - sum(room[:i])) for i, r in enumerate(room)]
-        take = [max(t, 0) for t in take]
-    elif len(lengths) == 1:
-        take = [n_seqs]
-    else:
-        owner = np.repeat(np.arange(len(lengths)), room)  # the article of each window that fits
-        chosen = rng.choice(len(owner), size=n_seqs, replace=False)
-        take = np.bincount(owner[chosen], minlength=len(lengths)).tolist()
-    out = []
-    for i, (n, k) in enumerate(zip(lengths, take, strict=True)):
+    slots = []
+    for article, n in enumerate(lengths):
+        k = n // seq_len
         gaps = np.zeros(k, dtype=np.int64)
         if how == "random" and k:
             gaps = np.sort(rng.integers(0, n - k * seq_len + 1, size=k))
-        out += [(i, int(g) + j * seq_len) for j, g in enumerate(gaps)]
-    return out
+        slots += [(article, int(g) + j * seq_len) for j, g in enumerate(gaps)]
+    if how == "random":
+        slots = [slots[i] for i in rng.permutation(len(slots))]
+    return slots
+
+
+def sample_windows(
+    lengths: list[int], n_seqs: int, seq_len: int, how: str, seed: int
+) -> list[tuple[int, int]]:
+    """(article, start) of the n_seqs training windows: the layout's first n_seqs, in article
+    order, ascending within each."""
+    slots = layout(lengths, seq_len, how, seed)
+    if len(slots) < n_seqs:
+        raise LaminarError(too_short(lengths, [n // seq_len for n in lengths], n_seqs, seq_len))
+    return sorted(slots[:n_seqs])
+
+
+def held_out_windows(
+    lengths: list[int], n_seqs: int, n_eval: int, seq_len: int, how: str, seed: int
+) -> list[tuple[int, int, bool]]:
+    """(article, start, held out?) of n_eval evaluation windows: the layout's next windows
+    after the n_seqs training ones, so disjoint from every training window, as many as fit;
+    the rest (held out? False: in-sample) are training windows, the first handed out. Depends
+    on n_eval only through how many are taken: the training windows never move with it."""
+    slots = layout(lengths, seq_len, how, seed)
+    free = sorted(slots[n_seqs : n_seqs + n_eval])
+    reused = sorted(slots[: n_eval - len(free)])
+    return [(a, s, True) for a, s in free] + [(a, s, False) for a, s in reused]
 
 
 def too_short(lengths: list[int], room: list[int], n_seqs: int, seq_len: int) -> str:
@@ -83,31 +96,6 @@ def cut(streams: list[list[int]], starts: list[tuple[int, int]], seq_len: int) -
     return np.stack([arrays[a][s : s + seq_len] for a, s in starts])
 
 
-EVAL_STREAM = 1  # the held-out windows' draws: a stream of their own beside the seed's
-
-
-def held_out_windows(
-    lengths: list[int], taken: list[tuple[int, int]], n: int, seq_len: int, seed: int
-) -> list[tuple[int, int]] | None:
-    """(article, start) of n windows of seq_len in the stretches the training windows `taken`
-    leave free, none overlapping them or each other (seeded, placed as sample_windows places
-    windows in an article); None when the free stretches cannot hold n."""
-    free = []  # (article, start, end) of each stretch that holds at least one window
-    for a, length in enumerate(lengths):
-        at = 0
-        for s in [*sorted(s for art, s in taken if art == a), length]:
-            if s - at >= seq_len:
-                free.append((a, at, s))
-            at = max(at, s + seq_len)
-    try:
-        picks = sample_windows(
-            [e - s for _, s, e in free], n, seq_len, "random", [seed, EVAL_STREAM]
-        )
-    except LaminarError:
-        return None
-    return [(free[i][0], free[i][1] + start) for i, start in picks]
-
-
 @task(
     name="tokenize",
     task_run_name="tokenize {tokenizer_of}",
@@ -119,13 +107,17 @@ def tokenize(
     cfg: Config, texts: list[Text], tokenizer_of: str, tokenizer_fingerprint: str
 ) -> Batch:
     """Tokenize each article's text with `tokenizer_of`'s tokenizer and persist the sampled
-    batch."""
+    batch, and the articles' whole token streams (one row, article after article) that the
+    held-out windows are cut from (`holdout`)."""
     streams = article_streams(texts, tokenizer_of)
     batch, windows = token_batch(streams, cfg)
     path = paths.token_batch(cfg, tokenizer_fingerprint, [t["text"]["sha256"] for t in texts])
     write_batch(batch, path)
+    whole = path.with_name(f"{path.stem}-streams.parquet")
+    write_batch(np.concatenate([np.asarray(s, dtype=np.int32) for s in streams])[None], whole)
     return {
         "tokens": file_record(path),
+        "streams": file_record(whole),
         "n_article_tokens": sum(map(len, streams)),
         "articles": [
             {"tokens": len(s), "windows": w} for s, w in zip(streams, windows, strict=True)
@@ -144,6 +136,13 @@ def article_streams(texts: list[Text], tokenizer_of: str) -> list[list[int]]:
     ]
 
 
+def read_streams(tokens: Batch) -> list[list[int]]:
+    """The articles' token streams that `tokenize` saved, split at the articles' lengths."""
+    whole = read_batch(tokens["streams"])[0].tolist()
+    ends = np.cumsum([a["tokens"] for a in tokens["articles"]]).tolist()
+    return [whole[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
 @task(
     name="holdout",
     task_run_name="holdout {tokenizer_of}",
@@ -152,25 +151,23 @@ def article_streams(texts: list[Text], tokenizer_of: str) -> list[list[int]]:
         exclude=("tokenizer_of",),
     ),
 )
-def holdout(
-    cfg: Config, texts: list[Text], tokenizer_of: str, tokenizer_fingerprint: str
-) -> EvalBatch:
-    """The held-out windows the SAEs are spliced in on (Config.n_eval_seqs of them): where the
-    training windows leave room, disjoint from them; else the first training windows, marked
-    in-sample."""
-    streams = article_streams(texts, tokenizer_of)
-    taken = training_windows(streams, cfg)
-    n = cfg.n_eval_seqs
-    starts = held_out_windows([len(s) for s in streams], taken, n, cfg.seq_len, cfg.seed)
-    in_sample = starts is None
-    if starts is None:
-        starts = taken[:n]
-    path = paths.token_batch(cfg, tokenizer_fingerprint, [t["text"]["sha256"] for t in texts])
-    path = path.with_name(f"{path.stem}-eval{len(starts)}{'-in' if in_sample else ''}.parquet")
-    write_batch(cut(streams, starts, cfg.seq_len), path)
+def holdout(cfg: Config, tokens: Batch, tokenizer_of: str) -> EvalBatch:
+    """The Config.n_eval_seqs windows the SAEs are spliced in on, cut from the streams of the
+    `tokenize` record: the layout's windows after the training ones (disjoint from them), as
+    many as fit; the rest in-sample (training windows), counted and marked."""
+    streams = read_streams(tokens)
+    lengths = [len(s) for s in streams]
+    windows = held_out_windows(
+        lengths, cfg.n_seqs, cfg.n_eval_seqs, cfg.seq_len, cfg.sampling, cfg.seed
+    )
+    held = sum(w[2] for w in windows)
+    path = Path(tokens["tokens"]["path"])
+    path = path.with_name(f"{path.stem}-eval{held}+{len(windows) - held}.parquet")
+    write_batch(cut(streams, [(a, s) for a, s, _ in windows], cfg.seq_len), path)
     return {
         "tokens": file_record(path),
-        "in_sample": in_sample,
-        "windows": [list(w) for w in starts],
-        "train_windows": [list(w) for w in taken],
+        "held_out": held,
+        "in_sample": len(windows) - held,
+        "windows": [list(w) for w in windows],
+        "train_windows": [list(w) for w in training_windows(streams, cfg)],
     }

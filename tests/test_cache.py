@@ -176,6 +176,7 @@ CANNED: dict[str, Any] = {
     "weights_fingerprint": "c" * 64,
     "tokens": {
         "tokens": _record("t.parquet"),
+        "streams": _record("t-streams.parquet"),
         "n_article_tokens": 12000,
         "articles": [{"tokens": 12000, "windows": 10}],
     },
@@ -191,9 +192,10 @@ CANNED: dict[str, Any] = {
     "holdouts": [],
     "sae_files": [_record("sae_weights.safetensors"), _record("cfg.json")],
     "holdout": {
-        "tokens": _record("t-eval2.parquet"),
-        "in_sample": False,
-        "windows": [[0, 0], [0, 1024]],
+        "tokens": _record("t-eval2+0.parquet"),
+        "held_out": 2,
+        "in_sample": 0,
+        "windows": [[0, 0, 1], [0, 1024, 1]],
         "train_windows": [[0, 2048]],
     },
     "folder": "/saes/blocks.3.hook_resid_pre",

@@ -338,6 +338,11 @@ BAD_INPUT = [
         False,
     ),
     (["--models", "{empty}", "{twin}"], "share the name 'empty' that laminar's reports", True),
+    (  # 10,000 x 128 x 50,257 fp32 clean log-probs: 257 GB, more than any test machine has
+        ["--eval-seqs", "10000", "--seq-len", "128"],
+        "would hold 257 GB of tiny-gpt2's next-token log-probs (vocabulary 50,257) on cpu, which",
+        True,
+    ),
 ]
 CASE_IDS = [" ".join(a) for a, _, _ in BAD_INPUT]
 
@@ -388,7 +393,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 33 fresh CLI processes, three at a time
+@pytest.mark.slow  # 34 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],

@@ -171,7 +171,7 @@ def test_field_table_shows_the_ablation_the_spread_and_why_a_score_is_undefined(
         spliced(result("m", 1, 10), 3.2, None, why),
     ]
     rows = metric_rows(results, {"m": 2})
-    held = {"tokens": {}, "in_sample": False, "windows": [[0, 0], [0, 64]], "train_windows": []}
+    held = {"tokens": {}, "held_out": 2, "in_sample": 0, "windows": [], "train_windows": []}
     text = "\n".join(field_table(rows, [held]))  # type: ignore[list-item]
     assert "| CE clean | CE SAE | CE ablation | ΔCE | CE score | KL SAE | KL ablation |" in text
     two_seeds, one_seed = (line for line in text.splitlines() if line.startswith("| m |"))

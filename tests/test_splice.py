@@ -200,9 +200,11 @@ def test_scores_by_hand_and_undefined_where_the_ablation_is_noise_or_the_wrong_w
 
 
 def test_the_peak_memory_of_the_splices_is_known_beforehand() -> None:
+    from tasks.progress import clean_bytes
+
     # GPT-2's vocabulary, 1024-token windows: 2 windows kept (0.41 GB) + one chunk's 3 buffers
-    assert splice.clean_bytes(2, 1024, 50257, 1) == 4 * 1024 * 50257 * (2 + 3)
-    assert splice.clean_bytes(2, 1024, 50257, 8) == 4 * 1024 * 50257 * (2 + 6)  # chunk ≤ E
+    assert clean_bytes(2, 1024, 50257, 1) == 4 * 1024 * 50257 * (2 + 3)
+    assert clean_bytes(2, 1024, 50257, 8) == 4 * 1024 * 50257 * (2 + 6)  # chunk ≤ E
 
 
 def test_a_run_reports_them_on_held_out_windows_and_resumes_by_layer(
@@ -221,7 +223,8 @@ def test_a_run_reports_them_on_held_out_windows_and_resumes_by_layer(
     with open(Path(first["report"]) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        assert r["eval_tokens"] == str(2 * 32) and r["eval_in_sample"] == "false"
+        assert r["eval_tokens"] == str(2 * 32)
+        assert (r["eval_held_out"], r["eval_in_sample"]) == ("2", "0")
         assert float(r["ce_ablation"]) != float(r["ce_clean"])
         assert float(r["ce_delta"]) == pytest.approx(float(r["ce_sae"]) - float(r["ce_clean"]))
         assert float(r["kl_sae"]) >= 0 and float(r["explained_variance"]) == pytest.approx(
@@ -239,6 +242,38 @@ def test_a_run_reports_them_on_held_out_windows_and_resumes_by_layer(
     again = laminar(cfg)
     ran = sorted(n for n, s in again["tasks"].items() if s != "Cached")
     assert [n for n in ran if not n.startswith(("latents", "report"))] == ["splice tiny-gpt2 L2"]
+
+
+def test_more_eval_windows_than_fit_are_counted_everywhere_a_reader_looks(
+    tmp_path: Path, tiny_model: Path, article_server
+) -> None:  # type: ignore[no-untyped-def]
+    """--eval-seqs past the room the article leaves: as many held-out windows as fit, the rest
+    in-sample, and the estimate line, the report and provenance.json say how many and where."""
+    from conftest import quick_config
+
+    from flows.laminar import laminar
+
+    cfg = quick_config(tiny_model, article_server, tmp_path, eval_seqs=1, layers="0")
+    laminar(cfg)
+    prov = json.loads(next(cfg.root.glob("reports/*/provenance.json")).read_text())
+    room = prov["tokens"][0]["article_tokens"] // 32  # windows of 32 that fit in the article
+    assert room > cfg.n_seqs
+    more = cfg.model_copy(update={"eval_seqs": room - cfg.n_seqs + 3})
+    summary = laminar(more)
+    printed = estimate_artifact(summary["flow_run_id"])
+    held, inside = room - cfg.n_seqs, 3
+    assert (
+        f"tiny-gpt2: downstream measures (SAEs spliced in) on {held + inside} × 32 tokens "
+        f"({held} held out, {inside} in-sample): 3 forward passes of the model, "
+    ) in printed
+    report = Path(summary["report"])
+    assert (
+        f"{held + inside} windows, {held} held out and **{inside} in-sample**"
+        in (report / "report.md").read_text()
+    )
+    [windows] = json.loads((report / "provenance.json").read_text())["eval_windows"]
+    assert (windows["held_out"], windows["in_sample"]) == (held, inside)
+    assert [w[2] for w in windows["windows"]] == [1] * held + [0] * inside
 
 
 def expected_splices(cfg, first: int) -> dict[tuple[int, int], dict]:  # type: ignore[no-untyped-def]
@@ -304,6 +339,19 @@ def test_two_runs_in_one_process_each_splice_their_own_way(
                 )
         for layer in range(3):  # two seeds, two SAEs: two different splices
             assert rows[(layer, 0)]["ce_sae"] != rows[(layer, 1)]["ce_sae"]
+
+
+def estimate_artifact(flow_run_id: str) -> str:
+    """The run's 'laminar-estimate' markdown artifact (the lines printed before the work)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    [estimate] = [a for a in found if a.key == "laminar-estimate"]
+    return str(estimate.data)
 
 
 def record_of_layer(records: Path, keys: set[str], layer: int) -> str:
