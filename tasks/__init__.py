@@ -9,7 +9,8 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     cache wikitext figures progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
-    store                                      files: atomic writes, hashes, Parquet layouts
+    store  saefiles                            files: atomic writes, hashes, Parquet layouts;
+                                               the SAE files a user hands in, checked
     host  prefect_api  precision  codehash     this process and machine; Prefect's private API;
                                                float32 matmul precision per block; code hashes
     paths  cli                                 where every file of a run goes; the command line
@@ -20,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("config", "records"),
     ("paths", "cli"),
     ("host", "prefect_api", "precision", "codehash"),
-    ("store",),
+    ("store", "saefiles"),
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "progress", "provenance", "minibatch", "saelens"),

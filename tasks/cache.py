@@ -145,6 +145,28 @@ def _drop_if_stale(record_path: Path, locks: Any) -> None:
         record_path.unlink(missing_ok=True)
 
 
+FAILURE_AGE_S = 5.0  # a failure record younger than this may be read right now by its run
+
+
+def sweep_failures(results: Path, older_than_s: float = FAILURE_AGE_S) -> int:
+    """Delete the records Prefect keeps of failed tasks and flows (a random name, an exception
+    for a result): nothing replays them, so they would pile up run after run. Each run sweeps
+    those older than a few seconds as it starts (its own run reads its failures at once).
+    Returns how many went."""
+    gone, now = 0, time.time()
+    for path in results.glob("*") if results.is_dir() else []:
+        if path.name.count("-") or now - path.stat().st_mtime < older_than_s:
+            continue  # a content key (task-<hash>) names a cache record: kept
+        try:
+            result = json.loads(json.loads(path.read_text())["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(result, dict) and "__exc_type__" in result:
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
 @dataclass
 class ContentKey(CachePolicy):
     """Key = config fields + module sources + input records (see the module docstring)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from prefect import task
 
-from tasks import cache, sae, saelens, store
+from tasks import cache, sae, saefiles, saelens, store
 from tasks.config import Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.models import ensure_hub_or_offline, hub_offline
@@ -25,9 +25,10 @@ from tasks.train import freq_hist, input_stats, refuse_unusable, write_layer_jso
 
 
 def split_source(source: str) -> tuple[str, str]:
-    """'org/name:sub/dir' -> ('org/name', 'sub/dir'); a repo alone -> (repo, '')."""
+    """'org/name:sub/dir' -> ('org/name', 'sub/dir'); a repo alone -> (repo, ''). A subfolder
+    that leads outside the repo ('..', an absolute path) is refused."""
     repo, _, sub = source.partition(":")
-    return repo, sub.strip("/")
+    return repo, saefiles.relative_subfolder(source, sub.rstrip("/")) if sub else ""
 
 
 def fetch_configs(source: str) -> Path:
@@ -149,6 +150,10 @@ def profile_sae(
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     here = weights_of(cfg, Path(folder))
+    if is_hub(cfg.saes):  # downloaded here: checked in full as a local family's are in preflight
+        root = saefiles.bounded_root(here)
+        cfg_json = saefiles.read_cfg(here / sae.CFG_FILE, root)
+        saefiles.check_weights(here / sae.WEIGHTS_FILE, root, cfg_json)
     model = saelens.load(here).to(device)
     x = torch.from_numpy(store.read_activations(acts).copy()).to(device)
     finite, constant = bool(torch.isfinite(x).all()), sae.variance(x) == 0

@@ -205,9 +205,16 @@ def articles_markdown(prov: dict, out: Path) -> list[str]:
 
 def sae_line(cfg: Config) -> str:
     if cfg.saes:
+        position = (
+            "position 0 kept, as SAELens's evals keep it"
+            if cfg.keep_first_token
+            else "position 0 dropped (laminar's default), so these numbers differ from SAELens's "
+            "own evals of the same SAEs, which keep it: --keep-first-token matches them"
+        )
         return (
             f"SAEs: published, one per layer, from `{cfg.saes}` (SAELens format), none trained; "
-            f"final loss is the course's loss evaluated on them (MSE + {cfg.l1:g}·mean|z|)."
+            f"final loss is the course's loss evaluated on them (MSE + {cfg.l1:g}·mean|z|); "
+            f"{position}."
         )
     return (
         f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "

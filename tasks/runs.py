@@ -21,7 +21,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from tasks import paths
-from tasks.cache import ProcessLockManager
+from tasks.cache import ProcessLockManager, sweep_failures
 from tasks.cluster import Pool
 from tasks.config import Config, LaminarError
 from tasks.prefect_api import dask_future
@@ -166,8 +166,10 @@ class Progress:
 def why_failed(future: Any, state: Any) -> str:
     """A failed task's message; for one whose process died (its state never became final, and
     Dask gave up after its retries: KilledWorker), say so and where to look."""
-    if state.is_final():
-        return str(state.message)
+    if state.is_final():  # Prefect's 'Task run encountered an exception LaminarError: <sentence>'
+        message = str(state.message)
+        prefix = "Task run encountered an exception LaminarError: "
+        return message.removeprefix(prefix).rstrip(".")
     inner = dask_future(future)
     error = inner.exception() if inner is not None else None
     worker = getattr(getattr(error, "last_worker", None), "address", "?")
@@ -193,6 +195,7 @@ class Runner:
         # its result as Cached instead of computing the same thing again.
         self.locks = ProcessLockManager(lock_files_directory=paths.locks_dir(cfg.root))
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
+        sweep_failures(paths.results_dir(cfg.root))  # earlier runs' failure records
 
     def bind(self, task: Any) -> Any:
         policy = task.cache_policy.configure(

@@ -12,7 +12,6 @@ the numbers their training run reported. Shapes: x (N, d_in), z (N, d_sae)."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tasks import sae
+from tasks import sae, saefiles
 from tasks.config import LaminarError, stable_hash
 from tasks.host import logger
 
@@ -91,12 +90,11 @@ def hook_of(cfg: dict[str, Any], where: Path) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
-def read_entry(cfg_file: Path, weights_here: bool = True) -> Entry:
-    """The family entry of one cfg.json, refused in one sentence when laminar cannot run it."""
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise LaminarError(f"--saes: {cfg_file} is not readable JSON ({exc}).") from None
+def read_entry(cfg_file: Path, root: Path, weights_here: bool = True) -> Entry:
+    """The family entry of one cfg.json, refused in one sentence when laminar cannot run it;
+    with `weights_here`, its weights checked in full too (tasks.saefiles). `root`: the folder
+    the files must stay inside (saefiles.bounded_root)."""
+    cfg = saefiles.read_cfg(cfg_file, root)
     arch = cfg.get("architecture", "standard")
     if "laminar" in cfg:
         arch = "laminar"
@@ -116,13 +114,16 @@ def read_entry(cfg_file: Path, weights_here: bool = True) -> Entry:
                 f"--saes: {cfg_file} sets {key} to {value!r}; laminar runs SAEs with {key} "
                 f"{fix} only."
             )
-    if weights_here and not (cfg_file.parent / sae.WEIGHTS_FILE).is_file():
+    layer, hook = hook_of(cfg, cfg_file)
+    weights = cfg_file.parent / sae.WEIGHTS_FILE
+    if weights_here and not weights.exists() and not weights.is_symlink():
         raise LaminarError(
             f"--saes: {cfg_file.parent} has cfg.json but no {sae.WEIGHTS_FILE}: download the "
             "whole SAE."
         )
-    layer, hook = hook_of(cfg, cfg_file)
-    return Entry(cfg_file.parent, layer, hook, int(cfg["d_in"]), int(cfg["d_sae"]), arch)
+    if weights_here:
+        saefiles.check_weights(weights, root, cfg)
+    return Entry(cfg_file.parent, layer, hook, cfg["d_in"], cfg["d_sae"], arch)
 
 
 def family(folder: Path, source: str, weights_here: bool = True) -> dict[int, Entry]:
@@ -136,7 +137,8 @@ def family(folder: Path, source: str, weights_here: bool = True) -> dict[int, En
             f"--saes '{source}' holds no SAE (no cfg.json in it or in its subfolders): point it "
             "at a folder or repo of SAELens-format SAEs, one per layer."
         )
-    entries = [read_entry(cfg_file, weights_here) for cfg_file in found]
+    root = saefiles.bounded_root(folder)
+    entries = [read_entry(cfg_file, root, weights_here) for cfg_file in found]
     counts = Counter(e.hook for e in entries)
     hook = max(counts, key=lambda h: (counts[h], h == "hook_resid_pre"))
     if len(counts) > 1:  # e.g. gpt2-small-res-jb: resid_pre of 0-11, and resid_post of 11
@@ -169,7 +171,7 @@ def fingerprint(folder: Path) -> str:
     return stable_hash(
         {
             "folder": str(folder),
-            "cfg": (folder / sae.CFG_FILE).read_text(),
+            "cfg": saefiles.read_cfg(folder / sae.CFG_FILE, saefiles.bounded_root(folder)),
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None,
         }
     )
@@ -180,7 +182,7 @@ def load(folder: str | Path) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg = json.loads((folder / sae.CFG_FILE).read_text())
+    cfg = saefiles.read_cfg(folder / sae.CFG_FILE, saefiles.bounded_root(folder))
     if "laminar" in cfg:
         return sae.load(folder)
     return PublishedSAE(cfg, load_file(folder / sae.WEIGHTS_FILE))

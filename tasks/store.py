@@ -7,9 +7,11 @@ leaves a file that a later run trusts. Each task returns a small record of what 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -55,20 +57,42 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
     Durable through a power cut: the temporary's bytes reach the disk (fsync) before the rename,
     and the rename itself (fsync of the folder) before this returns, so `path` is after a crash
-    either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    either the old file or the whole new one. A full disk (or quota) is one sentence naming the
+    folder and the space wanted (`needed` bytes, where the writer knows them), never a bare
+    OSError, and leaves no temporary behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
         _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+        if not full:  # pyarrow's errors carry the message, not always the errno
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise disk_full(path, written, needed) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def disk_full(path: Path, written: int, needed: int | None) -> LaminarError:
+    """One sentence for a write that found no room: where, how much it needed, what to do."""
+    try:
+        free = shutil.disk_usage(next(p for p in [path.parent, *path.parents] if p.exists())).free
+    except (OSError, StopIteration):
+        free = 0
+    want = f"about {needed:,} bytes" if needed else f"more than the {written:,} bytes it got"
+    return LaminarError(
+        f"the disk holding '{path.parent}' is full ({free:,} bytes free): writing "
+        f"'{path.name}' needs {want}; free space there (or give --artifacts-dir on a disk with "
+        "room) and rerun: what finished is kept, and only what is missing is computed."
+    )
 
 
 def _fsync(path: Path, flags: int) -> None:
@@ -99,7 +123,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, len(data)) as tmp:
         tmp.write_bytes(data)
 
 

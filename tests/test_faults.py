@@ -530,3 +530,76 @@ def test_layer_json_is_json_and_names_its_inputs(
     [saved] = (tmp_path / "sae").rglob("L02/*.json")
     row = json.loads(saved.read_text())
     assert row["layer"] == 2 and row["activations"]["path"].endswith("L02.parquet")
+
+
+FULL_DISK = """
+set -u
+run() {  # run N: the CLI, its output and exit code kept outside the tmpfs
+  "$PY" "$CLI" "$@" >"$KEEP/$N.out" 2>"$KEEP/$N.err"; echo $? >"$KEEP/$N.rc"; N=$((N + 1))
+}
+N=1
+mount -t tmpfs -o size=2m none "$ART" || exit 97
+run "$@"                                   # 1: room for the inputs and one SAE
+mount -o remount,size=64m "$ART"
+run "$@"                                   # 2: space freed, the run resumes
+ls -A "$ART/.cache/results" >"$KEEP/records"
+rm -rf "$ART"/reports
+avail=$(df --output=avail -B1 "$ART" | tail -1)
+head -c $((avail - 96 * 1024)) /dev/zero >"$ART/filler"
+run "$@"                                   # 3: full again, at the report
+rm "$ART/filler"
+run "$@"                                   # 4: the report alone
+"""
+
+
+def test_a_full_disk_is_one_sentence_and_the_rerun_computes_only_what_is_missing(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """On a 2 MB tmpfs the second SAE finds no room: one sentence naming the folder and the
+    space, exit 1, the first SAE kept; with room the rerun trains only the missing layers.
+    A disk that fills at the report is one sentence too (exit 2), and the rerun writes the
+    report alone. Failed tasks' records are swept by the next run."""
+    art, keep = tmp_path / "art", tmp_path / "keep"
+    art.mkdir()
+    keep.mkdir()
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    assert probe.returncode == 0, f"no mount namespaces here: {probe.stderr}"
+    cfg = quick_config(tiny_model, article_server, art)
+    env = {**os.environ, "PY": sys.executable, "CLI": str(ROOT / "flows" / "laminar.py")}
+    env |= {"ART": str(art), "KEEP": str(keep), "PYTHONUNBUFFERED": "1"}
+    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", FULL_DISK, "sh"]
+    subprocess.run([*cmd, *to_args(cfg)], env=env, cwd=tmp_path, timeout=600, check=True)
+    out = {n: (keep / f"{n}.out").read_text() for n in (1, 4)}
+    err = {n: (keep / f"{n}.err").read_text() for n in range(1, 5)}
+    rc = {n: int((keep / f"{n}.rc").read_text()) for n in range(1, 5)}
+
+    assert rc[1] == 1, err[1][-2000:]
+    assert "Traceback" not in err[1] and "Errno 28" not in err[1]
+    [sentence] = said(err[1])
+    assert "layer(s) failed and are missing from the report" in sentence
+    assert f"the disk holding '{art}/sae/" in sentence and "is full (" in sentence
+    # W_enc and W_dec, 256 x 512 fp32 each, and the biases: 1,051,944 bytes with the header
+    assert "writing 'sae_weights.safetensors' needs about 1,051,944 bytes; free space" in sentence
+    assert "sae tiny-gpt2 L1: the disk holding" in sentence and ".." not in sentence
+    assert tally(err[1]) == {"Completed": 7, "Failed": 2}  # inputs, L0's SAE, its report
+
+    assert rc[2] == 0, err[2][-2000:]
+    # fetch, parse, tokenize, extract and L0's SAE cached; L1's and L2's SAEs, cards, report
+    assert tally(err[2]) == {"Cached": 5, "Completed": 4}
+    records = (keep / "records").read_text().split()
+    assert records and all("-" in name for name in records)  # no failure record left
+
+    assert rc[3] == 2, err[3][-2000:]
+    assert "Traceback" not in err[3]
+    [sentence] = said(err[3])
+    assert (
+        sentence.startswith(f"laminar: the disk holding '{art}/reports/") and "is full" in sentence
+    )
+    assert rc[4] == 0, err[4][-2000:]
+    assert "report: " in out[4] and tally(err[4]) == {"Cached": 7, "Completed": 2}
+
+
+def tally(log: str) -> dict[str, int]:
+    """The task states' tally from the run's closing log line ('tasks {'Cached': 5, ...}')."""
+    [line] = [x for x in log.splitlines() if "laminar: report in " in x]
+    return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", line.split("tasks ")[-1])}
