@@ -241,11 +241,15 @@ def splice_passes(layers: int, seeds: int) -> int:
     return 1 + layers * (1 + seeds)
 
 
+CHUNK_BUFFERS = 7  # (T, vocab) fp32 buffers a chunk's sequence holds at the peak (measured)
+
+
 def clean_bytes(n_seqs: int, seq_len: int, vocab: int, chunk: int) -> int:
     """Memory the splices (tasks.splice) hold at their peak: the clean log-probs (E, T, vocab)
-    fp32, kept for the run, plus one chunk's logits, log-probs and their difference in a spliced
-    pass."""
-    return 4 * seq_len * vocab * (n_seqs + 3 * min(chunk, n_seqs))
+    fp32, kept for the run, plus one chunk's working set of CHUNK_BUFFERS (T, vocab) buffers
+    per sequence: its log-probs, the clean probabilities of the KL, and the forward pass's own
+    (measured at GPT-2 small's shape: benchmarks/splice.py --memory, docs/measures.md)."""
+    return 4 * seq_len * vocab * (n_seqs + CHUNK_BUFFERS * min(chunk, n_seqs))
 
 
 def check_splice_memory(cfg: Config, models: list[ModelFacts], device: str) -> None:

@@ -135,7 +135,7 @@ def markdown(prov: dict[str, Any]) -> list[str]:
     """The report's short "Provenance" section."""
     lam, run = prov["laminar"], prov["run"]
     dirty = {True: " (uncommitted changes)", False: "", None: ""}[lam["dirty"]]
-    libs = ", ".join(f"{k} {v}" for k, v in prov["software"].items())
+    libs = ", ".join(f"{k} {v}" for k, v in prov["software"].items() if k != "laminar")
     lines = [
         "## Provenance",
         "",
@@ -150,6 +150,11 @@ def markdown(prov: dict[str, Any]) -> list[str]:
         *(
             f"- token batch sha256 `{t['sha256'][:16]}` ({t['article_tokens']} article tokens)"
             for t in prov["tokens"]
+        ),
+        *(
+            f"- evaluation windows sha256 `{e['sha256'][:16]}`: {e['held_out']} held out, "
+            f"{e['in_sample']} in-sample (each window's article and start: provenance.json)"
+            for e in prov.get("eval_windows", [])
         ),
     ]
     for m in prov["models"]:

@@ -123,11 +123,9 @@ def weights_of(cfg: Config, folder: Path) -> Path:
 
 def measure_layer(model: torch.nn.Module, x: torch.Tensor, l1: float) -> dict[str, Any]:
     """tasks.sae.metrics of a published SAE on x (N, d), and the course's loss evaluated on
-    it (MSE + l1·mean|z|): the training loss a trained SAE would report."""
-    out = sae.metrics(model, x)
-    with torch.no_grad():
-        mean_z = model.encode(x).abs().mean().item()
-    return {**out, "final_loss": out["final_mse"] + l1 * mean_z}
+    it (MSE + l1·mean|z|): the training loss a trained SAE would report. One encoding."""
+    out = sae.metrics(model, x, mean_abs_z=True)
+    return {**out, "final_loss": out["final_mse"] + l1 * out.pop("mean_abs_z")}
 
 
 @task(

@@ -30,7 +30,7 @@ from tasks.records import (
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
-SPREAD = [
+TRAINING = [  # measured on the training tokens (tasks.sae.metrics)
     "density_pct",
     "final_loss",
     "final_mse",
@@ -54,7 +54,7 @@ DOWNSTREAM = [
     "kl_ablation",
     "kl_div_score",
 ]
-SPREAD += DOWNSTREAM
+SPREAD = [*TRAINING, *DOWNSTREAM]  # averaged over SAE seeds, with <column>_sd
 # Why a score is undefined (tasks.splice.within_noise), None where it has a value; the same for
 # every seed (it depends on the clean and ablated passes only)
 UNDEFINED = ["ce_loss_score_undefined", "kl_div_score_undefined"]
@@ -79,8 +79,19 @@ COLUMNS = [
     *UNDEFINED,
     *(f"{c}_sd" for c in SPREAD),
 ]
-ARTIFACT_COLUMNS = [
-    *COLUMNS[:12],
+ARTIFACT_COLUMNS = [  # the UI's table: the course's measures, then the field's headline ones
+    "model",
+    "layer",
+    "n_layers",
+    "rel_depth",
+    "n_seeds",
+    "density_pct",
+    "final_loss",
+    "final_mse",
+    "fvu",
+    "l0",
+    "dead_pct",
+    "density_activation",
     "explained_variance",
     "ce_delta",
     "ce_loss_score",

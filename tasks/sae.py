@@ -284,8 +284,9 @@ def train(
 
 
 @torch.no_grad()
-def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
-    """Metrics of the trained SAE on x (N, d); every one is over all tokens of the layer."""
+def metrics(sae: TiedSAE, x: torch.Tensor, mean_abs_z: bool = False) -> dict[str, float]:
+    """Metrics of the trained SAE on x (N, d); every one is over all tokens of the layer. With
+    `mean_abs_z`, also mean |z| (the L1 term of the course's loss), from the same encoding."""
     x_hat, z = sae(x)
     active = z != 0  # (N, m)
     mse = F.mse_loss(x_hat, x).item()
@@ -303,6 +304,7 @@ def metrics(sae: TiedSAE, x: torch.Tensor) -> dict[str, float]:
         "dead_pct": 100.0 * (fired == 0).float().mean().item(),
         "density_activation": (minmax(per_latent) * minmax(mean_mag)).mean().item(),
         **shape_metrics(x, x_hat, per_latent, fvu),
+        **({"mean_abs_z": z.abs().mean().item()} if mean_abs_z else {}),
     }
 
 

@@ -163,12 +163,18 @@ def kl_per_token(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return (clean.exp() * (clean - other)).sum(-1)
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the vocabulary (torch's, for its numerics); the logits are freed as the
+    caller drops them, so a chunk holds two (chunk, T, vocab) buffers only while this runs."""
+    return logits.float().log_softmax(-1)
+
+
 def clean_pass(bridge: Any, tokens: torch.Tensor, chunk: int) -> Clean:
     """The clean log-probs, written chunk by chunk into one (E, T, vocab) tensor: the peak is
     that tensor and one chunk's logits, never a list of chunks and their concatenation."""
     logprobs: torch.Tensor | None = None
     for start in range(0, len(tokens), chunk):
-        lp = bridge(tokens[start : start + chunk], return_type="logits").float().log_softmax(-1)
+        lp = log_probs(bridge(tokens[start : start + chunk], return_type="logits"))
         if logprobs is None:
             logprobs = lp.new_empty((len(tokens), *lp.shape[1:]))
         logprobs[start : start + len(lp)] = lp
@@ -182,19 +188,24 @@ def spliced_pass(
     bridge: Any, clean: Clean, tokens: torch.Tensor, where: Where, sae: torch.nn.Module | None
 ) -> Passes:
     """The model with positions where.first.. of `where.hook` replaced by the SAE's
-    reconstruction (sae None: by zeros): per-token CE and KL to the clean model."""
+    reconstruction (sae None: by zeros): per-token CE and KL to the clean model. One chunk at a
+    time holds its log-probs and one more (chunk, T, vocab) buffer for the KL."""
     replace = replacer(sae, where.first)
     ces, kls = [], []
     for start in range(0, len(tokens), where.chunk):
         part = slice(start, start + where.chunk)
-        logits = bridge.run_with_hooks(
-            tokens[part],
-            fwd_hooks=[(where.hook, lambda act, hook: replace(act))],
-            return_type="logits",
+        lq = log_probs(
+            bridge.run_with_hooks(
+                tokens[part],
+                fwd_hooks=[(where.hook, lambda act, hook: replace(act))],
+                return_type="logits",
+            )
         )
-        lq = logits.float().log_softmax(-1)
         ces.append(next_token_ce(lq, tokens[part]))
-        kls.append(kl_per_token(clean.logprobs[part], lq)[:, where.first :])
+        p = clean.logprobs[part]
+        diff = lq.neg_().add_(p)  # log p - log q, in lq's buffer
+        kls.append(diff.mul_(p.exp()).sum(-1)[:, where.first :])  # KL(clean ‖ spliced)
+        del lq, diff
     return Passes(torch.cat(ces), torch.cat(kls))
 
 

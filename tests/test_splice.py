@@ -202,9 +202,9 @@ def test_scores_by_hand_and_undefined_where_the_ablation_is_noise_or_the_wrong_w
 def test_the_peak_memory_of_the_splices_is_known_beforehand() -> None:
     from tasks.progress import clean_bytes
 
-    # GPT-2's vocabulary, 1024-token windows: 2 windows kept (0.41 GB) + one chunk's 3 buffers
-    assert clean_bytes(2, 1024, 50257, 1) == 4 * 1024 * 50257 * (2 + 3)
-    assert clean_bytes(2, 1024, 50257, 8) == 4 * 1024 * 50257 * (2 + 6)  # chunk ≤ E
+    # GPT-2's vocabulary, 1024-token windows: 2 windows kept (0.41 GB) + one chunk's 7 buffers
+    assert clean_bytes(2, 1024, 50257, 1) == 4 * 1024 * 50257 * (2 + 7)
+    assert clean_bytes(2, 1024, 50257, 8) == 4 * 1024 * 50257 * (2 + 14)  # chunk ≤ E
 
 
 def test_a_run_reports_them_on_held_out_windows_and_resumes_by_layer(
