@@ -30,7 +30,7 @@ from tasks.records import (
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
-TRAINING = [  # measured on the training tokens (tasks.sae.metrics)
+COURSE = [  # the course's measures and the ones laminar adds beside them (tasks.sae.metrics)
     "density_pct",
     "final_loss",
     "final_mse",
@@ -38,6 +38,9 @@ TRAINING = [  # measured on the training tokens (tasks.sae.metrics)
     "l0",
     "dead_pct",
     "density_activation",
+]
+TRAINING = [  # measured on the training tokens
+    *COURSE,
     "explained_variance",
     "l2_ratio",
     "cossim",
@@ -85,13 +88,7 @@ ARTIFACT_COLUMNS = [  # the UI's table: the course's measures, then the field's 
     "n_layers",
     "rel_depth",
     "n_seeds",
-    "density_pct",
-    "final_loss",
-    "final_mse",
-    "fvu",
-    "l0",
-    "dead_pct",
-    "density_activation",
+    *COURSE,
     "explained_variance",
     "ce_delta",
     "ce_loss_score",

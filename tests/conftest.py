@@ -236,6 +236,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
     return make_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", tokenizer_dir)
 
 
+def run_artifacts(flow_run_id: str) -> list[Any]:
+    """The artifacts a flow run published, as the Prefect API (and so the UI) serves them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ArticleServer, quick_config
+from conftest import ArticleServer, quick_config, run_artifacts
 
 from tasks import progress
 
@@ -131,14 +131,7 @@ def flow_logs(flow_run_id: str, needle: str, limit_s: float = 20) -> list[str]:
 
 
 def final_progress(flow_run_id: str) -> float:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    [bar] = [a for a in found if a.type == "progress"]
+    [bar] = [a for a in run_artifacts(flow_run_id) if a.type == "progress"]
     return float(bar.data)
 
 

@@ -343,14 +343,9 @@ def test_two_runs_in_one_process_each_splice_their_own_way(
 
 def estimate_artifact(flow_run_id: str) -> str:
     """The run's 'laminar-estimate' markdown artifact (the lines printed before the work)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from conftest import run_artifacts
 
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    [estimate] = [a for a in found if a.key == "laminar-estimate"]
+    [estimate] = [a for a in run_artifacts(flow_run_id) if a.key == "laminar-estimate"]
     return str(estimate.data)
 
 
