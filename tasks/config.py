@@ -230,8 +230,9 @@ class Config(BaseModel):
         description="Held-out windows (of --seq-len tokens, seeded, disjoint from the training "
         "windows) on which each SAE is spliced into the model for the downstream measures (CE "
         "loss score, KL score: docs/measures.md). Unset: as many as make 2,048 tokens. 0: no "
-        "downstream measures. Where the articles have no room left, the training windows are "
-        "used and the report says in-sample.",
+        "downstream measures. The windows laid out after the training ones; where the articles "
+        "hold too few, as many as fit, the rest training windows, counted as in-sample in the "
+        "report and the estimate line.",
     )
     saes: str = Field(
         json_schema_extra=role("result"),

@@ -57,10 +57,11 @@ def held_out_windows(
     """(article, start, held out?) of n_eval evaluation windows: the layout's next windows
     after the n_seqs training ones, so disjoint from every training window, as many as fit;
     the rest (held out? False: in-sample) are training windows, the first handed out. Depends
-    on n_eval only through how many are taken: the training windows never move with it."""
+    on n_eval only through how many are taken: the training windows never move with it. Past
+    every window the articles hold (held-out and training ones), fewer than n_eval come back."""
     slots = layout(lengths, seq_len, how, seed)
     free = sorted(slots[n_seqs : n_seqs + n_eval])
-    reused = sorted(slots[: n_eval - len(free)])
+    reused = sorted(slots[: min(n_eval - len(free), n_seqs)])  # never more than there are
     return [(a, s, True) for a, s in free] + [(a, s, False) for a, s in reused]
 
 
@@ -168,6 +169,6 @@ def holdout(cfg: Config, tokens: Batch, tokenizer_of: str) -> EvalBatch:
         "tokens": file_record(path),
         "held_out": held,
         "in_sample": len(windows) - held,
-        "windows": [list(w) for w in windows],
+        "windows": [[a, s, int(h)] for a, s, h in windows],
         "train_windows": [list(w) for w in training_windows(streams, cfg)],
     }

@@ -169,6 +169,12 @@ def test_as_many_held_out_windows_as_fit_the_rest_in_sample_and_training_never_m
     assert held == held_out_windows(lengths, 15, 6, 100, "random", seed)  # seeded
 
 
+def test_never_more_windows_than_the_articles_hold() -> None:
+    held = held_out_windows([1000], 6, 200, 100, "random", 0)  # 10 windows fit: 6 train
+    assert [h for _, _, h in held] == [True] * 4 + [False] * 6
+    assert len({(a, s) for a, s, _ in held}) == 10  # each window once
+
+
 def test_a_12k_article_holds_one_held_out_window_beside_the_training_ones() -> None:
     held = held_out_windows([12_000], 10, 2, 1024, "random", 0)  # 11 windows fit
     assert [h for _, _, h in held] == [True, False]
