@@ -222,7 +222,7 @@ def publish_cards(name: str, files: list[FileRecord]) -> None:
 @task(
     name="latents",
     task_run_name="latents {name}",
-    cache_policy=cache.ContentKey(fields=("seed", "sae_seeds")),
+    cache_policy=cache.ContentKey(fields=("seed",)),  # `results` are Config.shown_seed's
 )
 def latent_cards(
     cfg: Config, model: str, name: str, results: list[LayerResult], tokens: Batch

@@ -141,6 +141,12 @@ class SplicerHolder:
 SPLICERS = SplicerHolder()
 
 
+def splicer_for(run: str, model: str, weights_fingerprint: str, device: str) -> Splicer:
+    """SPLICERS.get. The task's body calls this function, never SPLICERS itself: Dask pickles a
+    task's function by value, with the globals it names, and the holder's lock cannot travel."""
+    return SPLICERS.get(run, model, weights_fingerprint, device)
+
+
 def release_here(run: str) -> None:
     """Free the run's Splicer in this process (run on each Dask worker by release_splicers)."""
     SPLICERS.release(run)
@@ -287,7 +293,7 @@ def splice_sae(
     tokens = torch.from_numpy(store.read_batch(holdout["tokens"]).astype(np.int64)).to(device)
     where = Where(hook, 0 if cfg.keep_first_token else 1, cfg.extract_batch)
     with torch.inference_mode(), matmul_precision("fp32"):
-        splicer = SPLICERS.get(str(flow_run.id), model, weights_fingerprint, device)
+        splicer = splicer_for(str(flow_run.id), model, weights_fingerprint, device)
         out = splicer.measure(sae_model, tokens, holdout["tokens"]["sha256"], where)
     return {
         **out,

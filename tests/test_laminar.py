@@ -204,7 +204,7 @@ def test_several_articles_each_a_task_one_failing_by_name(
     tok = AutoTokenizer.from_pretrained(tiny_model)
     streams = [tok(Path(a["text_path"]).read_text())["input_ids"] for a in prov["articles"]]
     assert [len(s) for s in streams] == [a["tokens"] for a in per_article]
-    [tokens] = (tmp_path / "tokens").glob("*.parquet")
+    [tokens] = (tmp_path / "tokens").glob("*-12x32.parquet")  # the batch, not the streams
     found = [
         [a for a, ids in enumerate(streams) if _contains(ids, row.tolist())]
         for row in read_batch(file_record(tokens))
