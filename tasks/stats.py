@@ -26,7 +26,7 @@ def undefined_because(x: np.ndarray, y: np.ndarray) -> str | None:
     """Why no statistic of y against depth x is defined, or None: too few layers, a value that
     is not a finite number, or a series constant across layers (no trend, no curve, no rank)."""
     if len(x) < MIN_LAYERS:
-        return f"too few layers (fewer than {MIN_LAYERS})"
+        return f"fewer than {MIN_LAYERS} layers"
     if not np.isfinite(y).all():
         return "a layer's value is not a finite number"
     if np.ptp(y) == 0:

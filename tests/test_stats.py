@@ -42,7 +42,7 @@ def test_too_few_layers_is_not_judged() -> None:
     assert density_trend([0, 1], [1, 2])["holds"] is None
     r = loss_shape([0, 0.5, 1], [2, 1, 2])
     assert r["holds"] is None and r["vertex"] is None
-    assert r["undefined"] == "too few layers (fewer than 4)"
+    assert r["undefined"] == "fewer than 4 layers"
 
 
 def test_a_perfect_family_fvu_zero_everywhere_is_undefined_json() -> None:
@@ -110,5 +110,5 @@ def test_claims_per_model_and_markdown() -> None:
 def test_too_few_layers_reads_as_such() -> None:
     rows = [{"model": "m", "rel_depth": x, "density_pct": 1.0, "final_loss": 1.0} for x in (0, 1)]
     text = "\n".join(claims_markdown(claims(rows)))
-    assert "**m** — neither claim can be judged: too few layers (fewer than 4)." in text
+    assert "**m** — neither claim can be judged: fewer than 4 layers." in text
     assert "nan" not in text
