@@ -1,5 +1,5 @@
-"""Is a change to the SAE step faster? laminar's training with tasks/sae.py as it is now against
-the same file at another commit, interleaved in one process (base, now, base, now, ... for
+"""Is a change to the SAE step faster? laminar's training with tasks/sae/ as it is now against
+the same code at another commit, interleaved in one process (base, now, base, now, ... for
 `rounds` rounds) on the same random activations at the GPT-2 shapes: seconds per epoch as the
 median with min-max over the rounds, the speed-up, and whether the trained weights and losses
 are identical.
@@ -10,9 +10,11 @@ are identical.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,30 +23,42 @@ import torch
 
 from benchmarks.common import N_TOKENS, SHAPES, timed_once, train_sae
 from benchmarks.precision import spread
-from tasks import sae
+from tasks.sae import fit
 from tasks.store import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def sae_at(rev: str) -> ModuleType:
-    """tasks/sae.py as it was at commit `rev`, imported as a module of its own."""
-    shown = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:tasks/sae.py"], capture_output=True, text=True
-    )
+    """The SAE training (the module with `train`) as it was at commit `rev`, imported apart from
+    the current one: tasks/sae/ copied out as a package of its own name (its `tasks.sae`
+    imports renamed to it), or at commits before that package, tasks/sae.py as one module."""
+    name = f"sae_at_{rev.replace('~', '_').replace('^', '_')}"
+    listed = git("ls-tree", "--name-only", rev, "tasks/sae/")
+    if listed.returncode == 0 and listed.stdout.strip():
+        home = Path(tempfile.mkdtemp(prefix="laminar-abtest-"))  # lives as long as the process
+        (home / name).mkdir()
+        for path in listed.stdout.split():
+            source = git("show", f"{rev}:{path}").stdout.replace("tasks.sae", name)
+            (home / name / Path(path).name).write_text(source)
+        sys.path.insert(0, str(home))
+        return importlib.import_module(f"{name}.fit")
+    shown = git("show", f"{rev}:tasks/sae.py")
     if shown.returncode:
         raise SystemExit(
-            f"abtest.py: --base {rev!r} has no tasks/sae.py here ({shown.stderr.strip()}); "
+            f"abtest.py: --base {rev!r} has no tasks/sae here ({shown.stderr.strip()}); "
             "give a commit of this repository, e.g. HEAD~1."
         )
-    source = shown.stdout
-    name = f"sae_at_{rev.replace('~', '_').replace('^', '_')}"
     spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up by name
-    exec(compile(source, f"{rev}:tasks/sae.py", "exec"), module.__dict__)
+    exec(compile(shown.stdout, f"{rev}:tasks/sae.py", "exec"), module.__dict__)
     return module
+
+
+def git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
 
 
 def epochs_of(module: ModuleType, x: torch.Tensor, precision: str, epochs: int) -> Any:
@@ -58,11 +72,11 @@ def compare(
 ) -> dict[str, Any]:
     """One shape and precision: base and current timed alternately on the same activations."""
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(0)).to(device)
-    epochs_of(sae, x[:256], precision, 1)  # warm-up: kernels, thread pools
+    epochs_of(fit, x[:256], precision, 1)  # warm-up: kernels, thread pools
     times: dict[str, list[float]] = {"base": [], "now": []}
     results = {}
     for _ in range(rounds):
-        for side, module in (("base", base), ("now", sae)):
+        for side, module in (("base", base), ("now", fit)):
             seconds, results[side] = epochs_of(module, x, precision, epochs)
             times[side].append(seconds / epochs)
     a, b = results["base"], results["now"]
@@ -85,7 +99,7 @@ def compare(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", required=True, help="commit whose tasks/sae.py is the base")
+    parser.add_argument("--base", required=True, help="commit whose tasks/sae is the base")
     parser.add_argument("--shapes", default="gpt2-small,gpt2-large")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--rounds", type=int, default=3)

@@ -35,21 +35,27 @@ from benchmarks.models import bench_extract, sweep, sweep_activations
 from benchmarks.precision import compare, limit, spread
 from benchmarks.stepprofile import step_profile
 from benchmarks.stream import stream_memory
-from tasks import sae, store
+from tasks import store
 from tasks.config import Config
 from tasks.precision import matmul_precision
+from tasks.sae import course, fit, kernels, measures
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def density_pct(model: course.TiedSAE, x: torch.Tensor) -> float:
+    """% non-zero latents of the SAE on x (N, d), as laminar reports it."""
+    return measures.metrics(model, [x], measures.input_stats([x])["x_var"])["density_pct"]
 
 
 def course_loop(x: torch.Tensor, epochs: int, seed: int) -> tuple[list[float], float]:
     """The baseline: the course's SAE written the straightforward way (autograd, sorted top-k)."""
     d = x.shape[1]
     m = COURSE.expansion * d
-    k = sae.topk_k(m, COURSE.topk_frac)
+    k = kernels.topk_k(m, COURSE.topk_frac)
     enc = torch.nn.Linear(d, m, bias=False).to(x.device)
     with torch.no_grad():
-        enc.weight.copy_(sae.TiedSAE(d, m, 0, torch.Generator().manual_seed(seed)).weight)
+        enc.weight.copy_(course.TiedSAE(d, m, 0, torch.Generator().manual_seed(seed)).weight)
     opt = torch.optim.Adam(enc.parameters(), lr=COURSE.lr)
     losses = []
     for _ in range(epochs):
@@ -75,7 +81,7 @@ def bench_sae(n: int, d: int, epochs: int, device: str, rounds: int = 3) -> dict
     m = COURSE.expansion * d
     flop = 10 * n * d * m * epochs
 
-    def ours(x: torch.Tensor = x) -> sae.TrainResult:
+    def ours(x: torch.Tensor = x) -> fit.TrainResult:
         return train_sae(x, epochs)
 
     ours(x[:256]), course_loop(x[:256], 1, 0)  # warm-up: kernels, allocator, thread pool
@@ -86,7 +92,7 @@ def bench_sae(n: int, d: int, epochs: int, device: str, rounds: int = 3) -> dict
         t_base, (base_losses, base_density) = timed_once(lambda: course_loop(x, epochs, 0), device)
         per_round.append({"limit": rate, "s": t_ours / epochs, "baseline_s": t_base / epochs})
     s = statistics.median(r["s"] for r in per_round)
-    density = sae.metrics(res.sae, x)["density_pct"]
+    density = density_pct(res.sae, x)
     return {
         "N": n,
         "d": d,
@@ -118,7 +124,7 @@ def bench_tf32(n: int, d: int, epochs: int, device: str) -> dict[str, Any]:
     for precision in ["fp32", "tf32"]:
         with matmul_precision(precision):
 
-            def run() -> sae.TrainResult:
+            def run() -> fit.TrainResult:
                 return train_sae(x, epochs)
 
             run()  # warm-up
@@ -126,7 +132,7 @@ def bench_tf32(n: int, d: int, epochs: int, device: str) -> dict[str, Any]:
         out[precision] = {
             "s": t,
             "final_loss": res.losses[-1],
-            "density_pct": sae.metrics(res.sae, x)["density_pct"],
+            "density_pct": density_pct(res.sae, x),
         }
     return out
 
@@ -228,7 +234,7 @@ def scaling(device: str) -> list[dict[str, float]]:
     for n, d in [(2560, 768), (5120, 768), (10240, 768), (5120, 1536), (5120, 3072)]:
         x = torch.randn(n, d, device=device)
 
-        def run(x: torch.Tensor = x) -> sae.TrainResult:
+        def run(x: torch.Tensor = x) -> fit.TrainResult:
             return train_sae(x, 2)
 
         run(x[:256])

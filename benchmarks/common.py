@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from tasks import sae
 from tasks.config import SAE_FIELDS, Config
+from tasks.sae import fit
 
 COURSE = Config()  # every benchmark trains the default (the course's) SAE settings
 SHAPES = {  # name: (n_layer, d_model, d_mlp)
@@ -46,9 +46,9 @@ def timed_once(fn: Any, device: str) -> tuple[float, Any]:
 
 
 def train_sae(
-    x: torch.Tensor, epochs: int, seed: int = 0, precision: str = "fp32", module: Any = sae
-) -> sae.TrainResult:
+    x: torch.Tensor, epochs: int, seed: int = 0, precision: str = "fp32", module: Any = fit
+) -> fit.TrainResult:
     """laminar's SAE training with the default settings, for `epochs` epochs (`module`: the
-    tasks.sae to train with, or another version of it, as abtest.py loads)."""
+    tasks.sae.fit to train with, or another version of it, as abtest.py loads)."""
     settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
     return module.train(x, **settings, seed=seed, precision=precision)

@@ -16,8 +16,9 @@ import torch
 
 from benchmarks.common import COURSE, N_TOKENS, SHAPES, timed_once, train_sae
 from benchmarks.precision import limit
-from tasks import sae, store
+from tasks import store
 from tasks.precision import matmul_precision
+from tasks.sae import measures
 
 
 def build_model(shape: str, folder: Path) -> Path:
@@ -185,7 +186,7 @@ def sweep(
             with matmul_precision(precision):
                 res = train_sae(x, epochs, precision=precision)
             with matmul_precision("fp32"):
-                sae.metrics(res.sae, x)
+                measures.metrics(res.sae, [x], measures.input_stats([x])["x_var"])
 
         seconds += timed_once(train, device)[0]
     floor = 10 * N_TOKENS * d * m * epochs * len(layers) / (rate * 1e9)

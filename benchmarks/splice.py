@@ -27,10 +27,11 @@ import torch
 
 from benchmarks.bench import machine
 from benchmarks.models import build_model
-from tasks import sae, splice
+from tasks import splice
 from tasks.config import EVAL_TOKENS
 from tasks.models import load_model
 from tasks.precision import matmul_precision
+from tasks.sae import course
 
 SEQ_LEN = 1024
 
@@ -59,7 +60,7 @@ def peak_rss(folder: Path, n_seqs: int) -> dict[str, float]:
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, bridge.cfg.d_vocab, (n_seqs, SEQ_LEN), generator=g)
-    model, _ = sae.fresh(bridge.cfg.d_mlp, 2, 1 / 3, 1e-4, 0, "cpu")
+    model, _ = course.fresh(bridge.cfg.d_mlp, 2, 1 / 3, 1e-4, 0, "cpu")
     with torch.inference_mode(), matmul_precision("fp32"):
         splicer = splice.Splicer(("memory",), bridge)
         splicer.measure(model, tokens, "bench", splice.Where("blocks.0.mlp.hook_pre", 1, 1))
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = [0, n_layers // 2, n_layers - 1]
     n_seqs = -(-EVAL_TOKENS // SEQ_LEN)
     tokens = torch.randint(0, bridge.cfg.d_vocab, (n_seqs, SEQ_LEN), generator=torch.Generator())
-    model, _ = sae.fresh(d_mlp, 2, 1 / 3, 1e-4, 0, "cpu")  # the course's SAE, untrained
+    model, _ = course.fresh(d_mlp, 2, 1 / 3, 1e-4, 0, "cpu")  # the course's SAE, untrained
     clean_s, per_layer = [], {layer: [] for layer in layers}
     with torch.inference_mode(), matmul_precision("fp32"):
         for r in range(args.rounds):

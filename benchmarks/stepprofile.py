@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import COURSE, timed_once
 from benchmarks.precision import spread
-from tasks import sae
+from tasks.sae import course
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul"}
 TOPK = {"aten::topk", "aten::amin", "laminar::topk"}  # laminar::topk: the selection
@@ -51,8 +51,8 @@ def matmul_seconds(prof: Any, device: str) -> dict[str, float]:
 
 def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     x = torch.randn(n, d, device=device)
-    model, opt = sae.fresh(d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device)
-    step = sae.step_fn(x, precision, sae.Workspace())
+    model, opt = course.fresh(d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device)
+    step = course.step_fn(x, precision, course.Workspace())
     step(model, COURSE.l1)  # first step: buffers, kernels
     opt.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])

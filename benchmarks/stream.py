@@ -28,15 +28,16 @@ import json, resource, sys, time
 from pathlib import Path
 from benchmarks.common import COURSE
 from tasks import minibatch
+from tasks.sae import measures
 from tasks.config import SAE_FIELDS
 from tasks.store import ActivationFile, file_record
 path, b, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 start = time.perf_counter()
 src = ActivationFile(file_record(Path(path)))
-stats = minibatch.input_stats(src, "cpu")
+stats = measures.input_stats(minibatch.chunks(src, "cpu"))
 settings = {**COURSE.subset(*SAE_FIELDS), "epochs": epochs}
 result = minibatch.train(src, batch_tokens=b, seed=0, device="cpu", **settings)
-out = minibatch.metrics(result.sae, src, stats["x_var"], "cpu")
+out = measures.metrics(result.sae, minibatch.chunks(src, "cpu"), stats["x_var"])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds": time.perf_counter() - start, "peak_gb": peak / 1e9,
                   "density_pct": out["density_pct"], "losses": result.losses}))

@@ -89,10 +89,11 @@ def source_digest(source: str) -> str:
 
 
 def module_file(module: str) -> Path:
-    """A module's source file: 'tasks.sae' -> tasks/sae.py without importing anything; any
-    other module where the import system would find it."""
+    """A module's source file without importing anything: 'tasks.cache' -> tasks/cache.py,
+    'tasks.sae' -> tasks/sae/__init__.py; any other module where the import system finds it."""
     if module.startswith("tasks."):
-        return TASKS / (module.split(".", 1)[1] + ".py")
+        path = TASKS.joinpath(*module.split(".")[1:])
+        return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin:
         raise ValueError(f"no source file for module {module!r}")
@@ -105,11 +106,14 @@ def imports_of(module: str) -> set[str]:
     for node in ast.walk(ast.parse(module_file(module).read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("tasks.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "tasks":
-                found |= {f"tasks.{a.name}" for a in node.names}
-            elif node.module.startswith("tasks."):
-                found.add(node.module)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module == "tasks" or (node.module or "").startswith("tasks."))
+        ):
+            # from tasks import cache; from tasks.sae import course: the names may be modules
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+            found |= {node.module} - {"tasks"}
     return {m for m in found if module_file(m).is_file()}
 
 

@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import torch
 from prefect import task
 
-from tasks import cache, paths, saelens, store
+from tasks import cache, paths, store
 from tasks.config import Config
 from tasks.models import load_tokenizer
 from tasks.precision import matmul_precision
 from tasks.records import Batch, FileRecord, LayerResult
+from tasks.sae import files
 
 PER_GROUP = 8  # latents per group: frequent, rare, random
 MIN_FIRES = 3  # a rare latent fires at least this often (fewer says nothing about it)
@@ -98,7 +99,7 @@ def layer_cards(result: LayerResult, batch: np.ndarray, decode: Any, seed: int) 
     """Encode the layer's activations with its saved SAE and make its cards: a row group at a
     time, twice (the firing counts that choose the latents, then the chosen latents' columns),
     so memory holds one group's (rows, m) latents and the (N, 24) chosen columns, whatever N."""
-    model = saelens.load(Path(result["sae_files"][0]["path"]).parent)
+    model = files.load(Path(result["sae_files"][0]["path"]).parent)
     src = store.ActivationFile(result["activations"])
 
     def encoded() -> Iterator[np.ndarray]:  # (rows, m) per row group

@@ -9,19 +9,20 @@ serves what the local cache holds, and says so."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from prefect import task
 
-from tasks import cache, sae, saefiles, saelens, store
+from tasks import cache, saefiles, saelens, store
 from tasks.config import Config, LaminarError, resolve_device
-from tasks.host import describe_device, this_process
 from tasks.models import ensure_hub_or_offline, hub_offline
 from tasks.precision import matmul_precision
 from tasks.records import LayerFile, LayerResult
-from tasks.train import freq_hist, input_stats, refuse_unusable, write_layer_json
+from tasks.sae import files, measures
+from tasks.train import InMemory, checked_stats, finish, write_layer_json
 
 
 def split_source(source: str) -> tuple[str, str]:
@@ -108,23 +109,25 @@ def is_hub(source: str) -> bool:
 
 def weights_of(cfg: Config, folder: Path) -> Path:
     """The layer's SAE folder with its weights present (downloaded from the hub if need be)."""
-    if (folder / sae.WEIGHTS_FILE).is_file():
+    if (folder / files.WEIGHTS_FILE).is_file():
         return folder
     from huggingface_hub import hf_hub_download
 
     repo, _ = split_source(cfg.saes)
     snapshot = next(p for p in folder.parents if p.parent.name == "snapshots")
-    rel = (folder / sae.WEIGHTS_FILE).relative_to(snapshot)
+    rel = (folder / files.WEIGHTS_FILE).relative_to(snapshot)
     try:
         return Path(hf_hub_download(repo, str(rel), revision=snapshot.name)).parent
     except Exception as exc:  # the hub client's errors have no common base to catch
         raise LaminarError(hub_problem(cfg.saes, exc)) from None
 
 
-def measure_layer(model: torch.nn.Module, x: torch.Tensor, l1: float) -> dict[str, Any]:
-    """tasks.sae.metrics of a published SAE on x (N, d), and the course's loss evaluated on
-    it (MSE + l1·mean|z|): the training loss a trained SAE would report. One encoding."""
-    out = sae.metrics(model, x, mean_abs_z=True)
+def measure_layer(
+    model: measures.Encoder, chunks: Iterable[torch.Tensor], var: float, l1: float
+) -> dict[str, Any]:
+    """measures.metrics of a published SAE, and the course's loss evaluated on it
+    (MSE + l1·mean|z|): the training loss a trained SAE would report. One encoding."""
+    out = measures.metrics(model, chunks, var, mean_abs_z=True)
     return {**out, "final_loss": out["final_mse"] + l1 * out.pop("mean_abs_z")}
 
 
@@ -150,38 +153,24 @@ def profile_sae(
     here = weights_of(cfg, Path(folder))
     if is_hub(cfg.saes):  # downloaded here: checked in full as a local family's are in preflight
         root = saefiles.bounded_root(here)
-        cfg_json = saefiles.read_cfg(here / sae.CFG_FILE, root)
-        saefiles.check_weights(here / sae.WEIGHTS_FILE, root, cfg_json)
-    model = saelens.load(here).to(device)
-    x = torch.from_numpy(store.read_activations(acts).copy()).to(device)
-    finite, constant = bool(torch.isfinite(x).all()), sae.variance(x) == 0
-    refuse_unusable(label, len(x), finite, constant, not x.any())
+        cfg_json = saefiles.read_cfg(here / files.CFG_FILE, root)
+        saefiles.check_weights(here / files.WEIGHTS_FILE, root, cfg_json)
+    model = files.load(here).to(device)
+    data = InMemory(store.read_activations(acts), device)
+    stats = checked_stats(data, label)
     with matmul_precision("fp32"):
-        out = {**measure_layer(model, x, cfg.l1), **input_stats(x)}
-    freq = out.pop("latent_freq")
-    m, d = model.weight.shape
-    out.update(
-        freq_hist=freq_hist(freq),
-        seconds=time.perf_counter() - start,
-        device=device,
-        hardware=describe_device(device),
-        ran_on=this_process(),
-        n_tokens=len(x),
-        d=d,
-        latent=m,
-        k=int(getattr(model, "k", 0) or 0),
-        loss_curve=[],
-        sae_source=f"{cfg.saes} ({here})",
-    )
+        out = {**measure_layer(model, data.chunks(), stats["x_var"], cfg.l1), **stats}
+    out = finish(out, [], model, (device, data.n_rows, start), label)
+    out["sae_source"] = f"{cfg.saes} ({here})"
     row = {"model": name, "layer": layer, "sae_seed": cfg.sae_seeds[0], **out}
     record = write_layer_json(cfg, acts, row, label, cfg.sae_seeds[0])
-    files = [store.file_record(here / f) for f in (sae.WEIGHTS_FILE, sae.CFG_FILE)]
+    saved = [store.file_record(here / f) for f in (files.WEIGHTS_FILE, files.CFG_FILE)]
     return {
         "name": name,
         "sae_seed": cfg.sae_seeds[0],
         "layer": layer,
         "activations": acts,
         "json": record,
-        "sae_files": files,
+        "sae_files": saved,
         **out,
     }

@@ -1,14 +1,7 @@
 """SAEs in SAELens's on-disk format (cfg.json + sae_weights.safetensors): finding a family of
-them, one per layer, in a local folder or a Hugging Face repo, and running them without SAELens.
-
-The architectures read, as SAELens 6 computes them (x_in = x - b_dec when apply_b_dec_to_input,
-else x; pre = x_in W_enc + b_enc; x̂ = z W_dec + b_dec):
-    standard   z = ReLU(pre)
-    topk       z = ReLU of pre's k largest entries per token, the rest 0 (exactly k, as
-               torch.topk picks them)
-    jumprelu   z = ReLU(pre) where pre > threshold, else 0
-laminar's own SAEs (a cfg.json with a "laminar" record) load as tasks.sae.TiedSAE, so they give
-the numbers their training run reported. Shapes: x (N, d_in), z (N, d_sae)."""
+them, one per layer, in a local folder or a Hugging Face repo, each checked before any work.
+tasks.sae.files loads one, by its architecture (tasks.sae.standard, topk, jumprelu; laminar's
+own as tasks.sae.course), and runs it without SAELens."""
 
 from __future__ import annotations
 
@@ -18,50 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tasks import sae, saefiles
+from tasks import saefiles
 from tasks.config import LaminarError, stable_hash
 from tasks.host import logger
+from tasks.sae import files
 
-ARCHITECTURES = ("standard", "topk", "jumprelu")
+ARCHITECTURES = tuple(files.PUBLISHED)  # the SAELens architectures laminar runs
 _HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-class PublishedSAE(torch.nn.Module):
-    """A standard, topk or jumprelu SAE with SAELens's parameter names (see the module doc)."""
-
-    def __init__(self, cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.architecture = cfg.get("architecture", "standard")  # older files name none
-        self.k = int(cfg.get("k") or 0)
-        self.b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", False))
-        self.W_enc = state["W_enc"].float()  # (d_in, d_sae)
-        self.b_enc = state["b_enc"].float()  # (d_sae,)
-        self.weight = state["W_dec"].float()  # (d_sae, d_in): the decoder, named as TiedSAE's
-        self.b_dec = state["b_dec"].float()  # (d_in,)
-        threshold = state.get("threshold")
-        if threshold is None and "log_threshold" in state:
-            threshold = state["log_threshold"].exp()
-        self.threshold = None if threshold is None else threshold.float()  # (d_sae,)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x_in = x - self.b_dec if self.b_dec_to_input else x
-        pre = x_in @ self.W_enc + self.b_enc  # (N, d_sae)
-        if self.architecture == "topk":
-            top = torch.topk(pre, k=min(self.k, pre.shape[-1]), dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
-        z = pre.relu()
-        if self.architecture == "jumprelu":
-            z = z * (pre > self.threshold).to(z.dtype)
-        return z
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.weight + self.b_dec
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encode(x)
-        return self.decode(z), z  # x̂ (N, d_in), z (N, d_sae)
 
 
 @dataclass(frozen=True)
@@ -115,10 +71,10 @@ def read_entry(cfg_file: Path, root: Path, weights_here: bool = True) -> Entry:
                 f"{fix} only."
             )
     layer, hook = hook_of(cfg, cfg_file)
-    weights = cfg_file.parent / sae.WEIGHTS_FILE
+    weights = cfg_file.parent / files.WEIGHTS_FILE
     if weights_here and not weights.exists() and not weights.is_symlink():
         raise LaminarError(
-            f"--saes: {cfg_file.parent} has cfg.json but no {sae.WEIGHTS_FILE}: download the "
+            f"--saes: {cfg_file.parent} has cfg.json but no {files.WEIGHTS_FILE}: download the "
             "whole SAE."
         )
     if weights_here:
@@ -166,23 +122,12 @@ def family(folder: Path, source: str, weights_here: bool = True) -> dict[int, En
 def fingerprint(folder: Path) -> str:
     """Identity of an SAE's files for cache keys, cheap: its cfg.json, and the size and mtime of
     its weights (a hub snapshot's folder names its commit as well)."""
-    weights = folder / sae.WEIGHTS_FILE
+    weights = folder / files.WEIGHTS_FILE
     stat = weights.stat() if weights.exists() else None
     return stable_hash(
         {
             "folder": str(folder),
-            "cfg": saefiles.read_cfg(folder / sae.CFG_FILE, saefiles.bounded_root(folder)),
+            "cfg": saefiles.read_cfg(folder / files.CFG_FILE, saefiles.bounded_root(folder)),
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None,
         }
     )
-
-
-def load(folder: str | Path) -> torch.nn.Module:
-    """The SAE in `folder`: laminar's own as TiedSAE, any other as PublishedSAE (CPU, fp32)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    cfg = saefiles.read_cfg(folder / sae.CFG_FILE, saefiles.bounded_root(folder))
-    if "laminar" in cfg:
-        return sae.load(folder)
-    return PublishedSAE(cfg, load_file(folder / sae.WEIGHTS_FILE))

@@ -34,11 +34,12 @@ import torch
 from prefect import task
 from prefect.runtime import flow_run
 
-from tasks import cache, saelens, store
+from tasks import cache, store
 from tasks.config import Config, resolve_device
 from tasks.models import load_model
 from tasks.precision import matmul_precision
 from tasks.records import EvalBatch, FileRecord, Splice
+from tasks.sae import files
 
 # A score's denominator must clear its own noise: the ablation's effect, averaged over the
 # held-out tokens, counts only where it exceeds NOISE_SE standard errors of that mean (the
@@ -288,7 +289,7 @@ def splice_sae(
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     folder = Path(sae_files[0]["path"]).parent
-    sae_model = saelens.load(folder).to(device)
+    sae_model = files.load(folder).to(device)
     hook = f"blocks.{layer}.{cfg.hook}"  # with --saes, the family's own (flows.laminar)
     tokens = torch.from_numpy(store.read_batch(holdout["tokens"]).astype(np.int64)).to(device)
     where = Where(hook, 0 if cfg.keep_first_token else 1, cfg.extract_batch)

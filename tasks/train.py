@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +14,66 @@ import torch
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks import cache, minibatch, paths, sae, store
+from tasks import cache, minibatch, paths, store
 from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
 from tasks.host import describe_device, this_process
 from tasks.precision import matmul_precision
 from tasks.progress import EpochReporter
 from tasks.records import FileRecord, LayerFile, LayerResult
+from tasks.sae import course, files, fit, measures
 from tasks.stats import FREQ_BINS
 
-
-def input_stats(x: torch.Tensor) -> dict[str, float]:
-    """What the SAE is fed: mean row norm, variance about the mean, share of negatives."""
-    return {
-        "x_mean_norm": x.norm(dim=1).mean().item(),
-        "x_var": sae.variance(x),
-        "x_neg_frac": (x < 0).float().mean().item(),
-    }
+OnEpoch = Callable[[int, torch.Tensor], None] | None
+INPUT_COLUMNS = ("x_mean_norm", "x_var", "x_neg_frac")  # the input statistics a row reports
 
 
-def refuse_unusable(label: str, n: int, finite: bool, constant: bool, all_zero: bool) -> None:
-    """A layer an SAE cannot be trained on fails by name, before any training."""
-    if not finite:
+class InMemory:
+    """A layer held whole in memory, trained in full batch (the course's way)."""
+
+    def __init__(self, x_np: np.ndarray, device: str) -> None:
+        with warnings.catch_warnings():  # Arrow's buffer is read-only; nothing writes to x
+            warnings.simplefilter("ignore", UserWarning)
+            self.x = torch.from_numpy(x_np).to(device)  # (N, d)
+        self.n_rows, self.d = self.x.shape
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        yield self.x
+
+    def fit(self, cfg: Config, seed: int, on_epoch: OnEpoch) -> fit.TrainResult:
+        settings = cfg.subset(*SAE_FIELDS, "precision")
+        return fit.train(self.x, **settings, seed=seed, on_epoch=on_epoch)
+
+
+class Streamed:
+    """A layer read from its file a row group at a time, trained in minibatches of
+    cfg.batch_tokens tokens (tasks.minibatch): memory does not grow with N."""
+
+    def __init__(self, src: store.ActivationFile, device: str) -> None:
+        self.src, self.device = src, device
+        self.n_rows, self.d = src.n_rows, src.d
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        return minibatch.chunks(self.src, self.device)
+
+    def fit(self, cfg: Config, seed: int, on_epoch: OnEpoch) -> fit.TrainResult:
+        settings = cfg.subset(*SAE_FIELDS, "precision")
+        return minibatch.train(
+            self.src,
+            batch_tokens=cfg.batch_tokens,
+            **settings,
+            seed=seed,
+            device=self.device,
+            on_epoch=on_epoch,
+        )
+
+
+def refuse_unusable(label: str, n: int, stats: dict[str, Any]) -> None:
+    """A layer an SAE cannot be trained on (or measured on) fails by name, before any work.
+    `stats`: measures.input_stats of its activations."""
+    if not stats["finite"]:
         raise LaminarError(f"{label}: activations contain NaN or inf; nothing was trained.")
-    if constant:
-        kind = "all zero" if all_zero else "the same vector for every token"
+    if stats["constant"]:
+        kind = "all zero" if stats["all_zero"] else "the same vector for every token"
         raise LaminarError(
             f"{label}: its activations do not vary ({kind}, {n} tokens): an SAE has "
             "nothing to learn there and FVU is undefined; check --hook, or leave the layer out "
@@ -45,62 +81,33 @@ def refuse_unusable(label: str, n: int, finite: bool, constant: bool, all_zero: 
         )
 
 
+def checked_stats(layer: InMemory | Streamed, label: str) -> dict[str, Any]:
+    """The layer's input statistics (measures.input_stats), refused by name when unusable;
+    only the reported ones are returned."""
+    stats = measures.input_stats(layer.chunks())
+    refuse_unusable(label, layer.n_rows, stats)
+    return {k: stats[k] for k in INPUT_COLUMNS}
+
+
 def train_layer(
-    x_np: np.ndarray,
+    layer: InMemory | Streamed,
     cfg: Config,
     label: str,
     seed: int = 0,
-    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
-) -> tuple[dict[str, Any], sae.TiedSAE]:
-    """Train on one layer's activations (N, d) in full batch, the course's way: its metrics and
-    loss curve, and the SAE."""
-    refuse_unusable(label, len(x_np), bool(np.isfinite(x_np).all()), False, False)
-    device = resolve_device(cfg.device)
+    on_epoch: OnEpoch = None,
+) -> tuple[dict[str, Any], course.TiedSAE]:
+    """Train a fresh SAE on one layer (in full batch or minibatches, as `layer` says): its
+    metrics row and loss curve, and the SAE. Every path measures with tasks.sae.measures."""
     start = time.perf_counter()
-    with warnings.catch_warnings():  # Arrow's buffer is read-only; nothing writes to x
-        warnings.simplefilter("ignore", UserWarning)
-        x = torch.from_numpy(x_np).to(device)
-    var = sae.variance(x)
-    refuse_unusable(label, x.shape[0], True, var == 0, not x.any())
+    device = resolve_device(cfg.device)
+    stats = checked_stats(layer, label)
     with matmul_precision(cfg.precision):
-        settings = cfg.subset(*SAE_FIELDS, "precision")
-        result = sae.train(x, **settings, seed=seed, on_epoch=on_epoch)
+        result = layer.fit(cfg, seed, on_epoch)
     check_losses(label, result.losses)
     with matmul_precision("fp32"):  # metrics are exact whatever the training's precision
-        out = {**sae.metrics(result.sae, x), **input_stats(x)}
-    return finish(out, result, start, device, x.shape, var, label), result.sae
-
-
-def train_layer_streamed(
-    src: store.ActivationFile,
-    cfg: Config,
-    label: str,
-    seed: int = 0,
-    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
-) -> tuple[dict[str, Any], sae.TiedSAE]:
-    """Train on one layer's activations in minibatches of cfg.batch_tokens tokens, read from
-    the file a row group at a time (tasks.minibatch): memory does not grow with N."""
-    device = resolve_device(cfg.device)
-    start = time.perf_counter()
-    stats = minibatch.input_stats(src, device)
-    refuse_unusable(
-        label, src.n_rows, stats.pop("finite"), stats.pop("constant"), stats.pop("all_zero")
-    )
-    with matmul_precision(cfg.precision):
-        result = minibatch.train(
-            src,
-            batch_tokens=cfg.batch_tokens,
-            **cfg.subset(*SAE_FIELDS, "precision"),
-            seed=seed,
-            device=device,
-            on_epoch=on_epoch,
-        )
-    check_losses(label, result.losses)
-    with matmul_precision("fp32"):
-        out = {**minibatch.metrics(result.sae, src, stats["x_var"], device), **stats}
-    return finish(
-        out, result, start, device, (src.n_rows, src.d), stats["x_var"], label
-    ), result.sae
+        out = {**measures.metrics(result.sae, layer.chunks(), stats["x_var"]), **stats}
+    where = (device, layer.n_rows, start)
+    return finish(out, result.losses, result.sae, where, label), result.sae
 
 
 def check_losses(label: str, losses: list[float]) -> None:
@@ -112,35 +119,32 @@ def check_losses(label: str, losses: list[float]) -> None:
 
 
 def finish(
-    out: dict[str, Any],
-    result: sae.TrainResult,
-    start: float,
-    device: str,
-    shape: tuple[int, int],
-    var: float,
-    label: str,
+    out: dict[str, Any], losses: list[float], model: Any, where: tuple[str, int, float], label: str
 ) -> dict[str, Any]:
-    """The layer's metrics row: the SAE's metrics and input statistics, the histogram of latent
-    frequencies, the loss curve and where and how long it ran. Every number is finite, or the
-    layer fails by name."""
+    """The layer's metrics row, for a trained SAE and a published one alike: the SAE's metrics
+    and input statistics, the histogram of latent frequencies, the loss curve ([] for a
+    published SAE) and where and how long it ran. Every number is finite, or the layer fails by
+    name. `where`: (device, tokens measured, perf_counter at the layer's start)."""
+    device, n_tokens, start = where
+    m, d = model.weight.shape
     out.update(
         freq_hist=freq_hist(out.pop("latent_freq")),
-        final_loss=result.losses[-1],
+        final_loss=losses[-1] if losses else out.get("final_loss"),
         seconds=time.perf_counter() - start,
         device=device,
         hardware=describe_device(device),
         ran_on=this_process(),
-        n_tokens=shape[0],
-        d=shape[1],
-        latent=result.sae.weight.shape[0],
-        k=result.sae.k,
-        loss_curve=result.losses,
+        n_tokens=n_tokens,
+        d=d,
+        latent=m,
+        k=int(getattr(model, "k", 0) or 0),
+        loss_curve=losses,
     )
     bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:  # never reported as a number: the layer fails by name instead
         raise LaminarError(
-            f"{label}: {', '.join(bad)} came out as {out[bad[0]]} (activation variance {var:.3g}); "
-            "nothing was written for this layer."
+            f"{label}: {', '.join(bad)} came out as {out[bad[0]]} (activation variance "
+            f"{out['x_var']:.3g}); nothing was written for this layer."
         )
     return out
 
@@ -187,12 +191,13 @@ def train_sae(
     progress.parent.mkdir(parents=True, exist_ok=True)
     every = -1.0 if cfg.quiet else cfg.progress_every
     report = EpochReporter(label, cfg.epochs, every, progress)
+    device = resolve_device(cfg.device)
     try:
         if cfg.batch_tokens:
-            src = store.ActivationFile(acts)
-            out, model = train_layer_streamed(src, cfg, label, sae_seed, report)
+            layer_data: InMemory | Streamed = Streamed(store.ActivationFile(acts), device)
         else:
-            out, model = train_layer(store.read_activations(acts), cfg, label, sae_seed, report)
+            layer_data = InMemory(store.read_activations(acts), device)
+        out, model = train_layer(layer_data, cfg, label, sae_seed, report)
     finally:
         progress.unlink(missing_ok=True)
     saved = []
@@ -201,8 +206,8 @@ def train_sae(
         store.sweep_temporaries(folder)  # a killed run's half-written SAE (151-419 MB each)
         about = {"layer": layer, "sae_seed": sae_seed, "activations": acts}
         about["settings"] = paths.layer_settings(cfg, sae_seed)
-        sae.save(model, folder, f"blocks.{layer}.{cfg.hook}", name, about)
-        saved = [store.file_record(folder / f) for f in (sae.WEIGHTS_FILE, sae.CFG_FILE)]
+        files.save(model, folder, f"blocks.{layer}.{cfg.hook}", name, about)
+        saved = [store.file_record(folder / f) for f in (files.WEIGHTS_FILE, files.CFG_FILE)]
     row = {"model": name, "layer": layer, "sae_seed": sae_seed, **out}
     record = write_layer_json(cfg, acts, row, label, sae_seed)
     get_run_logger().info(

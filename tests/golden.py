@@ -44,7 +44,7 @@ def measure(name: str, folder: Path) -> dict[str, Any]:
     """One case's metrics row (timings and places dropped) and its SAE's weights' sha256."""
     from tasks.config import Config
     from tasks.store import ActivationFile, activation_schema, activation_table, file_record
-    from tasks.train import train_layer, train_layer_streamed
+    from tasks.train import InMemory, Streamed, train_layer
 
     overrides, streamed = CASES[name]
     cfg = Config(device="cpu", epochs=20, **overrides)
@@ -58,9 +58,10 @@ def measure(name: str, folder: Path) -> dict[str, Any]:
                 part = x[start : start + 200]
                 rows = np.arange(start, start + len(part))
                 writer.write_table(activation_table(rows, rows, rows, part))
-        out, model = train_layer_streamed(ActivationFile(file_record(path)), cfg, "gold", 0)
+        data: InMemory | Streamed = Streamed(ActivationFile(file_record(path)), "cpu")
     else:
-        out, model = train_layer(x, cfg, "gold", 0)
+        data = InMemory(x, "cpu")
+    out, model = train_layer(data, cfg, "gold", 0)
     weights = model.weight.detach().contiguous().numpy().tobytes()
     drop = {"seconds", "device", "hardware", "ran_on"}
     row = {k: plain(v) for k, v in sorted(out.items()) if k not in drop}

@@ -79,25 +79,25 @@ def test_quick_benchmark_runs_and_agrees_with_the_baseline(tmp_path: Path) -> No
 
 
 def test_abtest_times_a_commit_against_the_working_tree() -> None:
-    """benchmarks/abtest.py imports tasks/sae.py as it was at a commit; against the commit whose
-    step this is (the last one that changed tasks/sae.py), training is the same bit for bit."""
+    """benchmarks/abtest.py imports tasks/sae as it was at a commit; against the commit whose
+    step this is (the last one that changed tasks/sae), training is the same bit for bit."""
     from benchmarks import abtest
-    from tasks import sae
+    from tasks.sae import fit
 
     rev = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "tasks/sae.py"],
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%H", "--", "tasks/sae"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
     if subprocess.run(
-        ["git", "-C", str(ROOT), "diff", "--quiet", rev, "--", "tasks/sae.py"]
+        ["git", "-C", str(ROOT), "diff", "--quiet", rev, "--", "tasks/sae"]
     ).returncode:
-        pytest.skip("tasks/sae.py has uncommitted changes")
-    with pytest.raises(SystemExit, match=r"'no-such-commit' has no tasks/sae\.py here"):
+        pytest.skip("tasks/sae has uncommitted changes")
+    with pytest.raises(SystemExit, match=r"'no-such-commit' has no tasks/sae here"):
         abtest.sae_at("no-such-commit")
     base = abtest.sae_at(rev)
-    assert base is not sae and base.loss_and_grad is not sae.loss_and_grad
+    assert base is not fit and base.train is not fit.train
     for precision in ("fp32", "bf16"):
         row = abtest.compare(base, 300, 32, precision, "cpu", rounds=2, epochs=2)
         assert row["same_weights"] and row["max_rel_loss_diff"] == 0.0

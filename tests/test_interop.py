@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
 from conftest import ROOT, ArticleServer, quick_config
 
 from flows.laminar import laminar
-from tasks import sae, store
+from tasks import store
+from tasks.sae import files
 
 pytestmark = pytest.mark.interop
 INTEROP_PYTHON = ROOT / ".venv-interop" / "bin" / "python"
@@ -60,7 +62,7 @@ def test_saelens_reads_laminars_sae_and_gets_its_numbers(
         cwd=tmp_path,  # not the repo: nothing of laminar is importable there
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    ours = sae.load(folder)
+    ours = files.load(folder)
     assert out.stdout.split() == ["TopKSAE", str(ours.k)]
 
     x = torch.from_numpy(store.read_activations(store.file_record(parquet)).copy())
@@ -79,7 +81,7 @@ def test_saelens_reads_laminars_sae_and_gets_its_numbers(
 
     with open(Path(summary["report"]) / "metrics.csv") as f:
         [row] = list(csv.DictReader(f))
-    again = sae.metrics(ours, x)
+    again = reference.metrics(ours, x)
     assert again["density_pct"] == pytest.approx(float(row["density_pct"]), rel=1e-9)
     assert again["final_mse"] == pytest.approx(float(row["final_mse"]), rel=1e-6)
 

@@ -75,8 +75,8 @@ def test_streamed_cards_equal_those_of_the_whole_layer(tmp_path) -> None:  # typ
     import pyarrow.parquet as pq
     import torch
 
-    from tasks import sae
     from tasks.latents import layer_cards
+    from tasks.sae import course, files
     from tasks.store import activation_schema, activation_table, file_record
 
     rng = np.random.default_rng(3)
@@ -87,11 +87,11 @@ def test_streamed_cards_equal_those_of_the_whole_layer(tmp_path) -> None:  # typ
             writer.write_table(
                 activation_table(WHERE[rows, 0], WHERE[rows, 1], WHERE[rows, 1], x[rows])
             )
-    model = sae.TiedSAE(16, 32, 10, torch.Generator().manual_seed(0))
-    sae.save(model, tmp_path / "sae", "blocks.0.mlp.hook_pre", "m", {})
+    model = course.TiedSAE(16, 32, 10, torch.Generator().manual_seed(0))
+    files.save(model, tmp_path / "sae", "blocks.0.mlp.hook_pre", "m", {})
     result = {
         "activations": file_record(tmp_path / "L00.parquet"),
-        "sae_files": [file_record(tmp_path / "sae" / sae.WEIGHTS_FILE)],
+        "sae_files": [file_record(tmp_path / "sae" / files.WEIGHTS_FILE)],
     }
     with torch.no_grad():
         whole = cards(model.encode(torch.from_numpy(x)).numpy(), WHERE, BATCH, decode, seed=0)

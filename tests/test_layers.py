@@ -25,24 +25,35 @@ def imported(path: Path) -> set[str]:
     return names
 
 
+def unit(path: Path) -> str:
+    """The layered unit a file belongs to: its module, or its package (tasks/sae/fit.py: sae)."""
+    rel = path.relative_to(ROOT / "tasks")
+    return rel.parts[0] if len(rel.parts) > 1 else path.stem
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in (ROOT / "tasks").rglob("*.py") if p != ROOT / "tasks/__init__.py")
+
+
 def test_every_module_has_a_layer() -> None:
-    modules = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
-    assert modules == set(LAYER), "place new modules in tasks.LAYERS (tasks/__init__.py)"
+    assert {unit(p) for p in sources()} == set(LAYER), (
+        "place new modules in tasks.LAYERS (tasks/__init__.py)"
+    )
 
 
 def test_imports_run_down_the_layers_only() -> None:
+    """A package (tasks/sae/) is one unit: its modules import each other, and go down only."""
     wrong = []
-    for path in sorted((ROOT / "tasks").glob("*.py")):
-        if path.stem == "__init__":
-            continue
+    for path in sources():
+        here = unit(path)
         for name in sorted(imported(path)):
+            other = name.split(".")[1] if name.startswith("tasks.") else ""
             if name.split(".")[0] == "flows":
-                wrong.append(f"{path.stem} imports {name} (flows/ is above every task module)")
-            elif name.startswith("tasks.") and LAYER[name[6:]] >= LAYER[path.stem]:
-                wrong.append(
-                    f"{path.stem} (layer {LAYER[path.stem]}) imports {name[6:]} "
-                    f"(layer {LAYER[name[6:]]})"
-                )
+                wrong.append(f"{here} imports {name} (flows/ is above every task module)")
+            elif other and other != here and LAYER[other] >= LAYER[here]:
+                wrong.append(f"{here} (layer {LAYER[here]}) imports {other} (layer {LAYER[other]})")
+            elif other == here and path.parent == ROOT / "tasks":
+                wrong.append(f"{here} imports itself")
     assert not wrong, "\n".join(wrong)
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import reference
 import torch
 from conftest import ArticleServer, quick_config
 
-from tasks import minibatch, sae
+from tasks import minibatch
+from tasks.sae import course, fit, measures
 from tasks.store import ActivationFile, activation_schema, activation_table, file_record
-from tasks.train import input_stats
 
 SETTINGS = {"expansion": 2, "topk_frac": 1 / 3, "lr": 1e-3, "l1": 1.0}
 
@@ -38,7 +39,7 @@ def layer(tmp_path: Path) -> tuple[np.ndarray, ActivationFile]:
 
 def test_whole_layer_as_one_minibatch_is_the_full_batch_step(layer: tuple) -> None:
     x, src = layer
-    full = sae.train(torch.from_numpy(x), epochs=3, seed=4, **SETTINGS)
+    full = fit.train(torch.from_numpy(x), epochs=3, seed=4, **SETTINGS)
     mini = minibatch.train(src, batch_tokens=300, epochs=3, seed=4, device="cpu", **SETTINGS)
     w, w_mini = full.sae.weight.detach(), mini.sae.weight.detach()
     assert torch.linalg.norm(w_mini - w) / torch.linalg.norm(w) < 1e-6
@@ -51,14 +52,13 @@ def test_minibatch_training_is_an_adam_step_per_minibatch(layer: tuple) -> None:
     an Adam step for each, every epoch; the epoch's loss the token-weighted mean."""
     x, src = layer
     mini = minibatch.train(src, batch_tokens=64, epochs=3, seed=4, device="cpu", **SETTINGS)
-    ref, opt = sae.fresh(16, 2, 1 / 3, SETTINGS["lr"], 4, "cpu")
+    ref, opt = course.fresh(16, 2, 1 / 3, SETTINGS["lr"], 4, "cpu")
     rng, losses = np.random.default_rng(4), []
     for _ in range(3):
         total = 0.0
         for xb in minibatch.minibatches(src, 64, rng):
             batch = torch.from_numpy(xb)
-            x_hat, z = ref(batch)
-            loss = sae.sae_loss(batch, x_hat, z, SETTINGS["l1"])
+            loss = reference.autograd_loss(ref, batch, SETTINGS["l1"])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -88,29 +88,36 @@ def test_shuffle_is_seeded_and_each_token_is_seen_once_an_epoch(layer: tuple) ->
     assert len(groups) > 1
 
 
-def test_streamed_statistics_and_metrics_equal_the_full_batch_ones(layer: tuple) -> None:
+def test_statistics_and_metrics_by_row_group_equal_those_of_the_whole_layer(
+    layer: tuple,
+) -> None:
+    """tasks.sae.measures accumulates over chunks: the file's row groups give the numbers of
+    the layer held whole as one chunk."""
     x, src = layer
-    model = sae.train(torch.from_numpy(x), epochs=5, seed=0, **SETTINGS).sae
-    stats = minibatch.input_stats(src, "cpu")
-    want = input_stats(torch.from_numpy(x))
-    for key in want:
-        assert stats[key] == pytest.approx(want[key], rel=1e-5), key
+    model = fit.train(torch.from_numpy(x), epochs=5, seed=0, **SETTINGS).sae
+    stats = measures.input_stats(minibatch.chunks(src, "cpu"))
+    want = measures.input_stats([torch.from_numpy(x)])
+    assert stats == pytest.approx(want, rel=1e-6)
     assert stats["finite"] and not stats["constant"]
-    got = minibatch.metrics(model, src, stats["x_var"], "cpu")
-    ref = sae.metrics(model, torch.from_numpy(x))
+    got = measures.metrics(model, minibatch.chunks(src, "cpu"), stats["x_var"])
+    ref = measures.metrics(model, [torch.from_numpy(x)], want["x_var"])
     np.testing.assert_allclose(got.pop("latent_freq"), ref.pop("latent_freq"), rtol=1e-6)
-    assert got == pytest.approx(ref, rel=1e-5)
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+def stats_of(src: ActivationFile) -> dict:
+    return measures.input_stats(minibatch.chunks(src, "cpu"))
 
 
 def test_constant_and_broken_layers_are_found_by_streaming(tmp_path: Path) -> None:
     same = np.tile(np.linspace(-1, 1, 16, dtype=np.float32) * 0.1, (100, 1))
-    stats = minibatch.input_stats(write_layer(tmp_path / "c.parquet", same, 30), "cpu")
+    stats = stats_of(write_layer(tmp_path / "c.parquet", same, 30))
     assert stats["constant"] and not stats["all_zero"]
-    zero = minibatch.input_stats(write_layer(tmp_path / "z.parquet", same * 0, 30), "cpu")
+    zero = stats_of(write_layer(tmp_path / "z.parquet", same * 0, 30))
     assert zero["constant"] and zero["all_zero"]
     bad = same.copy()
     bad[77, 3] = np.nan
-    assert not minibatch.input_stats(write_layer(tmp_path / "n.parquet", bad, 30), "cpu")["finite"]
+    assert not stats_of(write_layer(tmp_path / "n.parquet", bad, 30))["finite"]
 
 
 def test_a_minibatch_run_caches_and_resumes_like_any_other(

@@ -263,19 +263,20 @@ def test_hostile_sae_folders_are_refused_up_front_in_one_sentence(
 def test_each_architecture_encodes_as_saelens_defines_it_by_hand() -> None:
     """standard, topk and jumprelu on a hand-made case where the threshold and k decide which
     latents fire (SAELens's own code agrees: test_interop.py)."""
-    from tasks.saelens import PublishedSAE
+    from tasks.sae.files import PUBLISHED
 
     eye = torch.eye(4)
     state = {"W_enc": eye, "b_enc": torch.zeros(4), "W_dec": eye, "b_dec": torch.zeros(4)}
     x = torch.tensor([[3.0, -1.0, 0.5, 2.0], [0.25, 0.5, 0.125, 0.375]])
-    standard = PublishedSAE({"architecture": "standard"}, state).encode(x)
+    standard = PUBLISHED["standard"]({"architecture": "standard"}, state).encode(x)
     assert standard.tolist() == [[3.0, 0.0, 0.5, 2.0], [0.25, 0.5, 0.125, 0.375]]
-    topk = PublishedSAE({"architecture": "topk", "k": 2}, state).encode(x)
+    topk = PUBLISHED["topk"]({"architecture": "topk", "k": 2}, state).encode(x)
     assert topk.tolist() == [[3.0, 0.0, 0.0, 2.0], [0.0, 0.5, 0.0, 0.375]]  # the 2 largest
     threshold = torch.tensor([2.5, 0.0, 0.6, 0.4])  # fires where pre > threshold
-    jump = PublishedSAE({"architecture": "jumprelu"}, {**state, "threshold": threshold})
+    jump = PUBLISHED["jumprelu"]({"architecture": "jumprelu"}, {**state, "threshold": threshold})
     assert jump.encode(x).tolist() == [[3.0, 0.0, 0.0, 2.0], [0.0, 0.5, 0.0, 0.0]]
-    logged = PublishedSAE({"architecture": "jumprelu"}, {**state, "log_threshold": threshold.log()})
+    logged_state = {**state, "log_threshold": threshold.log()}
+    logged = PUBLISHED["jumprelu"]({"architecture": "jumprelu"}, logged_state)
     assert torch.equal(logged.encode(x), jump.encode(x))
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference
 import torch
 
-from tasks import sae
 from tasks.config import SAE_FIELDS, Config
 from tasks.precision import matmul_precision
+from tasks.sae import course, fit, kernels
 
 
-def hand_sae() -> sae.TiedSAE:
-    model = sae.TiedSAE(2, 4, k=1, generator=torch.Generator().manual_seed(0))
+def hand_sae() -> course.TiedSAE:
+    model = course.TiedSAE(2, 4, k=1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
     return model
@@ -25,7 +26,7 @@ def test_metrics_by_hand() -> None:
     # Token 1: x W^T = [2, 1, -2, -1] -> ReLU [2, 1, 0, 0] -> top-1 [2, 0, 0, 0] -> x̂ = [2, 0].
     # Token 2: [0, -3, 0, 3] -> [0, 0, 0, 3] -> x̂ = [0, -3].  Squared errors 0, 1, 0, 0.
     x = torch.tensor([[2.0, 1.0], [0.0, -3.0]])
-    m = sae.metrics(hand_sae(), x)
+    m = reference.metrics(hand_sae(), x)
     assert m["final_mse"] == pytest.approx(0.25)
     assert m["density_pct"] == pytest.approx(25.0)  # 2 of 8 latent entries
     assert m["l0"] == pytest.approx(1.0)
@@ -38,7 +39,7 @@ def test_metrics_by_hand() -> None:
 def test_loss_by_hand() -> None:
     x = torch.tensor([[2.0, 1.0], [0.0, -3.0]])
     x_hat, z = hand_sae()(x)
-    assert sae.sae_loss(x, x_hat, z, l1=1.0).item() == pytest.approx(0.25 + 5 / 8)
+    assert reference.sae_loss(x, x_hat, z, l1=1.0).item() == pytest.approx(0.25 + 5 / 8)
 
 
 def test_topk_keeps_ties_and_zero_disables() -> None:
@@ -52,7 +53,7 @@ def test_topk_keeps_ties_and_zero_disables() -> None:
 
 @pytest.mark.parametrize("latent", [6, 512, 1536, 6144, 10240])
 def test_k_is_the_course_third(latent: int) -> None:
-    assert sae.topk_k(latent, 1 / 3) == latent // 3
+    assert kernels.topk_k(latent, 1 / 3) == latent // 3
 
 
 class CourseSAE(torch.nn.Module):
@@ -71,10 +72,10 @@ class CourseSAE(torch.nn.Module):
 
 def test_training_matches_the_course_loop() -> None:
     x = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
-    ours = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=20, lr=1e-2, l1=1.0, seed=3)
+    ours = fit.train(x, expansion=2, topk_frac=1 / 3, epochs=20, lr=1e-2, l1=1.0, seed=3)
     ref = CourseSAE(16, 32)
     with torch.no_grad():
-        fresh = sae.TiedSAE(16, 32, 10, torch.Generator().manual_seed(3))
+        fresh = course.TiedSAE(16, 32, 10, torch.Generator().manual_seed(3))
         ref.encoder.weight.copy_(fresh.weight)
     opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     ref_losses = []
@@ -89,15 +90,15 @@ def test_training_matches_the_course_loop() -> None:
     assert ours.losses[-1] < ours.losses[0]
     with torch.no_grad():
         assert (ref(x)[1] != 0).float().mean().item() * 100 == pytest.approx(
-            sae.metrics(ours.sae, x)["density_pct"], rel=1e-6
+            reference.metrics(ours.sae, x)["density_pct"], rel=1e-6
         )
 
 
 def test_same_seed_same_sae() -> None:
     x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
-    a = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
-    b = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
-    c = sae.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=5)
+    a = fit.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
+    b = fit.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=4)
+    c = fit.train(x, expansion=2, topk_frac=1 / 3, epochs=3, lr=1e-3, l1=1.0, seed=5)
     assert torch.equal(a.sae.weight, b.sae.weight) and not torch.equal(a.sae.weight, c.sae.weight)
 
 
@@ -105,12 +106,11 @@ def test_same_seed_same_sae() -> None:
 def test_hand_gradient_equals_autograd(k: int) -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(64, 16, generator=g)
-    model = sae.TiedSAE(16, 32, k, g)
-    loss = sae.loss_and_grad(model, x, l1=0.7)
+    model = course.TiedSAE(16, 32, k, g)
+    loss = course.loss_and_grad(model, x, l1=0.7)
     hand = model.weight.grad.clone()
     model.weight.grad = None
-    x_hat, z = model(x)
-    ref = sae.sae_loss(x, x_hat, z, l1=0.7)
+    ref = reference.autograd_loss(model, x, l1=0.7)
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)
@@ -123,10 +123,10 @@ def test_saved_sae_reads_back_in_saelens_terms(tmp_path: Path) -> None:
     that gives laminar's latents and reconstruction."""
     from safetensors.torch import load_file
 
-    from tasks.sae import CFG_FILE, WEIGHTS_FILE, load, save
+    from tasks.sae.files import CFG_FILE, WEIGHTS_FILE, load, save
 
     gen = torch.Generator().manual_seed(3)
-    model = sae.TiedSAE(8, 16, 5, gen)
+    model = course.TiedSAE(8, 16, 5, gen)
     save(model, tmp_path / "sae", "blocks.2.mlp.hook_pre", "gpt2", {"layer": 2})
     cfg = json.loads((tmp_path / "sae" / CFG_FILE).read_text())
     assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 8, 16, 5)
@@ -161,14 +161,14 @@ def test_bf16_training_stays_within_one_bf16_rounding_of_fp32() -> None:
     x = rng.standard_normal((1023, 128)) * rng.uniform(0.2, 2.0, 128) + rng.standard_normal(128)
     x = torch.from_numpy(x.astype(np.float32))
     settings = Config().subset(*SAE_FIELDS)  # the course's: 75 epochs, lr 1e-4, k = m/3
-    fp32 = sae.train(x, **settings, seed=0)
-    bf16 = sae.train(x, **settings, seed=0, precision="bf16")
+    fp32 = fit.train(x, **settings, seed=0)
+    bf16 = fit.train(x, **settings, seed=0, precision="bf16")
     assert bf16.losses == pytest.approx(fp32.losses, rel=2**-9)
     # bf16 really ran: a difference of zero would pass every tolerance above
     assert not torch.equal(bf16.sae.weight, fp32.sae.weight) and bf16.losses != fp32.losses
     falls = np.diff(fp32.losses) < 0
     assert falls.all() and (np.diff(bf16.losses) < 0).all()
-    want, got = sae.metrics(fp32.sae, x), sae.metrics(bf16.sae, x)
+    want, got = reference.metrics(fp32.sae, x), reference.metrics(bf16.sae, x)
     for key in ("final_mse", "fvu", "l0"):
         assert got[key] == pytest.approx(want[key], rel=2**-9), key
     # density_activation scales by the most and least active latents (min-max), so one extreme
@@ -186,20 +186,18 @@ def test_the_step_reuses_its_buffers_for_every_batch_size() -> None:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(200, 16, generator=g)
     x[:3] = 0  # rows whose latents are all 0: the k-th largest is 0, nothing is kept
-    model = sae.TiedSAE(16, 48, 16, g)
-    ws = sae.Workspace()
-    sae.loss_and_grad(model, x, 1.0, ws)
-    made = {name: (buf.data_ptr(), buf.numel()) for name, buf in ws.buffers().items()}
+    model = course.TiedSAE(16, 48, 16, g)
+    ws = course.Workspace()
+    course.loss_and_grad(model, x, 1.0, ws)
+    made = {name: (buf.data_ptr(), buf.numel()) for name, buf in reference.buffers(ws).items()}
     assert sum(size for _, size in made.values()) == 4 * (3 * 200 * 48 + 2 * 200 * 16 + 48 * 16)
     for batch in (x, x[:77]):
-        loss = sae.loss_and_grad(model, batch, 1.0, ws)
+        loss = course.loss_and_grad(model, batch, 1.0, ws)
         hand = model.weight.grad.clone()
-        assert {n: (b.data_ptr(), b.numel()) for n, b in ws.buffers().items()} == made
+        assert {n: (b.data_ptr(), b.numel()) for n, b in reference.buffers(ws).items()} == made
         model.weight.grad = None
-        with torch.enable_grad():
-            x_hat, z = model(batch)
-            ref = sae.sae_loss(batch, x_hat, z, l1=1.0)
-            ref.backward()
+        ref = reference.autograd_loss(model, batch, l1=1.0)
+        ref.backward()
         assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
         assert torch.allclose(hand, model.weight.grad, rtol=1e-5, atol=1e-7)
 
@@ -209,7 +207,7 @@ def topk_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     at least the smallest float > 0."""
     relu = z.clamp(min=0)
     kth = torch.topk(relu, k, dim=1).values[:, -1:] if 0 < k < z.shape[1] else relu[:, :1] * 0
-    return kth.clamp(min=sae.tiny(z.dtype))
+    return kth.clamp(min=kernels.tiny(z.dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -226,15 +224,15 @@ def test_the_selection_keeps_what_topk_keeps(dtype: torch.dtype) -> None:
     z[4, :10] = 1e-40 if dtype == torch.float32 else 1e-39  # subnormal positives
     for k in (0, 1, 5, 32, 95, 96):
         for rows in (z, z[:1], z[:130]):
-            got = sae.threshold(rows, k, sae.Workspace())
+            got = kernels.threshold(rows, k, course.Workspace())
             assert got.dtype == dtype and torch.equal(got, topk_threshold(rows, k)), (k, len(rows))
-            mask = sae.keep_mask(rows.clone(), k, sae.Workspace())
+            mask = kernels.keep_mask(rows.clone(), k, course.Workspace())
             assert torch.equal(mask != 0, rows >= got)
-            kept = sae.masked(rows.clone(), mask)
+            kept = kernels.masked(rows.clone(), mask)
             assert torch.equal(kept, torch.where(rows >= got, rows, 0).to(dtype))
 
 
-def topk_step(model: sae.TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
+def topk_step(model: course.TiedSAE, x: torch.Tensor, l1: float) -> torch.Tensor:
     """The fp32 step as laminar computed it with torch.topk on the ReLU'd latents and a 0/1
     float mask: the reference the faster selection must match bit for bit."""
     w = model.weight.detach()
@@ -260,14 +258,14 @@ def test_fp32_training_is_bit_for_bit_the_topk_step(k: int) -> None:
     x[:3] = 0
     x[3:6] = x[6]  # repeated rows
     for batch in (x, x[:77]):
-        ours = sae.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
-        ref = sae.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
+        ours = course.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
+        ref = course.TiedSAE(16, 48, k, torch.Generator().manual_seed(1))
         opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (ours, ref)]
-        ws = sae.Workspace()
+        ws = course.Workspace()
         for _ in range(10):
             with torch.no_grad():
                 assert (
-                    sae.loss_and_grad(ours, batch, 1.0, ws).item()
+                    course.loss_and_grad(ours, batch, 1.0, ws).item()
                     == topk_step(ref, batch, 1.0).item()
                 )
             for opt in opts:

@@ -281,7 +281,8 @@ def expected_splices(cfg, first: int) -> dict[tuple[int, int], dict]:  # type: i
     the run's held-out windows with a fresh Splicer spliced from `first`."""
     import numpy as np
 
-    from tasks import saelens, store
+    from tasks import store
+    from tasks.sae import files
 
     [held] = cfg.root.glob("tokens/*-eval*.parquet")
     tokens = torch.from_numpy(store.read_batch(store.file_record(held)).astype(np.int64))
@@ -294,7 +295,7 @@ def expected_splices(cfg, first: int) -> dict[tuple[int, int], dict]:  # type: i
         where = splice.Where(f"blocks.{row['layer']}.{cfg.hook}", first, cfg.extract_batch)
         with torch.inference_mode():
             got = splice.Splicer(("fresh",), bridge).measure(
-                saelens.load(sae_dir), tokens, "fresh", where
+                files.load(sae_dir), tokens, "fresh", where
             )
         out[(row["layer"], row["sae_seed"])] = got
     return out

@@ -9,27 +9,28 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import reference
 import torch
 from prefect.logging import disable_run_logger
 
-from tasks import sae
 from tasks.config import Config, LaminarError
+from tasks.sae import files
 from tasks.store import activation_table, file_record
-from tasks.train import train_layer, train_sae
+from tasks.train import InMemory, train_layer, train_sae
 
 
 def test_nan_activations_fail_by_name() -> None:
     x = np.ones((10, 4), dtype=np.float32)
     x[3, 2] = np.nan
     with pytest.raises(LaminarError, match="gpt2 L7: activations contain NaN"):
-        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L7")
+        train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "gpt2 L7")
 
 
 def test_overflowing_loss_fails_by_name() -> None:
     x = np.full((10, 4), 1e25, dtype=np.float32)
     x[::2] *= -1  # varies (a constant layer fails earlier, for another reason)
     with pytest.raises(LaminarError, match=r"gpt2 L1: the SAE loss became (inf|nan) at epoch 0"):
-        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L1")
+        train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "gpt2 L1")
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_overflowing_loss_fails_by_name() -> None:
 def test_activations_that_do_not_vary_fail_by_name(value: float, kind: str) -> None:
     x = np.full((10, 4), value, dtype=np.float32)
     with pytest.raises(LaminarError, match=f"gpt2 L2: its activations do not vary \\({kind}, 10"):
-        train_layer(x, Config(device="cpu", epochs=2), "gpt2 L2")
+        train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "gpt2 L2")
 
 
 def layer_file(tmp_path: Path) -> tuple[np.ndarray, Path]:
@@ -70,7 +71,7 @@ def test_train_task_writes_metrics_json(tmp_path: Path) -> None:
         folder / "sae_weights.safetensors",
         folder / "cfg.json",
     ]
-    again = sae.metrics(sae.load(folder), torch.from_numpy(acts))
+    again = reference.metrics(files.load(folder), torch.from_numpy(acts))
     assert again["density_pct"] == saved["density_pct"]
     assert again["final_mse"] == pytest.approx(saved["final_mse"], rel=1e-6)
     cfg_json = json.loads((folder / "cfg.json").read_text())
@@ -129,7 +130,7 @@ def test_default_metrics_are_those_recorded_before_the_robustness_options() -> N
     """The course's defaults give the numbers an earlier laminar recorded (tests/data): adding
     articles, minibatches and model families changed nothing of the default run."""
     want = json.loads(RECORDED.read_text())
-    out, _ = train_layer(course_layer(), Config(device="cpu"), "expect L0", seed=0)
+    out, _ = train_layer(InMemory(course_layer(), "cpu"), Config(device="cpu"), "expect L0", seed=0)
     assert (out["k"], out["latent"], out["freq_hist"]) == (
         want["k"],
         want["latent"],
