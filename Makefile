@@ -68,6 +68,7 @@ ui: setup
 # The docs site (mkdocs-material): the options page is made from the config model first.
 docs-options: setup
 	$(PY) -m tasks.cli docs/options.md
+	$(PY) -m tasks.columns docs/measures.md
 
 docs: docs-options
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000

@@ -172,7 +172,7 @@ def splice_all(
         args = (cfg, m["model"], m["weights_fingerprint"], r["layer"])
         args += (r["sae_files"], holdouts[m["tokenizer_fingerprint"]], label)
         task_name, future = run.submit(pool, splice_sae, *args)
-        jobs.append(Job(task_name, future, r["name"], None))  # a splice reports no epochs
+        jobs.append(Job(task_name, future, r["name"], None, "splice_seconds"))  # no epochs
         pairs.append((r, future))
     try:
         _, failed = run.gather(jobs, pool.slots, what="SAEs spliced in")

@@ -14,11 +14,12 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     host  prefect_api  precision  codehash     this process and machine; Prefect's private API;
                                                float32 matmul precision per block; code hashes
     paths  cli                                 where every file of a run goes; the command line
-    config  records                            the settings; the records tasks hand on
+    config  records  columns                   the settings; the records tasks hand on; every
+                                               column they carry, declared once
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
-    ("config", "records"),
+    ("config", "records", "columns"),
     ("paths", "cli"),
     ("host", "prefect_api", "precision", "codehash"),
     ("store", "saefiles"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from typing_extensions import NotRequired  # typing has it from Python 3.11
+
 
 class FileRecord(TypedDict):
     """A file a task wrote (tasks.store.file_record)."""
@@ -110,7 +112,9 @@ class ModelFacts(TypedDict):
 
 
 class LayerResult(TypedDict):
-    """train.train_sae: one SAE's metrics (the report's per-seed row) and where it came from."""
+    """train.train_sae / published.profile_sae: one SAE's metrics row (the report's per-seed
+    row) and where it came from; the flow adds its Splice measures (every key but `layer`).
+    Each key is a column declared, with its unit and meaning, in tasks.columns."""
 
     name: str
     layer: int
@@ -118,18 +122,22 @@ class LayerResult(TypedDict):
     activations: LayerFile
     json: FileRecord  # the metrics JSON (paths.layer_json)
     sae_files: list[FileRecord]  # the SAE's weights and cfg.json (paths.sae_dir); [] if not kept
-    density_pct: float  # % of (token, latent) entries non-zero
+    density_pct: float
+    final_loss: float
     final_mse: float
-    fvu: float  # final_mse / variance of the activations
-    l0: float  # mean non-zero latents per token
-    dead_pct: float  # % of latents that never fire
+    fvu: float
+    l0: float
+    dead_pct: float
     density_activation: float
+    explained_variance: float
+    l2_ratio: float
+    cossim: float
+    dense_pct: float
     x_mean_norm: float
     x_var: float
     x_neg_frac: float
     freq_hist: list[int]  # latents per log10-frequency bin (stats.FREQ_BINS)
-    final_loss: float
-    loss_curve: list[float]  # loss of each epoch, before its update
+    loss_curve: list[float]  # [] for a published SAE
     seconds: float
     device: str
     hardware: str
@@ -138,6 +146,7 @@ class LayerResult(TypedDict):
     d: int
     latent: int
     k: int
+    sae_source: NotRequired[str]  # a published SAE's source (--saes)
 
 
 class Report(TypedDict):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import cache, figures, paths, provenance
+from tasks import cache, columns, figures, paths, provenance
 from tasks.config import EXECUTION_FIELDS, Config
 from tasks.records import (
     Batch,
@@ -30,70 +30,11 @@ from tasks.records import (
 from tasks.stats import FREQ_BINS, claims, claims_markdown
 from tasks.store import atomic_path, file_record, write_bytes, write_json
 
-COURSE = [  # the course's measures and the ones laminar adds beside them (tasks.sae.metrics)
-    "density_pct",
-    "final_loss",
-    "final_mse",
-    "fvu",
-    "l0",
-    "dead_pct",
-    "density_activation",
-]
-TRAINING = [  # measured on the training tokens
-    *COURSE,
-    "explained_variance",
-    "l2_ratio",
-    "cossim",
-    "dense_pct",
-]
-# What each SAE costs the model (tasks.splice); None where a run measures none (--eval-seqs 0)
-DOWNSTREAM = [
-    "ce_clean",
-    "ce_sae",
-    "ce_ablation",
-    "ce_delta",
-    "ce_loss_score",
-    "kl_sae",
-    "kl_ablation",
-    "kl_div_score",
-]
-SPREAD = [*TRAINING, *DOWNSTREAM]  # averaged over SAE seeds, with <column>_sd
-# Why a score is undefined (tasks.splice.within_noise), None where it has a value; the same for
-# every seed (it depends on the clean and ablated passes only)
-UNDEFINED = ["ce_loss_score_undefined", "kl_div_score_undefined"]
-INPUTS = ["x_mean_norm", "x_var", "x_neg_frac"]
-COLUMNS = [
-    "model",
-    "layer",
-    "n_layers",
-    "rel_depth",
-    "n_seeds",
-    *SPREAD,
-    "seconds",
-    "device",
-    "n_tokens",
-    "d",
-    "latent",
-    "k",
-    *INPUTS,
-    "eval_tokens",
-    "eval_held_out",
-    "eval_in_sample",
-    *UNDEFINED,
-    *(f"{c}_sd" for c in SPREAD),
-]
-ARTIFACT_COLUMNS = [  # the UI's table: the course's measures, then the field's headline ones
-    "model",
-    "layer",
-    "n_layers",
-    "rel_depth",
-    "n_seeds",
-    *COURSE,
-    "explained_variance",
-    "ce_delta",
-    "ce_loss_score",
-    "kl_div_score",
-]
+# The tables' columns, from their declarations (tasks.columns)
+SPREAD = columns.SPREAD  # averaged over SAE seeds, with <column>_sd
+UNDEFINED = columns.group("undefined")
+COLUMNS = columns.METRICS
+ARTIFACT_COLUMNS = columns.UI  # the UI's table: the course's measures, then the field's headline
 TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
 
 
@@ -102,6 +43,7 @@ def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[di
     for one seed: no spread is measured), relative depth = layer / (n_layers - 1)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
+        columns.check_declared(r, f"the result of {r['name']} L{r['layer']}")
         groups.setdefault((r["name"], r["layer"]), []).append(r)
     rows = []
     for (name, layer), runs in sorted(groups.items()):
@@ -332,11 +274,8 @@ def write_report(
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
     rows = metric_rows(results, n_layers)
     by_seed = sorted(
-        (
-            {c: r.get(c) for c in ["name", "layer", "sae_seed", *SPREAD, *UNDEFINED, "seconds"]}
-            for r in results
-        ),
-        key=lambda r: (r["name"], r["layer"], r["sae_seed"]),
+        ({c: r.get(c) for c in columns.BY_SEED} | {"model": r["name"]} for r in results),
+        key=lambda r: (r["model"], r["layer"], r["sae_seed"]),
     )
     curves = [
         {"model": r["name"], "layer": r["layer"], "sae_seed": r["sae_seed"], "epoch": i, "loss": v}

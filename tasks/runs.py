@@ -56,13 +56,14 @@ def left_phrase(seconds: float | None) -> str:
 
 @dataclass
 class Job:
-    """One submitted task: its run name, future, model and epochs-done file (None for a task
-    that reports no epochs)."""
+    """One submitted task: its run name, future, model, epochs-done file (None for a task
+    that reports no epochs) and the key of its result that holds how long it took."""
 
     name: str
     future: Any
     model: str
     progress: Path | None
+    seconds_key: str = "seconds"
 
 
 class Progress:
@@ -270,7 +271,7 @@ class Runner:
                 seconds = None  # cached or failed layers say nothing about the time per layer
                 if state.is_completed():
                     results[future] = future.result()
-                    took = results[future].get("seconds", results[future].get("splice_seconds"))
+                    took = results[future].get(job.seconds_key)
                     seconds = None if state.name == "Cached" else took
                 else:
                     failed.append(f"{job.name}: {why_failed(future, state)}")

@@ -1,0 +1,61 @@
+"""Every column laminar writes is declared once (tasks.columns), with its unit and meaning; the
+records, the report's tables, the UI's table and docs/measures.md follow from the declarations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from tasks import columns, report
+from tasks.config import Config
+from tasks.records import LayerResult, Splice
+from tasks.train import InMemory, train_layer
+
+
+def test_the_records_carry_declared_columns_only() -> None:
+    """Each key of the per-SAE record and of the splice record is a declared column, and every
+    declared per-SAE column is a key of one of them."""
+    keys = set(LayerResult.__annotations__) | set(Splice.__annotations__)
+    assert columns.undeclared(keys) == []
+    per_sae = {c.name for c in columns.COLUMNS if c.group not in ("row",)} | {"layer", "sae_seed"}
+    assert per_sae - {"model"} <= keys | {"layer"}, per_sae - keys
+
+
+def test_a_trained_layers_row_is_its_record() -> None:
+    """What training writes for a layer is what LayerResult declares, key for key."""
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) + 1
+    out, _ = train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "t L0")
+    plumbing = {"name", "layer", "sae_seed", "activations", "json", "sae_files", "sae_source"}
+    assert set(out) == set(LayerResult.__annotations__) - plumbing
+    assert columns.undeclared(out) == []
+
+
+def test_an_undeclared_column_is_refused_where_the_report_reads_it() -> None:
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) + 1
+    out, _ = train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "t L0")
+    row = {"name": "m", "layer": 0, "sae_seed": 0, **out}
+    assert report.metric_rows([row], {"m": 2})[0]["density_pct"] == out["density_pct"]
+    with pytest.raises(ValueError, match=r"undeclared column\(s\) \['bogus_pct'\]"):
+        report.metric_rows([{**row, "bogus_pct": 1.0}], {"m": 2})
+
+
+def test_the_tables_are_made_from_the_declarations() -> None:
+    assert [
+        *(c.name for c in columns.COLUMNS if c.group != "record" and c.name != "sae_seed"),
+        *(f"{c.name}_sd" for c in columns.COLUMNS if c.spread),
+    ] == report.COLUMNS
+    assert report.ARTIFACT_COLUMNS[:5] == ["model", "layer", "n_layers", "rel_depth", "n_seeds"]
+    assert set(report.ARTIFACT_COLUMNS) <= set(report.COLUMNS)
+    assert all(c.unit is not None and c.meaning for c in columns.COLUMNS)
+
+
+def test_the_docs_list_every_column() -> None:
+    """docs/measures.md's column list is made from the declarations (`python -m tasks.columns
+    docs/measures.md` rewrites it)."""
+    page = (ROOT / "docs/measures.md").read_text()
+    assert page == columns.with_docs_table(page), (
+        "docs/measures.md's column list is stale: run `python -m tasks.columns docs/measures.md`"
+    )
+    for c in columns.COLUMNS:
+        assert f"| `{c.name}` |" in page
