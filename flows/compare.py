@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.config import LaminarError
 from tasks.provenance import differences
+from tasks.settings import LaminarError
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]

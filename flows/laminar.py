@@ -6,39 +6,28 @@ same typed model that builds the CLI)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
-
-# No telemetry from the ephemeral Prefect server (it would only time out on offline machines).
-os.environ.setdefault("DO_NOT_TRACK", "1")
-if __name__ == "__main__":  # a malformed flag fails in a second, before torch and Prefect load
-    from tasks.cli import exit_on_bad_flags
-
-    exit_on_bad_flags(sys.argv[1:])
 
 import cloudpickle
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import models, paths, provenance, published, saelens
-from tasks.cli import config_from_args
+from tasks import paths, provenance, saelens
 from tasks.cluster import fanout
-from tasks.config import Config, LaminarError, resolve_device
+from tasks.config import Config
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
-from tasks.progress import announce, check_splice_memory
+from tasks.preflight import checked_for
+from tasks.progress import announce
 from tasks.published import profile_sae
 from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report
-from tasks.runs import Job, Runner, check_deployment_targets
-from tasks.saelens import Entry
+from tasks.runs import Job, Runner
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.splice import release_splicers, splice_sae
-from tasks.store import check_writable
 from tasks.tokens import holdout, tokenize
 from tasks.train import train_sae
 
@@ -65,7 +54,7 @@ class LayerFailedError(Exception):
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
     started_at = provenance.now()
-    cfg, described, family = preflight(config)  # cfg: with --saes, the family's hook
+    cfg, described, family = checked_for(config)  # cfg: with --saes, the family's hook
     run = Runner(cfg)
     fetch = fetch_page.with_options(retries=cfg.fetch_retries)
     pages = run.each(fetch, [(cfg, url) for url in cfg.urls])
@@ -198,59 +187,7 @@ def sae_labels(cfg: Config, name: str, layer: int) -> list[tuple[int, str]]:
     return [(s, f"{name} L{layer}" + (f" s{s}" if many else "")) for s in cfg.sae_seeds]
 
 
-Checked = tuple[Config, list[ModelFacts], dict[int, Entry]]
-_CHECKED: dict[str, Checked] = {}  # config JSON -> what preflight found, checked by main
+if __name__ == "__main__":  # `python flows/laminar.py ARGS`: the `laminar` command
+    from flows.cli import laminar as command
 
-
-def preflight(cfg: Config, *, keep: bool = False) -> Checked:
-    """Checks that need no heavy work, so bad input fails in seconds with nothing lost:
-    the artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
-    which check it themselves), every model and its layers resolve. The CLI runs it before
-    Prefect starts and keeps the answer (`keep`) for the flow run it starts next, which takes
-    it instead of loading every tokenizer and model config again; any other flow run (a
-    deployment's, a second run in one process) checks for itself."""
-    given = cfg.model_dump_json()
-    if (checked := _CHECKED.pop(given, None)) is not None:
-        return checked
-    check_deployment_targets(cfg)
-    check_writable(cfg.root)
-    family: dict[int, Entry] = {}
-    if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
-        cfg, family = published.prepare(cfg)
-    described = [models.describe(cfg, m) for m in cfg.models]
-    if cfg.task_runner == "thread":  # Dask workers check their own device
-        check_splice_memory(cfg, described, resolve_device(cfg.device))
-    if family:
-        published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
-    if keep:
-        _CHECKED[given] = (cfg, described, family)
-    return cfg, described, family
-
-
-class _NoTracebackForUserErrors(logging.Filter):
-    """Prefect logs every task/flow exception with its traceback; for a LaminarError (bad input,
-    a fixable condition) the one-sentence message is the whole story."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], LaminarError | LayerFailedError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
-        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
-            handler.addFilter(_NoTracebackForUserErrors())
-    try:
-        cfg = config_from_args(argv)
-        preflight(cfg, keep=True)  # before Prefect's server starts: bad input fails in seconds
-        summary = laminar(cfg)
-    except (LaminarError, LayerFailedError) as exc:
-        print(f"laminar: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, LaminarError) else 1
-    print(f"report: {Path(summary['report']) / 'report.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

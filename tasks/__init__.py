@@ -2,6 +2,7 @@
 layer or above), so the import graph reads top-down like the DAG it serves. flows/ sits on top
 and may import any of them; tests/test_layers.py walks every import to hold this.
 
+    preflight                                  the checks before any heavy work
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
     published                                  --saes: a published family instead of train
@@ -9,20 +10,28 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     cache wikitext figures progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
+    locks                                      the cache's file locks, their holders named
     store  saefiles                            files: atomic writes, hashes, Parquet layouts;
                                                the SAE files a user hands in, checked
+    security                                   who may point laminar where: Dask TLS, what a
+                                               deployment run may reach
     host  prefect_api  precision  codehash     this process and machine; Prefect's private API;
                                                float32 matmul precision per block; code hashes
     paths  cli                                 where every file of a run goes; the command line
     config  records  columns                   the settings; the records tasks hand on; every
                                                column they carry, declared once
+    settings                                   what Config is built from: field roles, errors,
+                                               parsing and naming its values
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
+    ("settings",),
     ("config", "records", "columns"),
     ("paths", "cli"),
     ("host", "prefect_api", "precision", "codehash"),
+    ("security",),
     ("store", "saefiles"),
+    ("locks",),
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "progress", "provenance", "minibatch", "saelens"),
@@ -30,4 +39,5 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("published",),
     ("cluster",),
     ("runs",),
+    ("preflight",),
 )

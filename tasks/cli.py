@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from tasks.config import Config, LaminarError, flag
+from tasks.config import Config
+from tasks.settings import LaminarError, flag
 
 OPTIONS_PAGE = "docs/options.md"
 _ROLE_WORDS = {

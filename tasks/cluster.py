@@ -12,7 +12,6 @@ Prefect and Dask are imported where used, so importing this module starts neithe
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -21,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import paths
-from tasks.config import Config, LaminarError, flag, resolve_device
-from tasks.host import logger
+from tasks import paths, security
+from tasks.config import Config
 from tasks.prefect_api import temporary_server_url, thread_slots
+from tasks.settings import LaminarError, resolve_device
 
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
 WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
@@ -76,7 +75,7 @@ def runner_options(cfg: Config) -> dict[str, Any]:
     between them (Dask's nanny would otherwise pin every worker's BLAS to one thread)."""
     if cfg.dask_address:
         client = {"timeout": CONNECT_TIMEOUT}
-        if (sec := security(cfg)) is not None:
+        if (sec := security.dask_client(cfg)) is not None:
             client["security"] = sec
         return {"address": cfg.dask_address, "client_kwargs": client}
     threads = str(max(1, (os.cpu_count() or 1) // cfg.dask_workers))
@@ -92,55 +91,6 @@ def runner_options(cfg: Config) -> dict[str, Any]:
             "dashboard_address": "127.0.0.1:8787",
         }
     }
-
-
-TLS_FIELDS = {  # Config field -> (Security argument, Dask's own setting for it)
-    "dask_tls_ca": ("tls_ca_file", "distributed.comm.tls.ca-file"),
-    "dask_tls_cert": ("tls_client_cert", "distributed.comm.tls.client.cert"),
-    "dask_tls_key": ("tls_client_key", "distributed.comm.tls.client.key"),
-}
-
-
-def security(cfg: Config) -> Any:
-    """The client's TLS settings for a tls:// scheduler (the Config's files, else Dask's own
-    settings); None for tcp://, with a warning when that crosses the network unencrypted."""
-    if not cfg.dask_address.startswith("tls://"):
-        warn_if_open(cfg.dask_address)
-        return None
-    from distributed import Security
-
-    given = {arg: getattr(cfg, f) for f, (arg, _) in TLS_FIELDS.items() if getattr(cfg, f)}
-    sec = Security(require_encryption=True, **given)
-    for field, (arg, setting) in TLS_FIELDS.items():
-        value = getattr(sec, arg)
-        if value is None and field != "dask_tls_key":  # a key may sit in the cert file
-            raise LaminarError(
-                f"--dask-address {cfg.dask_address} is a TLS scheduler but no {flag(field)} "
-                f"was given (nor Dask's {setting}): pass the cluster's CA and this client's "
-                "certificate and key (PEM files)."
-            )
-        if value is not None and "\n" not in value and not Path(value).is_file():
-            raise LaminarError(
-                f"{flag(field)} '{value}' is not a readable file: give the PEM file's path."
-            )
-    return sec
-
-
-def warn_if_open(address: str) -> None:
-    """One warning line for a plain tcp:// scheduler off this machine."""
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        logger().warning(
-            "--dask-address %s is unencrypted and unauthenticated: anyone who reaches it can run "
-            "code on the workers; start the cluster with TLS certificates and use tls://%s "
-            "with --dask-tls-ca/--dask-tls-cert/--dask-tls-key (docs/security.md)",
-            address,
-            address.split("://")[-1],
-        )
 
 
 @contextlib.contextmanager

@@ -3,57 +3,34 @@ metadata recorded with every output. Add a field here and it appears in all four
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+
+from tasks.settings import (
+    ROLES,
+    LaminarError,
+    check_dask_address,
+    check_models,
+    check_urls,
+    flag,
+    once,
+    parse_layer_spec,
+    refuse,
+    role,
+    stable_hash,
+)
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
 EVAL_TOKENS = 2048  # held-out tokens of the downstream measures when --eval-seqs is not given
-# Every field declares its role (`role(...)` on its own Field), and the sets below are derived
-# from them after the class, so a new field cannot fall out of the cache keys unnoticed:
-#   "sae"        the SAE's hyperparameters (tasks.sae.train's keyword arguments)
-#   "training"   how the SAE is trained besides them (precision, minibatches)
-#   "result"     what is measured: models, text, tokens, hook, seeds; in every result hash
-#   "execution"  how a run executes, never what it computes: kept out of result hashes
-ROLES = ("sae", "training", "result", "execution")
-
-
-def role(name: str) -> dict[str, str]:
-    """A Field's json_schema_extra naming its role (one of ROLES)."""
-    assert name in ROLES, name
-    return {"role": name}
-
-
-# A Dask scheduler address as `dask scheduler` prints it: tcp://HOST:PORT (scheme optional).
-_DASK_ADDRESS = re.compile(r"^([a-z]+://)?[\w.\-\[\]:]+:\d+$")
-
-
-class LaminarError(Exception):
-    """A failure the user can fix: its message is one sentence naming the input and the fix."""
-
-
-def refuse(sentence: str) -> NoReturn:
-    """Inside a validator: refuse the value with one sentence naming the flag and the fix.
-    pydantic collects these from every field, so a config with several bad values reports each."""
-    raise PydanticCustomError("laminar", sentence)
-
-
-def once(values: list[Any], name: str, what: str) -> None:
-    """Refuse a list that names the same value twice (it would be counted twice)."""
-    twice = next((v for v in values if values.count(v) > 1), None)
-    if twice is not None:
-        refuse(f"{name} lists '{twice}' twice: name each {what} once.")
 
 
 def _legacy_url_property(schema: dict[str, Any]) -> None:
@@ -72,6 +49,9 @@ class Config(BaseModel):
     # `url` (one article) is how configs were written before `urls`: still accepted, also in a
     # deployment's parameters, which Prefect's server checks against this schema
     model_config = ConfigDict(extra="forbid", json_schema_extra=_legacy_url_property)
+    # What the CLI's preflight found for this exact config (its JSON, tasks.preflight.Checked),
+    # handed to the flow run the CLI starts: never a field, never serialized or shown in the UI
+    _preflight: tuple[str, Any] | None = PrivateAttr(default=None)
 
     models: list[str] = Field(
         json_schema_extra=role("result"),
@@ -348,17 +328,7 @@ class Config(BaseModel):
     @field_validator("models")
     @classmethod
     def _check_models(cls, value: list[str]) -> list[str]:
-        once(value, "--models", "model")
-        names: dict[str, str] = {}
-        for model in value:  # reports, figures and files are named by the short name
-            other = names.setdefault(short_name(model), model)
-            if other != model:
-                refuse(
-                    f"--models '{other}' and '{model}' share the name '{short_name(model)}' "
-                    "that laminar's reports and files use: rename or link one folder (a local "
-                    "folder's name is its name), or profile them in separate runs."
-                )
-        return value
+        return check_models(value)
 
     @property
     def shown_seed(self) -> int:
@@ -376,26 +346,12 @@ class Config(BaseModel):
     @field_validator("urls")
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
-        value = [u.strip() for u in value]
-        for url in value:
-            if not re.match(r"^https?://[^/\s]+", url):
-                refuse(
-                    f"--urls '{url}' is not a web address: give http(s)://… addresses of "
-                    "Wikipedia articles."
-                )
-        once(value, "--urls", "article")
-        return value
+        return check_urls(value)
 
     @field_validator("dask_address")
     @classmethod
     def _check_dask_address(cls, value: str) -> str:
-        value = value.strip()
-        if value and not _DASK_ADDRESS.match(value):
-            refuse(
-                f"--dask-address '{value}' is not a scheduler address: use tcp://HOST:PORT as "
-                "`dask scheduler` prints it, or leave it empty for a local cluster."
-            )
-        return value
+        return check_dask_address(value)
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> Config:
@@ -472,68 +428,3 @@ if without_role(Config):  # a field without a role would fall out of the keys: r
 EXECUTION_FIELDS = frozenset(fields_with("execution"))
 SAE_FIELDS = fields_with("sae")  # with the precision and the seed, what a layer's numbers
 RESULT_FIELDS = fields_with("sae", "training")  # depend on besides its activations
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without one is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LaminarError(
-            "--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto."
-        )
-    return device
-
-
-def short_name(model: str) -> str:
-    """'gpt2-large' for a hub id, the folder's name for a local folder."""
-    return Path(model.rstrip("/")).name if Path(model).exists() else model.split("/")[-1]
-
-
-def stable_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-_SPEC = re.compile(r"^\d+(-\d+)?$")
-MAX_LAYER = 9999
-
-
-def parse_layer_spec(spec: str, n_layers: int | None) -> list[int]:
-    """'0,3,5-7' -> [0, 3, 5, 6, 7]; 'all' -> range(n_layers). With n_layers=None only the
-    syntax is checked (the layer count is known once the model is loaded)."""
-    spec = spec.strip().lower()
-    if spec == "all":
-        return list(range(n_layers)) if n_layers is not None else []
-    layers: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if not _SPEC.match(part):
-            raise LaminarError(
-                f"--layers '{spec}' is malformed at '{part}': use 'all' or numbers and "
-                "ranges such as '0,3,5-7'."
-            )
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
-        if b > MAX_LAYER:  # before the range is made: '0-99999999999' would exhaust memory
-            raise LaminarError(
-                f"--layers '{spec}' asks for layer {b}: no model has more than {MAX_LAYER + 1} "
-                "layers; pick layers the model has, or use 'all'."
-            )
-        if a > b:
-            raise LaminarError(
-                f"--layers range '{part}' runs backwards: write it low to high, e.g. '{b}-{a}'."
-            )
-        layers.update(range(a, b + 1))
-    if n_layers is not None and max(layers) >= n_layers:
-        raise LaminarError(
-            f"--layers '{spec}' asks for layer {max(layers)} but the model has {n_layers} "
-            f"layers (0-{n_layers - 1}): pick layers in that range or use 'all'."
-        )
-    return sorted(layers)
-
-
-def flag(name: str) -> str:
-    """The CLI flag of a Config field: n_seqs -> --n-seqs."""
-    return "--" + name.replace("_", "-")

@@ -19,12 +19,13 @@ import torch
 from prefect import task
 
 from tasks import cache, paths, store
-from tasks.config import Config, LaminarError, parse_layer_spec, resolve_device
+from tasks.config import Config
 from tasks.host import describe_device, this_process
 from tasks.models import load_model
 from tasks.precision import matmul_precision
 from tasks.progress import Ticker
 from tasks.records import Batch, Extraction, LayerFile
+from tasks.settings import LaminarError, parse_layer_spec, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Config, LaminarError, parse_layer_spec, short_name, stable_hash
+from tasks.config import Config
 from tasks.host import logger
 from tasks.records import ModelFacts
+from tasks.settings import LaminarError, parse_layer_spec, short_name, stable_hash
 
 HUB_PROBE_TIMEOUT = 5.0  # s: a hub that has not answered by then is treated as unreachable
 

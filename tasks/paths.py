@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import RESULT_FIELDS, Config, stable_hash
+from tasks.config import RESULT_FIELDS, Config
+from tasks.settings import stable_hash
 
 
 def page_html(root: Path, html_sha: str) -> Path:

@@ -23,10 +23,11 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import paths
-from tasks.config import Config, LaminarError, resolve_device
+from tasks.config import Config
 from tasks.host import available_memory, describe_device, logger, native_bf16
 from tasks.precision import matmul_precision
 from tasks.records import Batch, EvalBatch, ModelFacts
+from tasks.settings import LaminarError, resolve_device
 from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)

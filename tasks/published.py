@@ -17,11 +17,12 @@ import torch
 from prefect import task
 
 from tasks import cache, saefiles, saelens, store
-from tasks.config import Config, LaminarError, resolve_device
+from tasks.config import Config
 from tasks.models import ensure_hub_or_offline, hub_offline
 from tasks.precision import matmul_precision
 from tasks.records import LayerFile, LayerResult
 from tasks.sae import files, measures
+from tasks.settings import LaminarError, resolve_device
 from tasks.train import InMemory, checked_stats, finish, write_layer_json
 
 

@@ -92,7 +92,7 @@ class Extraction(TypedDict):
     """extract.extract_activations: one model's activation files."""
 
     model: str  # hub id or folder
-    name: str  # short name (config.short_name)
+    name: str  # short name (settings.short_name)
     n_layers: int  # blocks of the model (not only those extracted)
     files: list[LayerFile]
     ran_on: str  # host:pid

@@ -14,19 +14,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import get_run_logger
+from prefect import Task, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from tasks import paths
-from tasks.cache import ProcessLockManager, sweep_failures
+from tasks.cache import sweep_failures
 from tasks.cluster import Pool
-from tasks.config import Config, LaminarError
+from tasks.config import Config
+from tasks.locks import ProcessLockManager
 from tasks.prefect_api import dask_future
 from tasks.progress import overall, read_epochs
+from tasks.settings import LaminarError
 
+P, R = ParamSpec("P"), TypeVar("R")  # a task's parameters and its result (record) type
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
 ARTIFACT_S = 5.0  # how often it moves the Prefect progress artifact (an API call)
 
@@ -198,19 +201,20 @@ class Runner:
         self.states: dict[str, str] = {}  # task run name -> final state (Cached, Completed…)
         sweep_failures(paths.results_dir(cfg.root))  # earlier runs' failure records
 
-    def bind(self, task: Any) -> Any:
+    def bind(self, task: Task[P, R]) -> Task[P, R]:
         policy = task.cache_policy.configure(
             lock_manager=self.locks, isolation_level="SERIALIZABLE"
         )
         return task.with_options(cache_policy=policy, **self.options)
 
-    def __call__(self, task: Any, *args: Any) -> Any:
-        """Run a task here, in the flow's thread."""
-        state = self.bind(task)(*args, return_state=True)
+    def __call__(self, task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a task here, in the flow's thread: `run(tokenize, cfg, ...)` is typed as
+        `tokenize(cfg, ...)` is (arguments checked, the result its record type)."""
+        state = self.bind(task)(*args, **kwargs, return_state=True)  # type: ignore[call-overload]
         self.states[run_name(task, args)] = state.name
         return state.result()
 
-    def each(self, task: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
+    def each(self, task: Task[..., R], argsets: list[tuple[Any, ...]]) -> list[R]:
         """Run a task here once per argument tuple, all of them even when some fail (those that
         worked are cached for the rerun); a failure raises one LaminarError naming each run that
         failed and why."""
@@ -235,20 +239,22 @@ class Runner:
             )
         return results
 
-    def on(self, pool: Pool, task: Any, *args: Any) -> Any:
+    def on(self, pool: Pool, task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a heavy task where the pool's work runs (a Dask worker), or here."""
         if not pool.remote:
-            return self(task, *args)
-        name, future = self.submit(pool, task, *args)
+            return self(task, *args, **kwargs)
+        name, future = self.submit(pool, task, *args, **kwargs)
         future.wait()
         self.states[name] = future.state.name
         if not future.state.is_final():  # its worker died and Dask gave up: no Prefect error
             raise LaminarError(f"{name}: {why_failed(future, future.state)}, then rerun.")
         return future.result()
 
-    def submit(self, pool: Pool, task: Any, *args: Any) -> tuple[str, Any]:
+    def submit(
+        self, pool: Pool, task: Task[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[str, Any]:
         """Hand one task to the pool (the fan-out); returns its run name and future."""
-        params = inspect.signature(task.fn).bind(*args).arguments
+        params = inspect.signature(task.fn).bind(*args, **kwargs).arguments
         return run_name(task, args), pool.runner.submit(self.bind(task), dict(params))
 
     def gather(
@@ -282,38 +288,3 @@ class Runner:
 
     def tally(self) -> dict[str, int]:
         return dict(Counter(self.states.values()))
-
-
-# Where a deployment run may point laminar: a deployment's parameters come from whoever can
-# start it (the UI, the API), and its artifacts dir decides what the run reads and trusts
-# (docs/security.md). The worker's operator allows more with these variables.
-ALLOWED_ROOTS_ENV = "LAMINAR_DEPLOYMENT_ARTIFACTS_ROOTS"  # folders, os.pathsep-separated
-ALLOWED_DASK_ENV = "LAMINAR_DEPLOYMENT_DASK_ADDRESSES"  # scheduler addresses, comma-separated
-
-
-def check_deployment_targets(cfg: Config) -> None:
-    """In a run started from a deployment: the artifacts dir must lie in a folder the worker
-    allows (by default its own `artifacts/`), and a Dask scheduler must be one it allows (by
-    default none: a local cluster only). A run from the command line is its user's own."""
-    import os
-
-    from prefect.runtime import deployment
-
-    if not deployment.id:
-        return
-    given = os.environ.get(ALLOWED_ROOTS_ENV, "")
-    roots = [Path(p).expanduser().resolve() for p in given.split(os.pathsep) if p]
-    roots = roots or [Path("artifacts").resolve()]
-    if not any(cfg.root == r or r in cfg.root.parents for r in roots):
-        raise LaminarError(
-            f"this deployment run's artifacts_dir '{cfg.root}' is outside the folders its worker "
-            f"allows ({', '.join(map(str, roots))}): start the run with an artifacts_dir there, "
-            f"or have the worker's operator add the folder to {ALLOWED_ROOTS_ENV}."
-        )
-    allowed = [a.strip() for a in os.environ.get(ALLOWED_DASK_ENV, "").split(",") if a.strip()]
-    if cfg.dask_address and cfg.dask_address not in allowed:
-        raise LaminarError(
-            f"this deployment run's dask_address '{cfg.dask_address}' is not one its worker "
-            f"allows ({', '.join(allowed) or 'none: a local cluster only'}): leave it empty, or "
-            f"have the worker's operator add it to {ALLOWED_DASK_ENV}."
-        )

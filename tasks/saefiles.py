@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import LaminarError
+from tasks.settings import LaminarError
 
 MAX_CFG_BYTES = 1 << 20  # a cfg.json is a few hundred bytes; 1 MiB is generous
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header

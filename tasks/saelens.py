@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks import saefiles
-from tasks.config import LaminarError, stable_hash
 from tasks.host import logger
 from tasks.sae import files
+from tasks.settings import LaminarError, stable_hash
 
 ARCHITECTURES = tuple(files.PUBLISHED)  # the SAELens architectures laminar runs
 _HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")

@@ -19,8 +19,9 @@ from requests.exceptions import ContentDecodingError
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
 from tasks import cache, paths
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.records import Batch, Page, Text
+from tasks.settings import LaminarError
 from tasks.store import file_record, write_bytes, write_json
 from tasks.wikitext import body_text, html_slice
 

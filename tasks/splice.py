@@ -35,11 +35,12 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from tasks import cache, store
-from tasks.config import Config, resolve_device
+from tasks.config import Config
 from tasks.models import load_model
 from tasks.precision import matmul_precision
 from tasks.records import EvalBatch, FileRecord, Splice
 from tasks.sae import files
+from tasks.settings import resolve_device
 
 # A score's denominator must clear its own noise: the ablation's effect, averaged over the
 # held-out tokens, counts only where it exceeds NOISE_SE standard errors of that mean (the

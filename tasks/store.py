@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.config import LaminarError
 from tasks.host import on_worker
 from tasks.records import FileRecord
+from tasks.settings import LaminarError
 
 
 def sha256_file(path: Path) -> str:

@@ -11,9 +11,10 @@ import numpy as np
 from prefect import task
 
 from tasks import cache, paths
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.models import load_tokenizer
 from tasks.records import Batch, EvalBatch, Text
+from tasks.settings import LaminarError
 from tasks.store import file_record, read_batch, write_batch
 
 

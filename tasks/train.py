@@ -15,12 +15,13 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from tasks import cache, minibatch, paths, store
-from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config, LaminarError, resolve_device
+from tasks.config import RESULT_FIELDS, SAE_FIELDS, Config
 from tasks.host import describe_device, this_process
 from tasks.precision import matmul_precision
 from tasks.progress import EpochReporter
 from tasks.records import FileRecord, LayerFile, LayerResult
 from tasks.sae import course, files, fit, measures
+from tasks.settings import LaminarError, resolve_device
 from tasks.stats import FREQ_BINS
 
 OnEpoch = Callable[[int, torch.Tensor], None] | None

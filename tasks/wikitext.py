@@ -21,7 +21,7 @@ from typing import Any
 
 from bs4 import BeautifulSoup, Comment, Doctype, NavigableString, Tag
 
-from tasks.config import LaminarError
+from tasks.settings import LaminarError
 
 # Non-prose parts of an article body: code and styles, page chrome, edit links, the table of
 # contents, hatnotes and the short description, maintenance boxes, hidden and empty elements,

@@ -60,12 +60,12 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
     import subprocess
     import sys
 
-    from tasks.cache import ProcessLockManager
+    from tasks.locks import ProcessLockManager
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     locks = ProcessLockManager(lock_files_directory=tmp_path)
-    for key, host in [("here", ProcessLockManager.host), ("there", "gpu-node-7")]:
+    for key, host in [("here", locks.host), ("there", "gpu-node-7")]:
         assert locks.acquire_lock(key, holder=f"run-{key}")
         path = locks.lock_path(key)
         info = json.loads(path.read_text())
@@ -73,7 +73,7 @@ def test_locks_of_dead_processes_here_are_released_another_machines_are_explaine
 
     other = ProcessLockManager(lock_files_directory=tmp_path)  # a second run's view
     assert not other.is_locked("here")  # its holder died on this machine: released
-    with caplog.at_level("WARNING", logger="tasks.cache"):
+    with caplog.at_level("WARNING", logger="tasks.locks"):
         assert other.is_locked("there") and other.is_locked("there")  # cannot tell: waits
     [warning] = [r.getMessage() for r in caplog.records if "waiting for there" in r.getMessage()]
     assert f"process {dead.pid} on gpu-node-7" in warning
@@ -86,14 +86,14 @@ def test_a_lock_is_judged_by_its_holders_boot_namespace_and_start(tmp_path: Path
     is alive but belongs to a later process (another start) is a dead holder's."""
     import os
 
-    from tasks.cache import ProcessLockManager, process_start
+    from tasks.locks import ProcessLockManager, process_start
 
     locks = ProcessLockManager(lock_files_directory=tmp_path)
     assert locks.acquire_lock("mine", holder="run-a")
     info = json.loads(locks.lock_path("mine").read_text())
-    assert info["pid"] == os.getpid() and info["host"] == ProcessLockManager.host
-    assert info["boot"] == ProcessLockManager.boot and info["started"] == process_start(os.getpid())
-    assert info["pid_namespace"] == ProcessLockManager.pid_namespace
+    assert info["pid"] == os.getpid() and info["host"] == locks.host
+    assert info["boot"] == locks.boot and info["started"] == process_start(os.getpid())
+    assert info["pid_namespace"] == locks.pid_namespace
     other = ProcessLockManager(lock_files_directory=tmp_path)
     assert other.is_locked("mine")  # alive, same process: held
     for key, change, held in [
@@ -112,7 +112,7 @@ def test_releasing_a_stale_lock_never_deletes_a_fresh_one(tmp_path: Path) -> Non
     its inode first)."""
     import os
 
-    from tasks.cache import ProcessLockManager
+    from tasks.locks import ProcessLockManager
 
     locks = ProcessLockManager(lock_files_directory=tmp_path)
     assert locks.acquire_lock("k", holder="old")
@@ -135,7 +135,7 @@ def test_lock_without_a_pid_is_released_after_the_grace_period(
     """An empty lock file (its taker died between Prefect creating and writing it) and one with
     a holder but no pid (died before laminar added it): locked at first, released once unchanged
     for LOCK_GRACE_S, so a resume waits a bounded time instead of forever."""
-    from tasks.cache import LOCK_GRACE_S, ProcessLockManager
+    from tasks.locks import LOCK_GRACE_S, ProcessLockManager
 
     locks = ProcessLockManager(lock_files_directory=tmp_path)
     path = locks.lock_path("k")
@@ -146,7 +146,7 @@ def test_lock_without_a_pid_is_released_after_the_grace_period(
     assert locks.is_locked("k")
     old = time.time() - LOCK_GRACE_S - 1
     os.utime(path, (old, old))
-    with caplog.at_level("WARNING", logger="tasks.cache"):
+    with caplog.at_level("WARNING", logger="tasks.locks"):
         assert not locks.is_locked("k")
     assert not path.exists()
     assert any("has had no holder pid" in r.getMessage() for r in caplog.records)

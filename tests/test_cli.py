@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.cli import build_parser, config_from_args, to_args
-from tasks.config import Config, LaminarError
+from tasks.config import Config
+from tasks.settings import LaminarError
 
 
 def test_every_field_is_a_flag_with_its_default_in_help() -> None:

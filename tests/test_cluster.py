@@ -22,8 +22,9 @@ import torch
 from conftest import ROOT, ArticleServer, free_port, make_model, quick_config
 
 from flows.laminar import LayerFailedError, laminar
-from tasks import cluster
-from tasks.config import Config, LaminarError
+from tasks import cluster, security
+from tasks.config import Config
+from tasks.settings import LaminarError
 
 pytestmark = pytest.mark.cluster
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -334,9 +335,9 @@ def test_plain_tcp_off_this_machine_warns_once(caplog: pytest.LogCaptureFixture)
 
     with caplog.at_level(logging.WARNING):
         for address in ["tcp://127.0.0.1:8786", "tcp://localhost:8786", "tcp://[::1]:8786"]:
-            cluster.warn_if_open(address)
+            security.warn_if_open(address)
         assert not caplog.records  # loopback: nothing crosses the network
-        cluster.warn_if_open("tcp://10.0.0.5:8786")  # only looked at, never connected to
+        security.warn_if_open("tcp://10.0.0.5:8786")  # only looked at, never connected to
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("--dask-address tcp://10.0.0.5:8786 is unencrypted and unauthenticated")
     assert "use tls://10.0.0.5:8786 with --dask-tls-ca/--dask-tls-cert/--dask-tls-key" in line

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.config import Config, LaminarError, parse_layer_spec, short_name
+from tasks.config import Config
+from tasks.settings import LaminarError, parse_layer_spec, short_name
 
 
 def test_defaults_are_the_course_experiment() -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from conftest import UI, ArticleServer, free_port, quick_config
 
-from tasks.config import RESULT_FIELDS, stable_hash
+from tasks.config import RESULT_FIELDS
+from tasks.settings import stable_hash
 
 pytestmark = pytest.mark.ui
 
@@ -146,7 +147,7 @@ def test_a_deployment_run_cannot_point_laminar_outside_what_its_worker_allows(
     not allow fails the run with one sentence, before anything is read or written there."""
     import tempfile
 
-    from tasks.runs import ALLOWED_DASK_ENV, ALLOWED_ROOTS_ENV
+    from tasks.security import ALLOWED_DASK_ENV, ALLOWED_ROOTS_ENV
 
     outside = Path(tempfile.mkdtemp(prefix="laminar-not-allowed-"))
     config = run_config(tiny_model, article_server, outside / "art")

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.extract import extract_activations, hook_names
 from tasks.models import load_model
+from tasks.settings import LaminarError
 from tasks.store import file_record, read_activations, write_batch
 
 

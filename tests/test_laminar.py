@@ -24,7 +24,8 @@ from conftest import (
 
 from flows.laminar import LayerFailedError, laminar
 from tasks.cli import to_args
-from tasks.config import Config, LaminarError
+from tasks.config import Config
+from tasks.settings import LaminarError
 
 
 def latest_artifacts() -> tuple[list[dict], object]:

@@ -12,7 +12,8 @@ import pytest
 from conftest import make_family_model, make_model
 
 from tasks import models
-from tasks.config import Config, LaminarError
+from tasks.config import Config
+from tasks.settings import LaminarError
 
 SHORT = Config(seq_len=32)  # windows the tiny models' 128-token context holds
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ArticleServer, free_port, raw_response, wiki_page
 
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.scrape import (
     RETRY_DELAYS,
     TransientFetchError,
@@ -23,6 +23,7 @@ from tasks.scrape import (
     fetch_page,
     parse_page,
 )
+from tasks.settings import LaminarError
 
 
 def test_fetch_keeps_raw_html_and_revision(tmp_path: Path, article_server: ArticleServer) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks import store
-from tasks.config import LaminarError
+from tasks.settings import LaminarError
 
 
 def test_a_write_reaches_the_disk_before_it_replaces_the_file(

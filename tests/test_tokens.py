@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import gpt2_tokenizer
 
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.models import tokenizer_fingerprint
+from tasks.settings import LaminarError
 from tasks.store import file_record, read_batch, write_batch
 from tasks.tokens import held_out_windows, sample_windows, token_batch
 

@@ -13,8 +13,9 @@ import reference
 import torch
 from prefect.logging import disable_run_logger
 
-from tasks.config import Config, LaminarError
+from tasks.config import Config
 from tasks.sae import files
+from tasks.settings import LaminarError
 from tasks.store import activation_table, file_record
 from tasks.train import InMemory, train_layer, train_sae
 

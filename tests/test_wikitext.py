@@ -17,7 +17,7 @@ from wikipages import (
     legacy_skin,
 )
 
-from tasks.config import LaminarError
+from tasks.settings import LaminarError
 from tasks.wikitext import body_text, html_slice, pieces, tidy
 
 SECTIONS = [

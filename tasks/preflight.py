@@ -1,0 +1,54 @@
+"""Preflight: the checks that need no heavy work, so bad input fails in seconds with nothing
+lost. The CLI runs them before Prefect starts and hands what it found to the flow run it starts
+with the config itself (`hand_over`); any other flow run (a deployment's, a second run in one
+process, a config changed since) checks for itself."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tasks import models, published
+from tasks.config import Config
+from tasks.progress import check_splice_memory
+from tasks.records import ModelFacts
+from tasks.saelens import Entry
+from tasks.security import check_deployment_targets
+from tasks.settings import resolve_device
+from tasks.store import check_writable
+
+
+class Checked(NamedTuple):
+    cfg: Config  # with --saes, the family's hook
+    described: list[ModelFacts]  # each model, its layers and widths
+    family: dict[int, Entry]  # --saes: the published SAE of each layer; {} when training
+
+
+def preflight(cfg: Config) -> Checked:
+    """The artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
+    which check it themselves), every model and its layers resolve, the downstream measures'
+    memory fits, and a --saes family covers the layers at the hook's width."""
+    check_deployment_targets(cfg)
+    check_writable(cfg.root)
+    family: dict[int, Entry] = {}
+    if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
+        cfg, family = published.prepare(cfg)
+    described = [models.describe(cfg, m) for m in cfg.models]
+    if cfg.task_runner == "thread":  # Dask workers check their own device
+        check_splice_memory(cfg, described, resolve_device(cfg.device))
+    if family:
+        published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
+    return Checked(cfg, described, family)
+
+
+def hand_over(cfg: Config, checked: Checked) -> Config:
+    """`cfg` carrying what preflight found for it, for the flow run it is passed to."""
+    cfg._preflight = (cfg.model_dump_json(), checked)
+    return cfg
+
+
+def checked_for(cfg: Config) -> Checked:
+    """What preflight found for exactly this config: handed over with it, else checked now."""
+    handed = cfg._preflight
+    if handed is not None and handed[0] == cfg.model_dump_json():
+        return handed[1]
+    return preflight(cfg)
