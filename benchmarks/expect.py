@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.common import N_TOKENS, SHAPES
 from benchmarks.models import build_model
-from tasks import progress
+from tasks import costs
 from tasks.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +28,8 @@ def estimates(device: str, precision: str = "fp32") -> dict[str, str]:
     with tempfile.TemporaryDirectory() as root:
         for shape, (n_layer, _, d_mlp) in SHAPES.items():
             latent = cfg.expansion * d_mlp
-            rate = progress.calibrated_rate(Path(root), device, precision, N_TOKENS, d_mlp, latent)
-            lines[shape] = progress.estimate(
+            rate = costs.calibrated_rate(Path(root), device, precision, N_TOKENS, d_mlp, latent)
+            lines[shape] = costs.estimate(
                 shape, n_layer, 0, cfg.epochs, N_TOKENS, d_mlp, latent, rate, precision
             )
     return lines

@@ -7,7 +7,7 @@ each figure is the median with min-max.
 
 --memory E,E,...: instead, the peak resident memory of the splices at GPT-2 small's shape for
 each count E of 1024-token held-out windows, each in a fresh process (the clean pass and one
-layer's ablated and spliced passes), beside tasks.progress.clean_bytes's estimate; an E whose
+layer's ablated and spliced passes), beside tasks.costs.clean_bytes's estimate; an E whose
 estimate exceeds the free memory is refused as a run refuses it.
 
     python -m benchmarks.splice --memory 2,32,128 --out benchmarks/results-splice-memory.json
@@ -72,8 +72,8 @@ def memory(counts: list[int], folder: Path) -> dict[str, Any]:
     """peak_rss for each E in its own process, beside the estimate a run prints."""
     import subprocess
 
+    from tasks.costs import clean_bytes
     from tasks.host import available_memory
-    from tasks.progress import clean_bytes
 
     rows = {}
     for n in counts:

@@ -18,10 +18,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks import paths, provenance, saelens
 from tasks.cluster import fanout
 from tasks.config import Config
+from tasks.costs import announce
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
 from tasks.preflight import checked_for
-from tasks.progress import announce
 from tasks.published import profile_sae
 from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report

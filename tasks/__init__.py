@@ -6,8 +6,9 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
     published                                  --saes: a published family instead of train
-    scrape tokens extract train latents report splice   the tasks, one module per job
-    cache wikitext figures progress provenance minibatch saelens   what the tasks share
+    scrape tokens extract train latents report splice   the tasks, one module per job;
+    costs                                      and what a run will cost, said before it starts
+    cache wikitext figures tables progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
     locks                                      the cache's file locks, their holders named
@@ -34,8 +35,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("locks",),
     ("models",),
     ("sae", "stats"),
-    ("cache", "wikitext", "figures", "progress", "provenance", "minibatch", "saelens"),
-    ("scrape", "tokens", "extract", "train", "latents", "report", "splice"),
+    ("cache", "wikitext", "figures", "tables", "progress", "provenance", "minibatch", "saelens"),
+    ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "costs"),
     ("published",),
     ("cluster",),
     ("runs",),

@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from tasks.records import LayerResult
+from tasks.stats import FREQ_BINS
 from tasks.store import write_bytes
 
 PANELS = [
@@ -149,3 +151,36 @@ def for_the_ui(markdown: str, folder: Path, own: set[str]) -> str:
         return f"![{m[1]}]({data_uri(path)})" if m[2] in own and path.is_file() else m[0]
 
     return _RELATIVE.sub(lambda m: f"]({folder / m[1]})", _IMAGE.sub(embed, markdown))
+
+
+def draw(
+    rows: list[dict],
+    results: list[LayerResult],
+    n_layers: dict[str, int],
+    out: Path,
+    shown_seed: int,
+) -> list[str]:
+    """Every figure of the report; returns their file names in report order. Per-SAE figures
+    show the seed Config.shown_seed names."""
+    if not rows:
+        return []
+    profile_overlay(rows, out / "laminar.png")
+    names = ["laminar.png"]
+    shown = [r for r in results if r["sae_seed"] == shown_seed]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in shown if r["name"] == model]
+        course_panels(rows, model, out / f"{model}-panels.png")
+        loss_curves(
+            [{"model": model, "layer": r["layer"], "loss": r["loss_curve"]} for r in mine],
+            model,
+            n_layers[model],
+            out / f"{model}-loss.png",
+        )
+        density_heatmap(
+            {r["layer"]: r["freq_hist"] for r in mine},
+            FREQ_BINS.tolist(),
+            model,
+            out / f"{model}-density.png",
+        )
+        names += [f"{model}-panels.png", f"{model}-loss.png", f"{model}-density.png"]
+    return names

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from tasks import models, published
 from tasks.config import Config
-from tasks.progress import check_splice_memory
+from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
 from tasks.security import check_deployment_targets

@@ -1,21 +1,18 @@
-"""Report: the metrics tables, the figures, report.md with the claims judged, and the same
-table and report as Prefect artifacts under stable keys (so the UI keeps their history)."""
+"""Report: report.md with the claims judged, beside the tables (tasks.tables) and figures
+(tasks.figures) it shows, and the same table and report as Prefect artifacts under stable keys
+(so the UI keeps their history)."""
 
 from __future__ import annotations
 
 import csv
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks import cache, columns, figures, paths, provenance
+from tasks import cache, columns, figures, paths, provenance, tables
 from tasks.config import EXECUTION_FIELDS, Config
 from tasks.records import (
     Batch,
@@ -27,47 +24,11 @@ from tasks.records import (
     Report,
     Text,
 )
-from tasks.stats import FREQ_BINS, claims, claims_markdown
-from tasks.store import atomic_path, file_record, write_bytes, write_json
+from tasks.stats import claims, claims_markdown
+from tasks.store import file_record, write_bytes, write_json
 
-# The tables' columns, from their declarations (tasks.columns)
-SPREAD = columns.SPREAD  # averaged over SAE seeds, with <column>_sd
-UNDEFINED = columns.group("undefined")
-COLUMNS = columns.METRICS
-ARTIFACT_COLUMNS = columns.UI  # the UI's table: the course's measures, then the field's headline
+UNDEFINED = columns.group("undefined")  # why a score is undefined, listed under the table
 TABLE_KEY, REPORT_KEY = "laminar-metrics", "laminar-report"
-
-
-def metric_rows(results: list[LayerResult], n_layers: dict[str, int]) -> list[dict[str, Any]]:
-    """One row per (model, layer): the mean over SAE seeds, `<metric>_sd` their spread (None
-    for one seed: no spread is measured), relative depth = layer / (n_layers - 1)."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in results:
-        columns.check_declared(r, f"the result of {r['name']} L{r['layer']}")
-        groups.setdefault((r["name"], r["layer"]), []).append(r)
-    rows = []
-    for (name, layer), runs in sorted(groups.items()):
-        n = n_layers[name]
-        row = {
-            **runs[0],
-            "model": name,
-            "n_layers": n,
-            "rel_depth": layer / max(n - 1, 1),
-            "n_seeds": len(runs),
-            "seconds": sum(r["seconds"] for r in runs),
-        }
-        for col in SPREAD:
-            row[col], row[f"{col}_sd"] = mean_sd([r.get(col) for r in runs])
-        rows.append({c: row.get(c) for c in COLUMNS})
-    return rows
-
-
-def mean_sd(vals: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sd over seeds (sd None for one seed); None where any seed has no value."""
-    if any(v is None for v in vals):
-        return None, None
-    nums = [float(v) for v in vals if v is not None]
-    return statistics.fmean(nums), statistics.stdev(nums) if len(nums) > 1 else None
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -122,14 +83,6 @@ def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[s
         lines.append("| " + " | ".join(cells) + " |")
         why += [f"- {r['model']} L{r['layer']} {c[:-10]}: {r[c]}." for c in UNDEFINED if r.get(c)]
     return [*lines, "", *(["Undefined scores:", "", *why, ""] if why else [])]
-
-
-def _write_table(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
-    table = pa.Table.from_pylist(rows)
-    with atomic_path(folder / f"{stem}.parquet") as tmp:
-        pq.write_table(table, tmp)
-    with atomic_path(folder / f"{stem}.csv") as tmp:
-        pacsv.write_csv(table, tmp)
 
 
 def epochs_of(cfg: Config) -> str:
@@ -216,39 +169,6 @@ def markdown(
     return "\n".join(lines)
 
 
-def draw(
-    rows: list[dict],
-    results: list[LayerResult],
-    n_layers: dict[str, int],
-    out: Path,
-    shown_seed: int,
-) -> list[str]:
-    """Every figure of the report; returns their file names in report order. Per-SAE figures
-    show the seed Config.shown_seed names."""
-    if not rows:
-        return []
-    figures.profile_overlay(rows, out / "laminar.png")
-    names = ["laminar.png"]
-    shown = [r for r in results if r["sae_seed"] == shown_seed]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in shown if r["name"] == model]
-        figures.course_panels(rows, model, out / f"{model}-panels.png")
-        figures.loss_curves(
-            [{"model": model, "layer": r["layer"], "loss": r["loss_curve"]} for r in mine],
-            model,
-            n_layers[model],
-            out / f"{model}-loss.png",
-        )
-        figures.density_heatmap(
-            {r["layer"]: r["freq_hist"] for r in mine},
-            FREQ_BINS.tolist(),
-            model,
-            out / f"{model}-density.png",
-        )
-        names += [f"{model}-panels.png", f"{model}-loss.png", f"{model}-density.png"]
-    return names
-
-
 @task(
     name="report",
     task_run_name="report",
@@ -272,21 +192,9 @@ def write_report(
     """Write the tables, figures, provenance and report.md (published to Prefect by `publish`)."""
     out = paths.report_dir(cfg)
     n_layers = {e["name"]: e["n_layers"] for e in extractions}
-    rows = metric_rows(results, n_layers)
-    by_seed = sorted(
-        ({c: r.get(c) for c in columns.BY_SEED} | {"model": r["name"]} for r in results),
-        key=lambda r: (r["model"], r["layer"], r["sae_seed"]),
-    )
-    curves = [
-        {"model": r["name"], "layer": r["layer"], "sae_seed": r["sae_seed"], "epoch": i, "loss": v}
-        for r in results
-        for i, v in enumerate(r["loss_curve"])
-    ]
-    tables = {"metrics": rows, "metrics_by_seed": by_seed, "loss_curves": curves}
-    for stem, table in tables.items():
-        if table:
-            _write_table(table, out, stem)
-    images = draw(rows, results, n_layers, out, cfg.shown_seed)
+    rows = tables.metric_rows(results, n_layers)
+    written = tables.write_tables(results, rows, out)
+    images = figures.draw(rows, results, n_layers, out, cfg.shown_seed)
     write_json(out / "claims.json", claims(rows) if rows else {})
     prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at, holdouts)
     write_json(out / "provenance.json", prov)
@@ -299,10 +207,9 @@ def write_report(
             + "\n"
         )
     write_bytes(out / "report.md", md.encode())
-    names = [f"{s}.{x}" for s, t in tables.items() if t for x in ("csv", "parquet")]
     files = [
         file_record(out / f)
-        for f in [*names, *images, "claims.json", "provenance.json", "report.md"]
+        for f in [*written, *images, "claims.json", "provenance.json", "report.md"]
     ] + list(cards)
     return {"dir": str(out), "files": files, "failed": failed}
 
@@ -314,7 +221,7 @@ def publish(report: Report) -> None:
     rows = []
     if (out / "metrics.csv").exists():
         with open(out / "metrics.csv") as f:
-            rows = [{c: r[c] for c in ARTIFACT_COLUMNS} for r in csv.DictReader(f)]
+            rows = [{c: r[c] for c in columns.UI} for r in csv.DictReader(f)]
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"laminar metrics in {out}")
     own = {Path(f["path"]).name for f in report["files"] if Path(f["path"]).parent == out}
     create_markdown_artifact(

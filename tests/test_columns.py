@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from tasks import columns, report
+from tasks import columns, tables
 from tasks.config import Config
 from tasks.records import LayerResult, Splice
 from tasks.train import InMemory, train_layer
@@ -35,18 +35,18 @@ def test_an_undeclared_column_is_refused_where_the_report_reads_it() -> None:
     x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) + 1
     out, _ = train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "t L0")
     row = {"name": "m", "layer": 0, "sae_seed": 0, **out}
-    assert report.metric_rows([row], {"m": 2})[0]["density_pct"] == out["density_pct"]
+    assert tables.metric_rows([row], {"m": 2})[0]["density_pct"] == out["density_pct"]
     with pytest.raises(ValueError, match=r"undeclared column\(s\) \['bogus_pct'\]"):
-        report.metric_rows([{**row, "bogus_pct": 1.0}], {"m": 2})
+        tables.metric_rows([{**row, "bogus_pct": 1.0}], {"m": 2})
 
 
 def test_the_tables_are_made_from_the_declarations() -> None:
     assert [
         *(c.name for c in columns.COLUMNS if c.group != "record" and c.name != "sae_seed"),
         *(f"{c.name}_sd" for c in columns.COLUMNS if c.spread),
-    ] == report.COLUMNS
-    assert report.ARTIFACT_COLUMNS[:5] == ["model", "layer", "n_layers", "rel_depth", "n_seeds"]
-    assert set(report.ARTIFACT_COLUMNS) <= set(report.COLUMNS)
+    ] == tables.COLUMNS
+    assert tables.ARTIFACT_COLUMNS[:5] == ["model", "layer", "n_layers", "rel_depth", "n_seeds"]
+    assert set(tables.ARTIFACT_COLUMNS) <= set(tables.COLUMNS)
     assert all(c.unit is not None and c.meaning for c in columns.COLUMNS)
 
 

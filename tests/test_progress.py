@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ArticleServer, quick_config, run_artifacts
 
-from tasks import progress
+from tasks import costs, progress
 
 
 class Clock:
@@ -36,21 +36,21 @@ class Loss:
 
 
 def test_flops_of_the_gpt2_shapes() -> None:
-    assert progress.sae_flops(10_230, 3072, 6144) == 10 * 10_230 * 3072 * 6144  # 1.93e12
-    per_layer = progress.sae_flops(10_230, 5120, 10_240) * 75
-    assert progress.human_flops(per_layer * 36) == "14.5 PFLOP"
+    assert costs.sae_flops(10_230, 3072, 6144) == 10 * 10_230 * 3072 * 6144  # 1.93e12
+    per_layer = costs.sae_flops(10_230, 5120, 10_240) * 75
+    assert costs.human_flops(per_layer * 36) == "14.5 PFLOP"
 
 
 def test_estimate_subtracts_cached_layers() -> None:
-    line = progress.estimate("gpt2-large", 36, 12, 75, 10_230, 5120, 10_240, 210.0, "fp32")
-    per_layer_s = progress.sae_flops(10_230, 5120, 10_240) * 75 / 210e9  # 1915 s
+    line = costs.estimate("gpt2-large", 36, 12, 75, 10_230, 5120, 10_240, 210.0, "fp32")
+    per_layer_s = costs.sae_flops(10_230, 5120, 10_240) * 75 / 210e9  # 1915 s
     assert line == (
         "gpt2-large: 36 layers × 75 epochs, 10,230 tokens, d 5120 → 14.5 PFLOP; about "
         f"{progress.human_time(24 * per_layer_s)} here (fp32, measured 210 GFLOP/s); "
         "cached: 12 of 36 layers"
     )
     assert progress.human_time(24 * per_layer_s) == "12.8 h"
-    assert "about 0 s here" in progress.estimate("m", 3, 3, 75, 100, 8, 16, 1.0, "fp32")
+    assert "about 0 s here" in costs.estimate("m", 3, 3, 75, 100, 8, 16, 1.0, "fp32")
 
 
 def test_calibration_is_measured_once_per_machine(
@@ -62,18 +62,18 @@ def test_calibration_is_measured_once_per_machine(
         calls.append((device, precision, n, d, latent))
         return 123.0
 
-    monkeypatch.setattr(progress, "measure_rate", fake)
-    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
-    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
+    monkeypatch.setattr(costs, "measure_rate", fake)
+    assert costs.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
+    assert costs.calibrated_rate(tmp_path, "cpu", "fp32", 10_230, 64, 128) == 123.0
     assert calls == [("cpu", "fp32", 4096, 64, 128)]  # capped rows; the second run reused it
-    progress.calibrated_rate(tmp_path, "cpu", "tf32", 10_230, 64, 128)  # another precision
+    costs.calibrated_rate(tmp_path, "cpu", "tf32", 10_230, 64, 128)  # another precision
     assert len(calls) == 2
     saved = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
     assert len(saved) == 2 and all(v == 123.0 for v in saved.values())
 
 
 def test_measured_rate_is_a_real_measurement() -> None:
-    rate = progress.measure_rate("cpu", "fp32", 256, 64, 128)
+    rate = costs.measure_rate("cpu", "fp32", 256, 64, 128)
     assert 0.01 < rate < 1e5  # GFLOP/s of a real matmul on this machine, not a constant
 
 
@@ -264,16 +264,15 @@ def test_terminal_bar_in_a_terminal_and_never_with_quiet(
 def test_bf16_advice_on_cpus_with_and_without_native_bf16(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks import progress
     from tasks.config import Config
 
     cfg = Config(artifacts_dir=str(tmp_path))
-    monkeypatch.setattr(progress, "native_bf16", lambda: None)
-    [emulated] = progress.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
+    monkeypatch.setattr(costs, "native_bf16", lambda: None)
+    [emulated] = costs.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
     assert emulated.startswith("--precision bf16 on a CPU without native bf16 (no amx_bf16")
-    assert progress.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
-    monkeypatch.setattr(progress, "native_bf16", lambda: "avx512_bf16")
-    [offer] = progress.bf16_advice(cfg, "cpu", 64, 500)
+    assert costs.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
+    monkeypatch.setattr(costs, "native_bf16", lambda: "avx512_bf16")
+    [offer] = costs.bf16_advice(cfg, "cpu", 64, 500)
     known = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
     fp32, bf16 = (next(v for k, v in known.items() if f"| {p} |" in k) for p in ("fp32", "bf16"))
     assert offer == (
@@ -281,5 +280,5 @@ def test_bf16_advice_on_cpus_with_and_without_native_bf16(
         f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
         "accuracy cost measured in docs/performance.md (bf16)"
     )
-    assert progress.bf16_advice(cfg, "cuda", 64, 500) == []
-    assert progress.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []
+    assert costs.bf16_advice(cfg, "cuda", 64, 500) == []
+    assert costs.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []

@@ -17,7 +17,8 @@ from prefect.logging import disable_run_logger
 
 from tasks.config import Config
 from tasks.figures import ARTIFACT_WIDTH, for_the_ui
-from tasks.report import COLUMNS, metric_rows, write_report
+from tasks.report import write_report
+from tasks.tables import COLUMNS, metric_rows
 
 
 def result(name: str, layer: int, density: float, seed: int = 0) -> dict:
@@ -188,7 +189,7 @@ def test_per_sae_figures_show_the_first_seed_given(
 ) -> None:
     """--sae-seeds 3 1: the loss curves and frequency heatmaps show seed 3's SAE (the first
     given, Config.shown_seed), as the latent cards do; the tables average both."""
-    from tasks import figures, report
+    from tasks import figures
 
     drawn: dict[str, object] = {}
     monkeypatch.setattr(figures, "profile_overlay", lambda *a: None)
@@ -200,5 +201,5 @@ def test_per_sae_figures_show_the_first_seed_given(
     results = [result("m", 0, 10, seed=3), result("m", 0, 12, seed=1)]
     results[0]["loss_curve"], results[1]["loss_curve"] = [3.0, 3.0], [1.0, 1.0]
     rows = metric_rows(results, {"m": 2})
-    report.draw(rows, results, {"m": 2}, tmp_path, cfg.shown_seed)
+    figures.draw(rows, results, {"m": 2}, tmp_path, cfg.shown_seed)
     assert drawn["curves"] == [{"model": "m", "layer": 0, "loss": [3.0, 3.0]}]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import cluster, progress
+from tasks import cluster, costs, progress
 from tasks.config import Config
 from tasks.runs import left_phrase, time_left
 
@@ -49,7 +49,7 @@ def test_epoch_lines_with_no_time_passed_say_the_rate_is_unknown() -> None:
 
 
 def test_estimate_with_no_measured_rate_says_so() -> None:
-    line = progress.estimate("m", 3, 1, 75, 100, 8, 16, 0.0, "fp32")
+    line = costs.estimate("m", 3, 1, 75, 100, 8, 16, 0.0, "fp32")
     assert line == (  # 10 N d m FLOPs an epoch: 10 * 100 * 8 * 16 * 75 epochs * 3 layers
         "m: 3 layers × 75 epochs, 100 tokens, d 8 → 2.88e+07 FLOP; "
         "time here unknown (fp32, no matmul rate measured); cached: 1 of 3 layers"
@@ -60,9 +60,9 @@ def test_estimate_with_no_measured_rate_says_so() -> None:
 
 def test_a_zero_rate_is_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rates = iter([0.0, 50.0])
-    monkeypatch.setattr(progress, "measure_rate", lambda *a: next(rates))
-    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 0.0
-    assert progress.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 50.0  # measured again
+    monkeypatch.setattr(costs, "measure_rate", lambda *a: next(rates))
+    assert costs.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 0.0
+    assert costs.calibrated_rate(tmp_path, "cpu", "fp32", 100, 8, 16) == 50.0  # measured again
 
 
 @pytest.mark.cluster

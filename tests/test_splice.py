@@ -200,7 +200,7 @@ def test_scores_by_hand_and_undefined_where_the_ablation_is_noise_or_the_wrong_w
 
 
 def test_the_peak_memory_of_the_splices_is_known_beforehand() -> None:
-    from tasks.progress import clean_bytes
+    from tasks.costs import clean_bytes
 
     # GPT-2's vocabulary, 1024-token windows: 2 windows kept (0.41 GB) + one chunk's 7 buffers
     assert clean_bytes(2, 1024, 50257, 1) == 4 * 1024 * 50257 * (2 + 7)
@@ -360,7 +360,7 @@ def record_of_layer(records: Path, keys: set[str], layer: int) -> str:
 
 
 def test_the_estimate_counts_every_forward_pass() -> None:
-    from tasks.progress import splice_passes
+    from tasks.costs import splice_passes
 
     # the clean pass, then per layer the ablated pass and one spliced pass per seed
     assert splice_passes(3, seeds=1) == 7
