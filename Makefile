@@ -51,7 +51,7 @@ browser:
 test: setup browser interop
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 # The loop while editing: every test that needs no real Prefect server, browser, Dask cluster,
 # second environment or fault injection (docs/development.md gives its time); no set-up of

@@ -34,7 +34,7 @@ def own_seconds(prof: Any, device: str) -> dict[str, float]:
     return out
 
 
-# The step's matmuls in the order it runs them (tasks/sae.py), for the per-matmul times.
+# The step's matmuls in the order it runs them (tasks/sae/course.py), for the per-matmul times.
 MATMUL_NAMES = ("encode", "decode", "dL/dz", "encoder's share", "decoder's share")
 
 
@@ -51,7 +51,9 @@ def matmul_seconds(prof: Any, device: str) -> dict[str, float]:
 
 def one_round(n: int, d: int, precision: str, device: str) -> dict[str, float]:
     x = torch.randn(n, d, device=device)
-    model, opt = course.fresh(d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device)
+    model, opt = course.fresh(
+        d, COURSE.expansion, COURSE.topk_frac, COURSE.lr, 0, device, precision
+    )
     step = course.step_fn(x, precision, course.Workspace())
     step(model, COURSE.l1)  # first step: buffers, kernels
     opt.step()

@@ -198,7 +198,7 @@ def announce(
     holdouts: dict[str, EvalBatch],
 ) -> list[str]:
     """Before any heavy work: one line per model with the work ahead and its time on this
-    device (tasks.progress.estimate), printed (so logged) and published as an artifact."""
+    device (`estimate`), printed (so logged) and published as an artifact."""
     try:
         device = resolve_device(cfg.device)
     except LaminarError:  # a Dask run whose workers have the GPU this machine lacks

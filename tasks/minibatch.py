@@ -66,7 +66,7 @@ def train(
 ) -> fit.TrainResult:
     """A fresh SAE seeded as the full batch's, `epochs` passes over the file in minibatches
     (tasks.sae.fit's epoch loop). The shuffle has its own generator, seeded by `seed`."""
-    model, opt = course.fresh(src.d, expansion, topk_frac, lr, seed, device)
+    model, opt = course.fresh(src.d, expansion, topk_frac, lr, seed, device, precision)
     rng = np.random.default_rng(seed)
     ws = course.Workspace()  # one set of buffers for every minibatch
 

@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 
 # Every field declares its role (`role(...)` on its own Field), and the sets below are derived
 # from them after the class, so a new field cannot fall out of the cache keys unnoticed:
-#   "sae"        the SAE's hyperparameters (tasks.sae.train's keyword arguments)
+#   "sae"        the SAE's hyperparameters (tasks.sae.fit.train's keyword arguments)
 #   "training"   how the SAE is trained besides them (precision, minibatches)
 #   "result"     what is measured: models, text, tokens, hook, seeds; in every result hash
 #   "execution"  how a run executes, never what it computes: kept out of result hashes

@@ -1,7 +1,7 @@
 """laminar's saved SAEs read by SAELens itself, in an environment of its own (.venv-interop,
 built by `make interop`: sae-lens 6 needs TransformerLens < 4, laminar needs 4): the latents and
 the reconstruction SAELens computes from a layer's Parquet file equal laminar's, and
-tasks.sae.load reproduces the layer's reported metrics."""
+tasks.sae.files.load reproduces the layer's reported metrics."""
 
 from __future__ import annotations
 

@@ -70,13 +70,19 @@ def loss_and_grad(
 
 @torch.no_grad()
 def loss_and_grad_bf16(
-    sae: TiedSAE, x: torch.Tensor, x16: torch.Tensor, l1: float, ws: Workspace | None = None
+    sae: TiedSAE,
+    x: torch.Tensor,
+    x16: torch.Tensor,
+    x16t: torch.Tensor,
+    l1: float,
+    ws: Workspace | None = None,
 ) -> torch.Tensor:
-    """loss_and_grad with the five matmuls on bf16 operands (x16 = x in bf16, made once): the
-    kernels accumulate in fp32 and round their outputs to bf16 (8 significant bits, a relative
-    error of at most 2^-9 per element). W, its gradient, x̂ - x, the loss and Adam's state stay
-    fp32, so rounding enters the step's direction, never the weights' precision. z is kept in
-    bf16: its top-k runs on half the bytes."""
+    """loss_and_grad with the five matmuls on bf16 operands (x16 = x in bf16 and x16t its
+    transpose (d, N), both made once per batch): the kernels accumulate in fp32 and round their
+    outputs to bf16 (8 significant bits, a relative error of at most 2^-9 per element). W, its
+    gradient, x̂ - x, the loss and Adam's state stay fp32, so rounding enters the step's
+    direction, never the weights' precision. z is kept in bf16: its top-k runs on half the
+    bytes."""
     ws = ws or Workspace()
     w = sae.weight
     (n, d), m = x.shape, w.shape[0]
@@ -97,12 +103,15 @@ def loss_and_grad_bf16(
     g_err = ws.get("g_err16", (n, d), x16).copy_(err.mul_(2.0 / (n * d)))  # (N, d) dL/dx̂
     g_z = torch.mm(g_err, w16.t(), out=ws.get("g_z", (n, m), x16)).add_(l1 / z.numel())
     masked(g_z, mask)
-    # (m, d): the encoder's and the decoder's shares summed in bf16, then widened once into the
-    # fp32 gradient (adding a bf16 share to an fp32 tensor widens it into a fresh one first:
-    # 0.14 s at GPT-2 large; accumulating it with addmm_ ran that GEMM 1.6x slower)
-    both = torch.mm(g_z.t(), x16, out=ws.get("grad16", (m, d), x16))
-    both.add_(torch.mm(z.t(), g_err, out=ws.get("dec16", (m, d), x16)))
-    w.grad = ws.get("grad", (m, d), x).copy_(both)
+    # The weight gradient, transposed: (d, m) = xᵀ dL/dz + dL/dx̂ᵀ z. Both products then read
+    # row-major operands (x16t made once per batch, dL/dx̂ᵀ copied here: (d, N) is a twentieth
+    # of z's size at the course's width); with a transposed (N, ·) view as the first operand,
+    # oneDNN ran each 1.7x slower on AMX (docs/performance.md). The shares are summed in bf16,
+    # then widened into the fp32 gradient (m, d) by one transposing copy.
+    g_err_t = ws.get("g_err_t16", (d, n), x16).copy_(g_err.t())
+    both_t = torch.mm(x16t, g_z, out=ws.get("grad16", (d, m), x16))  # encoder's share
+    both_t.add_(torch.mm(g_err_t, z, out=ws.get("dec16", (d, m), x16)))  # + decoder's share
+    w.grad = ws.get("grad", (m, d), x).copy_(both_t.t())
     return loss
 
 
@@ -112,19 +121,30 @@ def step_fn(
     """The loss-and-gradient step for x at `precision` ('bf16': bf16 matmuls; else fp32, where
     'tf32' is the caller's matmul_precision setting), its buffers in `ws`."""
     if precision == "bf16":
-        x16 = ws.get("x16", tuple(x.shape), x, torch.bfloat16).copy_(x)  # (N, d)
-        return lambda sae, l1: loss_and_grad_bf16(sae, x, x16, l1, ws)
+        (n, d) = x.shape
+        x16 = ws.get("x16", (n, d), x, torch.bfloat16).copy_(x)
+        x16t = ws.get("x16t", (d, n), x, torch.bfloat16).copy_(x16.t())
+        return lambda sae, l1: loss_and_grad_bf16(sae, x, x16, x16t, l1, ws)
     return lambda sae, l1: loss_and_grad(sae, x, l1, ws)
 
 
 def fresh(
-    d: int, expansion: int, topk_frac: float, lr: float, seed: int, device: Any
+    d: int,
+    expansion: int,
+    topk_frac: float,
+    lr: float,
+    seed: int,
+    device: Any,
+    precision: str = "fp32",
 ) -> tuple[TiedSAE, torch.optim.Adam]:
-    """A new SAE for width d, initialised from `seed` alone, and its Adam optimizer."""
+    """A new SAE for width d, initialised from `seed` alone, and its Adam optimizer: PyTorch's
+    default Adam (the course's, bit for bit) in fp32 and TF32; in bf16, whose steps are not
+    bit-identical to fp32's anyway, the fused Adam (one kernel: 0.04 s against 0.27 s for the
+    default at GPT-2 large's weight shape on the AMX Xeon)."""
     generator = torch.Generator().manual_seed(seed)
     latent = expansion * d
     sae = TiedSAE(d, latent, topk_k(latent, topk_frac), generator).to(device)
-    return sae, torch.optim.Adam(sae.parameters(), lr=lr)
+    return sae, torch.optim.Adam(sae.parameters(), lr=lr, fused=precision == "bf16")
 
 
 def saelens_state(sae: TiedSAE) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -61,7 +61,7 @@ def train(
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """The course's training: a fresh seeded SAE, `epochs` full-batch Adam steps on x (N, d)."""
-    model, opt = course.fresh(x.shape[1], expansion, topk_frac, lr, seed, x.device)
+    model, opt = course.fresh(x.shape[1], expansion, topk_frac, lr, seed, x.device, precision)
     step = course.step_fn(x, precision, course.Workspace())
     batch = [(lambda: step(model, l1), len(x))]
     return run_epochs(model, opt, epochs, lambda: batch, len(x), on_epoch)
