@@ -27,9 +27,10 @@ import torch
 
 from tasks.cache import code_digest
 from tasks.config import SAE_FIELDS, Config
+from tasks.settings import resolve_device
 from tasks.stats import claims
 from tasks.store import write_json
-from tasks.train import train_layer
+from tasks.train import InMemory, train_layer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +111,8 @@ def train_all(shape: str, partial: Path, cfg: Config) -> dict[str, list[dict[str
                 continue
             start = time.perf_counter()
             run_cfg = cfg.model_copy(update={"precision": precision})
-            metrics, _ = train_layer(x, run_cfg, f"{shape} L{i} {precision}")
+            layer = InMemory(x, resolve_device(run_cfg.device))
+            metrics, _ = train_layer(layer, run_cfg, f"{shape} L{i} {precision}")
             done[key] = {
                 "model": shape,
                 "layer": i,

@@ -28,6 +28,7 @@ from tasks.report import publish, write_report
 from tasks.runs import Job, Runner
 from tasks.scrape import fetch_page, parse_page, publish_text
 from tasks.splice import release_splicers, splice_sae
+from tasks.stability import pairs, seed_stability, with_stability
 from tasks.tokens import holdout, tokenize
 from tasks.train import train_sae
 
@@ -80,6 +81,9 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
         if holdouts:
             splices, splice_failed = splice_all(run, pool, cfg, described, results, holdouts)
             results, failed = with_splices(results, splices), failed + splice_failed
+    if stable := pairs(cfg, results):  # 2+ seeds kept: do fresh SAEs find the same latents?
+        args = [(cfg, a, b, f"{a['name']} L{a['layer']}") for a, b in stable]
+        results = with_stability(results, run.each(seed_stability, args))
     cards = []
     for m in described if cfg.save_saes or cfg.saes else []:
         shown = [r for r in results if r["sae_seed"] == cfg.shown_seed]

@@ -6,7 +6,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
     published                                  --saes: a published family instead of train
-    scrape tokens extract train latents report splice   the tasks, one module per job;
+    scrape tokens extract train latents report splice stability   the tasks, a module a job;
     costs                                      and what a run will cost, said before it starts
     cache wikitext figures tables progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "tables", "progress", "provenance", "minibatch", "saelens"),
-    ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "costs"),
+    ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "stability", "costs"),
     ("published",),
     ("cluster",),
     ("runs",),

@@ -28,6 +28,7 @@ GROUPS = {  # group: what it holds, in table order
     "course": "the course's measures and the ones laminar adds beside them (training tokens)",
     "field": "the field's reconstruction measures (SAELens, SAEBench), on the training tokens",
     "downstream": "what the SAE costs the model, spliced in on the held-out windows",
+    "stability": "do fresh SAEs find the same latents: the first two seeds compared",
     "run": "where and how long it ran, and the SAE's shape",
     "inputs": "what the SAE is fed",
     "eval": "the held-out windows the downstream measures use",
@@ -124,6 +125,20 @@ COLUMNS: tuple[Column, ...] = (
         True,
         True,
     ),
+    C(
+        "stability_shared",
+        "",
+        "share of the first seed's live latents whose decoder direction has a match with cosine"
+        " ≥ 0.7 in the second seed's SAE (Paulo & Belrose 2025); empty with one seed",
+        "stability",
+    ),
+    C(
+        "stability_mmcs",
+        "",
+        "mean over the first seed's live latents of the largest decoder cosine with the second"
+        " seed's latents (mean max cosine similarity); empty with one seed",
+        "stability",
+    ),
     C("seconds", "s", "training (or measuring) time, summed over seeds", "run"),
     C("device", "", "where it ran (cpu, cuda, mps)", "run"),
     C("n_tokens", "", "tokens the SAE was trained and measured on", "run"),
@@ -153,6 +168,7 @@ COLUMNS: tuple[Column, ...] = (
     C("ran_on", "", "host:pid of the process that ran it", "record"),
     C("sae_source", "", "where a published SAE came from (--saes)", "record"),
     C("splice_seconds", "s", "time of the downstream measures", "record"),
+    C("stability_seeds", "", "the two SAE seeds the stability columns compare", "record"),
 )
 BY_NAME = {c.name: c for c in COLUMNS}
 assert len(BY_NAME) == len(COLUMNS), "a column declared twice"

@@ -129,7 +129,8 @@ def measure_layer(
     """measures.metrics of a published SAE, and the course's loss evaluated on it
     (MSE + l1·mean|z|): the training loss a trained SAE would report. One encoding."""
     out = measures.metrics(model, chunks, var, mean_abs_z=True)
-    return {**out, "final_loss": out["final_mse"] + l1 * out.pop("mean_abs_z")}
+    mean_abs_z = out.pop("mean_abs_z")  # a term of the loss, not a column of its own
+    return {**out, "final_loss": out["final_mse"] + l1 * mean_abs_z}
 
 
 @task(

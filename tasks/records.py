@@ -82,6 +82,16 @@ class Splice(TypedDict):
     splice_seconds: float
 
 
+class Stability(TypedDict):
+    """stability.seed_stability: one layer's first two SAE seeds compared (tasks.sae.stability)."""
+
+    name: str
+    layer: int
+    stability_seeds: list[int]  # [first seed, second seed]
+    stability_shared: float | None  # None: no live latent to compare
+    stability_mmcs: float | None
+
+
 class LayerFile(FileRecord):
     """One layer's activation file (extract)."""
 
@@ -147,6 +157,9 @@ class LayerResult(TypedDict):
     latent: int
     k: int
     sae_source: NotRequired[str]  # a published SAE's source (--saes)
+    stability_seeds: NotRequired[list[int]]  # with 2+ seeds kept: the layer's Stability
+    stability_shared: NotRequired[float | None]
+    stability_mmcs: NotRequired[float | None]
 
 
 class Report(TypedDict):

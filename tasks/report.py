@@ -85,6 +85,29 @@ def field_table(rows: list[dict[str, Any]], holdouts: list[EvalBatch]) -> list[s
     return [*lines, "", *(["Undefined scores:", "", *why, ""] if why else [])]
 
 
+def stability_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Do fresh SAEs find the same latents (tasks.sae.stability), where two seeds were kept."""
+    measured = [r for r in rows if r.get("stability_mmcs") is not None]
+    if not measured:
+        return []
+    lines = [
+        "## Do fresh SAEs find the same latents?",
+        "",
+        "The first two SAE seeds of each layer compared by decoder direction (Paulo & Belrose "
+        "2025): the share of the first seed's live latents with a match of cosine ≥ 0.7 in the "
+        "second seed's SAE, and the mean over them of the best cosine (MMCS).",
+        "",
+        "| model | layer | matched share | MMCS |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in measured:
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {fmt(r['stability_shared'], '.3f')} | "
+            f"{r['stability_mmcs']:.3f} |"
+        )
+    return [*lines, ""]
+
+
 def epochs_of(cfg: Config) -> str:
     if cfg.batch_tokens:
         return f"epochs in shuffled minibatches of {cfg.batch_tokens} tokens"
@@ -160,7 +183,7 @@ def markdown(
         f"{r['seconds']:.1f} |"
         for r in rows
     ]
-    lines += ["", *field_table(rows, holdouts)]
+    lines += ["", *field_table(rows, holdouts), *stability_table(rows)]
     if failed:
         lines += ["", "**Failed (not in the table; rerun to retry them):**", ""]
         lines += [f"- {f}" for f in failed]

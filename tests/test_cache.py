@@ -202,6 +202,9 @@ CANNED: dict[str, Any] = {
     "sae_fingerprint": "d" * 64,
 }
 CANNED["pages"] = [CANNED["page"]]
+CANNED["first"] = {"name": "gpt2", "layer": 3, "sae_seed": 0, "activations": CANNED["acts"]}
+CANNED["first"] |= {"sae_files": CANNED["sae_files"], "x_var": 1.5}
+CANNED["second"] = {**CANNED["first"], "sae_seed": 1, "sae_files": [_record("s1.safetensors")]}
 
 
 def task_keys() -> dict[str, str]:
@@ -214,12 +217,13 @@ def task_keys() -> dict[str, str]:
     from tasks.report import write_report
     from tasks.scrape import fetch_page, parse_page
     from tasks.splice import splice_sae
+    from tasks.stability import seed_stability
     from tasks.tokens import holdout, tokenize
     from tasks.train import train_sae
 
     keys = {}
     tasks = (fetch_page, parse_page, tokenize, extract_activations, train_sae, latent_cards)
-    tasks += (holdout, splice_sae, profile_sae)
+    tasks += (holdout, splice_sae, profile_sae, seed_stability)
     for t in (*tasks, write_report):
         inputs = {p: CANNED[p] for p in inspect.signature(t.fn).parameters}
         task = SimpleNamespace(name=t.name, fn=t.fn, result_storage=None)
@@ -309,7 +313,11 @@ def test_code_digests_are_the_same_on_every_python() -> None:
 
     from tasks import cache, codehash
 
-    modules = sorted(f"tasks.{p.stem}" for p in codehash.TASKS.glob("*.py") if p.stem != "__init__")
+    modules = sorted(
+        "tasks." + ".".join(p.relative_to(codehash.TASKS).with_suffix("").parts)
+        for p in codehash.TASKS.rglob("*.py")
+        if p.name != "__init__.py"
+    )
     here = {m: cache.code_digest(m) for m in modules}
     code = (
         "import json, runpy, sys\n"

@@ -27,6 +27,7 @@ def test_a_trained_layers_row_is_its_record() -> None:
     x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) + 1
     out, _ = train_layer(InMemory(x, "cpu"), Config(device="cpu", epochs=2), "t L0")
     plumbing = {"name", "layer", "sae_seed", "activations", "json", "sae_files", "sae_source"}
+    plumbing |= {"stability_seeds", "stability_shared", "stability_mmcs"}  # added by the flow
     assert set(out) == set(LayerResult.__annotations__) - plumbing
     assert columns.undeclared(out) == []
 
@@ -59,3 +60,24 @@ def test_the_docs_list_every_column() -> None:
     )
     for c in columns.COLUMNS:
         assert f"| `{c.name}` |" in page
+
+
+def test_a_published_sae_row_carries_declared_columns_only() -> None:
+    """What measuring a published SAE writes is declared too (its mean |z| is a term of the
+    loss, not a column)."""
+    import time
+
+    import torch
+
+    from tasks.published import measure_layer
+    from tasks.sae.standard import Standard
+    from tasks.train import finish
+
+    g = torch.Generator().manual_seed(0)
+    state = {"W_enc": torch.randn(8, 16, generator=g), "b_enc": torch.zeros(16)}
+    state |= {"W_dec": torch.randn(16, 8, generator=g), "b_dec": torch.zeros(8)}
+    x = torch.randn(64, 8, generator=g)
+    out = measure_layer(Standard({}, state), [x], float(x.var()), l1=1.0)
+    row = finish(out, [], Standard({}, state), ("cpu", 64, time.perf_counter()), "p L0")
+    assert columns.undeclared(row) == []
+    assert row["final_loss"] > row["final_mse"]

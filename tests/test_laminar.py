@@ -445,7 +445,36 @@ def test_sae_seeds_are_cached_task_runs_reported_as_mean_and_sd(
         vals = [float(r[col]) for r in by_seed]
         assert float(row[col]) == pytest.approx(statistics.fmean(vals))
         assert float(row[f"{col}_sd"]) == pytest.approx(statistics.stdev(vals))
+    # Cross-seed stability: the values a fresh computation from the two saved SAEs gives
+    assert first["tasks"]["stability tiny-gpt2 L1"] == "Completed"
+    want = stability_from_files(tmp_path, layer=1, seeds=(0, 1))
+    assert float(row["stability_shared"]) == pytest.approx(want["shared"], abs=1e-12)
+    assert float(row["stability_mmcs"]) == pytest.approx(want["mmcs"], rel=1e-9)
+    assert (
+        "## Do fresh SAEs find the same latents?"
+        in (Path(first["report"]) / "report.md").read_text()
+    )
 
     more = laminar(cfg.model_copy(update={"sae_seeds": [0, 1, 2]}))
     executed = sorted(n for n, s in more["tasks"].items() if s != "Cached")
     assert executed == ["report", "sae tiny-gpt2 L1 s2"]  # seeds 0 and 1 reused
+
+
+def stability_from_files(root: Path, layer: int, seeds: tuple[int, int]) -> dict:
+    """tasks.sae.stability of the saved SAEs of `seeds` on the layer, its live latents counted
+    by encoding the layer's activation file whole."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from tasks.sae import files as sae_files
+    from tasks.sae.stability import decoder_match
+
+    folders = {}
+    for cfg_json in root.glob(f"sae/**/L{layer:02d}/*/cfg.json"):
+        folders[json.loads(cfg_json.read_text())["laminar"]["sae_seed"]] = cfg_json.parent
+    a, b = (sae_files.load(folders[s]) for s in seeds)
+    [acts] = root.glob(f"activations/**/L{layer:02d}.parquet")
+    table = pq.read_table(acts)
+    x = torch.tensor([list(v) for v in table.column("activation").to_pylist()])
+    _, z = a(x)
+    return decoder_match(a.weight, b.weight, (z != 0).any(dim=0))
