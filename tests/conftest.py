@@ -277,6 +277,25 @@ def said(stderr: str) -> list[str]:
 os.environ["PREFECT_HOME"] = str(Path(__import__("tempfile").mkdtemp(prefix="laminar-prefect-")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[str]:
+    """The temporary Prefect server of this test process (the one its in-process flows talk to,
+    as a user's script does), started once and handed to every process it starts through
+    PREFECT_API_URL: each `laminar` subprocess then skips starting one of its own and migrating
+    a fresh database (8-20 s each on a 2-core machine). The tests of what a user meets without a
+    server (bad input, offline, the README's command) remove PREFECT_API_URL again."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # Prefect's singleton: in-process flows find the same one
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Prefect stops its ephemeral server at interpreter exit and logs that to a console stream
     # pytest has already closed; don't print a "Logging error" traceback for it.

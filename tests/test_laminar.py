@@ -269,6 +269,24 @@ def test_cli_help_lists_every_option() -> None:
         assert "--" + name.replace("_", "-") in out.stdout
 
 
+def test_the_script_refuses_a_bad_flag_before_torch_and_prefect_load() -> None:
+    """`python flows/laminar.py --epochs 0`, the README's command with a typo, answers in a
+    fraction of a second: the script hands over to the command before its own imports."""
+    script = ROOT / "flows" / "laminar.py"
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(script)!r}, '--epochs', '0']\n"
+        "try:\n"
+        f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    heavy = {'torch', 'prefect', 'transformer_lens'} & set(sys.modules)\n"
+        "    print(exit.code, sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "[]"], out.stderr[-2000:]
+    assert said(out.stderr) == ["laminar: --epochs 0 is invalid: input should be greater than 0."]
+
+
 def test_the_installed_commands(tmp_path: Path) -> None:
     """`pip install` makes `laminar` (the flow's CLI, refusing a bad flag before the flow loads),
     `laminar-compare` and `laminar-ui`; they run from any folder, and no module of the project
@@ -366,7 +384,7 @@ def bad_input_runs(
         tmp_path_factory.mktemp("bio") / "tiny-biogpt", tokenizer_dir, "biogpt"
     )
 
-    def one(i: int, args: list[str]) -> tuple[subprocess.CompletedProcess[str], Path]:
+    def one(i: int, args: list[str], early: bool) -> tuple[subprocess.CompletedProcess[str], Path]:
         tmp = tmp_path_factory.mktemp(f"bad{i}")
         (tmp / "empty").mkdir()
         (tmp / "file").write_text("")
@@ -387,10 +405,13 @@ def bad_input_runs(
             "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there
             "HF_HUB_OFFLINE": None,
         }
+        if early:  # no server given: one that started would say so on stderr
+            env["PREFECT_API_URL"] = None
         return run_cli(*to_args(base), *args, cwd=tmp, env=env), tmp / "art"  # last flag wins
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = pool.map(one, range(len(BAD_INPUT)), [a for a, _, _ in BAD_INPUT])
+        args, early = [a for a, _, _ in BAD_INPUT], [e for _, _, e in BAD_INPUT]
+        runs = pool.map(one, range(len(BAD_INPUT)), args, early)
         return dict(zip(CASE_IDS, runs, strict=True))
 
 

@@ -173,13 +173,16 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     hub = DeadHub()
     env = {"HF_HOME": str(hf), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": None}
     try:
-        first = run_cli(*to_args(cfg), "--layers", "0", cwd=tmp_path, env=env, timeout=240)
+        # as a user runs it: no Prefect server given, so the run starts its own on loopback
+        alone = {**env, "PREFECT_API_URL": None}
+        first = run_cli(*to_args(cfg), "--layers", "0", cwd=tmp_path, env=alone, timeout=240)
     finally:
         server.close()  # and now the article server is gone too
     assert first.returncode == 0, first.stderr
     assert hub.connections == 1  # the probe alone
     assert "SAE runs" not in first.stdout + first.stderr  # output piped, not a terminal: no bar
     assert "cannot be reached (ConnectionError): loading models from the local" in first.stderr
+    assert "Starting temporary server on http://127.0.0.1:" in first.stderr
     [report] = [
         line.split("report: ")[1] for line in first.stdout.splitlines() if "report: " in line
     ]
