@@ -31,6 +31,7 @@ from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
 from tasks.preflight import checked_for
 from tasks.published import profile_sae
+from tasks.recipes import train_recipe
 from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner
@@ -147,9 +148,8 @@ def layer_jobs(
                 args = (cfg, name, f["layer"], f, str(folder), saelens.fingerprint(folder), label)
                 task_name, future = run.submit(pool, profile_sae, *args)
             else:
-                task_name, future = run.submit(
-                    pool, train_sae, cfg, name, f["layer"], f, seed, label
-                )
+                trainer = train_sae if cfg.sae_arch == "course" else train_recipe
+                task_name, future = run.submit(pool, trainer, cfg, name, f["layer"], f, seed, label)
             progress = paths.epochs_file(paths.layer_json(cfg, Path(f["path"]), seed))
             jobs.append(Job(task_name, future, name, progress))
     return jobs

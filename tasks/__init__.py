@@ -5,7 +5,8 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     preflight                                  the checks before any heavy work
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
-    published                                  --saes: a published family instead of train
+    published  recipes                         --saes: a published family measured, or
+                                               --sae-arch: the field's SAEs trained, not train's
     scrape tokens extract train latents report splice stability   the tasks, a module a job;
     costs                                      and what a run will cost, said before it starts
     cache wikitext figures tables progress provenance minibatch saelens   what the tasks share
@@ -37,7 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "tables", "progress", "provenance", "minibatch", "saelens"),
     ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "stability", "costs"),
-    ("published",),
+    ("published", "recipes"),
     ("cluster",),
     ("runs",),
     ("preflight",),

@@ -17,6 +17,7 @@ _ROLE_WORDS = {
     "result": "what is measured: changing it recomputes what depends on it",
     "sae": "an SAE hyperparameter: changing it retrains the SAEs only",
     "training": "how the SAEs are trained: changing it retrains the SAEs only",
+    "recipe": "the SAE architecture and its own settings: changing it retrains the SAEs only",
     "execution": "how the run executes, never what it computes: no cache key holds it",
 }
 

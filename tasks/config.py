@@ -185,6 +185,49 @@ class Config(BaseModel):
         le=1,
         description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
     )
+    sae_arch: Literal["course", "standard", "topk", "batchtopk"] = Field(
+        json_schema_extra=role("recipe"),
+        default="course",
+        description="The SAE trained per layer. 'course': the course's tied, bias-free ReLU + "
+        "top-k SAE (--topk-frac, --l1). The field's, trained as SAELens 6 trains them "
+        "(docs/experiment.md, architectures): 'standard' (untied, biases, ReLU, --l1 on "
+        "z·‖W_dec‖ with --l1-warm-up-steps), 'topk' (k per token, --k) and 'batchtopk' (k·N "
+        "per batch of N tokens, saved as JumpReLU), the last two with the dead-latent "
+        "auxiliary loss (--aux-coefficient). Each is saved in SAELens's format.",
+    )
+    k: int = Field(
+        json_schema_extra=role("recipe"),
+        default=100,
+        gt=0,
+        le=1_000_000,
+        description="topk: latents per token; batchtopk: their mean over a batch (SAELens's "
+        "default 100). At most the latent width.",
+    )
+    l1_warm_up_steps: int = Field(
+        json_schema_extra=role("recipe"),
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="standard: steps over which --l1 rises linearly from 0 (SAELens's "
+        "l1_warm_up_steps; default 0).",
+    )
+    aux_coefficient: float = Field(
+        json_schema_extra=role("recipe"),
+        allow_inf_nan=False,
+        default=1.0,
+        ge=0,
+        description="topk, batchtopk: weight of the auxiliary loss in which the top d/2 dead "
+        "latents reconstruct the residual (SAELens's aux_loss_coefficient; default 1).",
+    )
+    dead_steps: int = Field(
+        json_schema_extra=role("recipe"),
+        default=1000,
+        gt=0,
+        le=10_000_000,
+        description="topk, batchtopk: a latent is dead for the auxiliary loss once it has not "
+        "fired for this many steps (SAELens's dead_feature_window; default 1000, so a "
+        "75-step training never uses it).",
+    )
     batch_tokens: int = Field(
         json_schema_extra=role("training"),
         default=0,
@@ -369,6 +412,22 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _recipe_fits(self) -> Config:
+        if self.sae_arch == "course":
+            return self
+        if self.saes:
+            refuse(
+                f"--sae-arch {self.sae_arch} trains SAEs, but --saes '{self.saes}' measures "
+                "published ones: drop one of the two."
+            )
+        if self.precision == "bf16":
+            refuse(
+                f"--precision bf16 is the course SAE's hand-written step; --sae-arch "
+                f"{self.sae_arch} trains in fp32 or tf32: give --precision fp32."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _downstream_needs_saes(self) -> Config:
         if self.eval_seqs and not self.save_saes and not self.saes:
             refuse(
@@ -397,8 +456,10 @@ class Config(BaseModel):
         return {f: getattr(self, f) for f in fields}
 
     def digest(self) -> str:
-        """Hash of every field that changes results (not the EXECUTION_FIELDS)."""
-        return stable_hash(self.model_dump(exclude=set(EXECUTION_FIELDS)))
+        """Hash of every field that changes results (not the EXECUTION_FIELDS; for the course's
+        SAE, not the RECIPE_FIELDS either, which it does not read: its runs keep their names)."""
+        course = set(RECIPE_FIELDS) if self.sae_arch == "course" else set()
+        return stable_hash(self.model_dump(exclude=set(EXECUTION_FIELDS) | course))
 
     @property
     def root(self) -> Path:
@@ -428,3 +489,4 @@ if without_role(Config):  # a field without a role would fall out of the keys: r
 EXECUTION_FIELDS = frozenset(fields_with("execution"))
 SAE_FIELDS = fields_with("sae")  # with the precision and the seed, what a layer's numbers
 RESULT_FIELDS = fields_with("sae", "training")  # depend on besides its activations
+RECIPE_FIELDS = fields_with("recipe")  # what the field's architectures depend on besides those

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.config import RESULT_FIELDS, Config
+from tasks.config import RECIPE_FIELDS, RESULT_FIELDS, Config
 from tasks.settings import stable_hash
 
 
@@ -64,6 +64,8 @@ def layer_settings(cfg: Config, seed: int) -> dict[str, object]:
     if cfg.saes:  # a published SAE measured, not one trained: its source and the loss's l1
         return {"saes": cfg.saes, "l1": cfg.l1, "sae_seed": seed}
     settings = {**cfg.subset(*RESULT_FIELDS), "sae_seed": seed, **kept}
+    if cfg.sae_arch != "course":  # the field's architectures: their own settings name them too
+        settings |= cfg.subset(*RECIPE_FIELDS)
     if not cfg.batch_tokens:  # full batch, as before the option existed: the same file names
         del settings["batch_tokens"]
     return settings

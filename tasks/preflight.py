@@ -13,7 +13,7 @@ from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
 from tasks.security import check_deployment_targets
-from tasks.settings import resolve_device
+from tasks.settings import LaminarError, resolve_device
 from tasks.store import check_writable
 
 
@@ -37,7 +37,22 @@ def preflight(cfg: Config) -> Checked:
         check_splice_memory(cfg, described, resolve_device(cfg.device))
     if family:
         published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
+    check_k(cfg, described)
     return Checked(cfg, described, family)
+
+
+def check_k(cfg: Config, described: list[ModelFacts]) -> None:
+    """topk and batchtopk keep --k latents a token: no more than an SAE has."""
+    if cfg.sae_arch not in ("topk", "batchtopk"):
+        return
+    for facts in described:
+        width = facts["d"] * cfg.expansion
+        if cfg.k > width:
+            raise LaminarError(
+                f"--k {cfg.k} is more than the {width} latents of {facts['name']}'s SAEs (its "
+                f"width {facts['d']} at --hook {cfg.hook} times --expansion {cfg.expansion}): "
+                f"give --k at most {width}."
+            )
 
 
 def hand_over(cfg: Config, checked: Checked) -> Config:

@@ -129,6 +129,26 @@ def articles_markdown(prov: dict, out: Path) -> list[str]:
     return [*lines, ""]
 
 
+# Where an architecture fixes density by construction, the claim is not judged on it.
+FIXED_DENSITY = {
+    "topk": "under --sae-arch topk every token keeps k latents, so density is k/latent by "
+    "construction; depth is judged by the U rule on the loss, FVU and ΔCE, which vary"
+}
+
+
+def judged(rows: list[dict[str, Any]], sae_arch: str) -> dict[str, dict[str, Any]]:
+    """stats.claims for the rows; under an architecture of FIXED_DENSITY the density claim is
+    undefined, with why."""
+    out = claims(rows)
+    if sae_arch in FIXED_DENSITY:
+        for model in out.values():
+            model["density"] = {
+                **dict.fromkeys(model["density"]),
+                "undefined": FIXED_DENSITY[sae_arch],
+            }
+    return out
+
+
 def sae_line(cfg: Config) -> str:
     if cfg.saes:
         position = (
@@ -141,6 +161,19 @@ def sae_line(cfg: Config) -> str:
             f"SAEs: published, one per layer, from `{cfg.saes}` (SAELens format), none trained; "
             f"final loss is the course's loss evaluated on them (MSE + {cfg.l1:g}·mean|z|); "
             f"{position}."
+        )
+    if cfg.sae_arch != "course":
+        own = {
+            "standard": f"untied with biases, ReLU, L1 {cfg.l1:g} on z·‖W_dec‖ (warm-up "
+            f"{cfg.l1_warm_up_steps} steps)",
+            "topk": f"TopK, k = {cfg.k} a token, aux. coefficient {cfg.aux_coefficient:g}",
+            "batchtopk": f"BatchTopK, k = {cfg.k} a token on average over a batch, saved as "
+            f"JumpReLU, aux. coefficient {cfg.aux_coefficient:g}",
+        }[cfg.sae_arch]
+        return (
+            f"SAE: `{cfg.sae_arch}` as SAELens trains it ({own}), latent = {cfg.expansion}·d, "
+            f"Adam lr {cfg.lr:g}, {cfg.epochs} {epochs_of(cfg)}, {cfg.precision}, seeds "
+            f"{cfg.sae_seeds} (± is the sd over seeds)."
         )
     return (
         f"SAE: tied, latent = {cfg.expansion}·d, top-k fraction {cfg.topk_frac:.4g}, Adam lr "
@@ -168,7 +201,7 @@ def markdown(
         "",
         sae_line(cfg),
         "",
-        *(claims_markdown(claims(rows)) if rows else []),
+        *(claims_markdown(judged(rows, cfg.sae_arch)) if rows else []),
         *(f"![{Path(i).stem}]({i})\n" for i in images),
         "",
         "| model | layer | rel. depth | density % | final loss | MSE | FVU | L0 | dead % | "
@@ -218,7 +251,7 @@ def write_report(
     rows = tables.metric_rows(results, n_layers)
     written = tables.write_tables(results, rows, out)
     images = figures.draw(rows, results, n_layers, out, cfg.shown_seed)
-    write_json(out / "claims.json", claims(rows) if rows else {})
+    write_json(out / "claims.json", judged(rows, cfg.sae_arch) if rows else {})
     prov = provenance.collect(cfg, pages, texts, tokens, extractions, results, started_at, holdouts)
     write_json(out / "provenance.json", prov)
     md = markdown(cfg, prov, rows, failed, images, out, holdouts)

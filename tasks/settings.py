@@ -16,9 +16,11 @@ from pydantic_core import PydanticCustomError
 # from them after the class, so a new field cannot fall out of the cache keys unnoticed:
 #   "sae"        the SAE's hyperparameters (tasks.sae.fit.train's keyword arguments)
 #   "training"   how the SAE is trained besides them (precision, minibatches)
+#   "recipe"     the SAE's architecture and the settings only the field's architectures take
+#                (tasks.sae.recipes); the course's SAE depends on none of them
 #   "result"     what is measured: models, text, tokens, hook, seeds; in every result hash
 #   "execution"  how a run executes, never what it computes: kept out of result hashes
-ROLES = ("sae", "training", "result", "execution")
+ROLES = ("sae", "training", "recipe", "result", "execution")
 
 
 def role(name: str) -> dict[str, str]:

@@ -258,3 +258,146 @@ def test_published_families_give_saelenss_own_numbers(
             else:
                 assert ours[key][f"{score}_undefined"].startswith("the zero ablation "), key
     assert defined >= 12  # the KL scores at least: zeroing a hook moves KL well past noise
+
+
+# Run in .venv-interop: for each architecture, SAELens's own training SAE from laminar's weights
+# computes the training loss, the latents, the gradients and (batchtopk) the threshold's update
+# on the same batch and dead latents; and SAELens loads the SAE laminar saved and encodes and
+# decodes the batch. Everything goes back in one safetensors file per architecture.
+SAELENS_TRAINING = """
+import json, sys
+import torch
+from safetensors.torch import load_file, save_file
+from sae_lens import SAE
+from sae_lens.saes.sae import TrainStepInput
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.training.optim import CoefficientScheduler
+for arch, spec in json.loads(sys.argv[1]).items():
+    t = load_file(spec["inputs"])
+    m, d = t["W_dec"].shape
+    common = dict(d_in=d, d_sae=m)
+    if arch == "standard":
+        cfg = StandardTrainingSAEConfig(
+            **common, l1_coefficient=spec["l1"], l1_warm_up_steps=spec["warm"])
+        sae = StandardTrainingSAE(cfg)
+        schedule = CoefficientScheduler(spec["warm"], spec["l1"])
+        for _ in range(spec["steps"]):
+            schedule.step()
+        coefficients = {"l1": schedule.value}
+    elif arch == "topk":
+        cfg = TopKTrainingSAEConfig(**common, k=spec["k"], aux_loss_coefficient=spec["aux"])
+        sae, coefficients = TopKTrainingSAE(cfg), {}
+    else:
+        cfg = BatchTopKTrainingSAEConfig(**common, k=spec["k"], aux_loss_coefficient=spec["aux"])
+        sae, coefficients = BatchTopKTrainingSAE(cfg), {}
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(t[name])
+        if arch == "batchtopk":
+            sae.topk_threshold.fill_(float(t["threshold"]))
+    step = TrainStepInput(sae_in=t["x"], coefficients=coefficients,
+                          dead_neuron_mask=t["dead"], n_training_steps=spec["steps"],
+                          is_logging_step=False)
+    out = sae.training_forward_pass(step)
+    out.loss.backward()
+    got = {"loss": out.loss.detach().reshape(1), "z": out.feature_acts.detach()}
+    got |= {f"grad_{n}": getattr(sae, n).grad for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if arch == "batchtopk":
+        got["threshold"] = sae.topk_threshold.detach().reshape(1).float()
+    loaded = SAE.load_from_disk(spec["saved"], device="cpu")
+    with torch.no_grad():
+        got["saved_z"] = loaded.encode(t["x"])
+        got["saved_x_hat"] = loaded.decode(got["saved_z"])
+    got = {k: v.contiguous() for k, v in got.items()}
+    save_file(got, spec["out"], metadata={"class": type(loaded).__name__})
+    print(arch, type(loaded).__name__)
+"""
+
+
+def test_the_fields_architectures_train_and_save_as_saelenss_own_code_does(
+    interop_python: Path, tmp_path: Path
+) -> None:
+    """standard, topk and batchtopk: from the same weights, batch, dead latents and (standard)
+    L1 warm-up step, laminar's training loss, latents and gradients equal those of SAELens's
+    TrainingSAE of that architecture, and batchtopk's threshold moves as SAELens's does. The
+    SAE laminar saves loads in SAELens as standard, topk and jumprelu, and SAELens's encode and
+    decode equal laminar's inference form (what laminar measures and splices)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from tasks import recipes as task
+    from tasks.sae import recipes
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 16) * 2 + 0.5  # (N, d), off-centre so b_dec matters
+    specs, ours = {}, {}
+    for arch in ("standard", "topk", "batchtopk"):
+        recipe = recipes.Recipe(
+            arch, l1=0.3, k=4, l1_warm_up_steps=5, aux_coefficient=0.5, dead_steps=2
+        )
+        sae, opt = recipes.fresh(16, 64, recipe, seed=1, device="cpu", lr=1e-2)
+        for _ in range(3):  # biases away from 0, some latents dead (k=4 of 64 per token)
+            sae.step(x[:32])
+            opt.step()
+        dead = sae.dead()
+        assert arch == "standard" or 0 < int(dead.sum()) < 64, arch  # the aux loss is live
+        inputs = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        threshold = sae.threshold.clone() if arch == "batchtopk" else torch.zeros(())
+        save_file(
+            {**inputs, "x": x, "dead": dead, "threshold": threshold.float().reshape(1)},
+            tmp_path / f"{arch}-in.safetensors",
+        )
+        for p in sae.parameters():
+            p.grad = None
+        loss, z = sae.loss(x)
+        loss.backward()
+        sae.after_step(z)  # batchtopk: the threshold's update
+        mine = {"loss": loss.detach().reshape(1), "z": z.detach()}
+        mine |= {f"grad_{n}": getattr(sae, n).grad for n in inputs}
+        if arch == "batchtopk":
+            mine["threshold"] = sae.threshold.reshape(1).float()
+        saved = tmp_path / f"{arch}-sae"
+        task.save(sae.inference(), saved, {"hook": "blocks.0.mlp.hook_pre", "model": "tiny"})
+        inference = files.load(saved)
+        mine["saved_z"] = inference.encode(x)
+        mine["saved_x_hat"] = inference.decode(mine["saved_z"])
+        ours[arch] = mine
+        specs[arch] = {
+            "inputs": str(tmp_path / f"{arch}-in.safetensors"),
+            "l1": 0.3,
+            "warm": 5,
+            "steps": 3,
+            "k": 4,
+            "aux": 0.5,
+            "saved": str(saved),
+            "out": str(tmp_path / f"{arch}-out.safetensors"),
+        }
+    import json
+
+    out = subprocess.run(
+        [str(interop_python), "-c", SAELENS_TRAINING, json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [
+        "standard",
+        "StandardSAE",
+        "topk",
+        "TopKSAE",
+        "batchtopk",
+        "JumpReLUSAE",
+    ]
+    for arch, mine in ours.items():
+        theirs = load_file(specs[arch]["out"])
+        with safe_open(specs[arch]["out"], "pt") as f:
+            assert f.metadata()["class"] in out.stdout
+        assert sorted(theirs) == sorted(mine), arch
+        for key, value in mine.items():
+            torch.testing.assert_close(
+                value, theirs[key], rtol=1e-5, atol=1e-6, msg=f"{arch} {key}"
+            )

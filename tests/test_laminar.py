@@ -349,6 +349,16 @@ BAD_INPUT = [
     (["--dask-workers", "1000"], "--dask-workers 1000 is invalid: input should be less", True),
     (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
     (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
+    (
+        ["--sae-arch", "topk", "--k", "5000"],
+        "--k 5000 is more than the 512 latents of tiny-gpt2's SAEs (its width 256 at --hook",
+        True,
+    ),
+    (
+        ["--sae-arch", "standard", "--precision", "bf16"],
+        "--precision bf16 is the course SAE's hand-written step; --sae-arch standard trains",
+        True,
+    ),
     (["--seq-len", "5000"], "--seq-len 5000 is longer than tiny-gpt2's context of", True),
     (["--models", "{biogpt}"], "is a BioGptForCausalLM model, an architecture Transformer", True),
     (  # several failing articles: one sentence naming each

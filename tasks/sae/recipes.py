@@ -1,0 +1,197 @@
+"""The SAEs the field trains, trained as SAELens 6 trains them (sae_lens.saes'
+StandardTrainingSAE, TopKTrainingSAE and BatchTopKTrainingSAE, and SAETrainer's step), then
+saved as the architecture SAELens loads them as for inference (tasks.sae.standard, .topk,
+.jumprelu run that form).
+
+All three start as SAELens starts them: W_dec's rows drawn Kaiming-uniform and scaled to norm
+DECODER_INIT_NORM, W_enc = W_decᵀ, zero biases. All share the forward pass
+    pre = (x - b_dec) W_enc + b_enc,   z = act(pre),   x̂ = z W_dec + b_dec
+and the loss Σ_d (x̂ - x)², averaged over tokens, plus each one's auxiliary term:
+  standard   act = ReLU; + l1 · warm-up(step) · mean over tokens of Σ_i z_i ‖W_dec,i‖
+  topk       pre scaled by ‖W_dec,i‖, act = ReLU of the k largest per token, decoded as
+             (z / ‖W_dec‖) W_dec; + the top d/2 dead latents reconstruct the residual (Gao et
+             al. 2024, Appendix B.1), weighted by aux_coefficient · min(n_dead / (d/2), 1)
+  batchtopk  as topk, but the k·N largest over a batch of N tokens; the mean of each step's
+             smallest firing value (an EMA) becomes the JumpReLU threshold it is saved with
+Each step clips the gradient's norm to 1 before Adam, as SAETrainer does.
+Shapes: x (N, d), pre and z (N, m), W_enc (d, m), W_dec (m, d)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+DECODER_INIT_NORM = 0.1  # SAELens's TrainingSAEConfig.decoder_init_norm
+THRESHOLD_LR = 0.01  # SAELens's BatchTopKTrainingSAEConfig.topk_threshold_lr
+CLIP_NORM = 1.0  # SAETrainer clips every step's gradient to this norm
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings an architecture reads (Config's fields of the same names)."""
+
+    sae_arch: str
+    l1: float  # standard: the L1 coefficient
+    k: int  # topk: per token; batchtopk: mean per token over a batch
+    l1_warm_up_steps: int
+    aux_coefficient: float
+    dead_steps: int  # steps without firing after which a latent counts as dead
+
+
+class Standard(nn.Module):
+    def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
+        super().__init__()
+        w_dec = torch.empty(m, d)
+        nn.init.kaiming_uniform_(w_dec, generator=generator)
+        w_dec *= DECODER_INIT_NORM / w_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)  # (m, d)
+        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())  # (d, m)
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.recipe = recipe
+        self.steps = 0  # steps taken, for the L1 warm-up
+        self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
+
+    @property
+    def weight(self) -> torch.Tensor:  # the decoder, as every laminar SAE names it
+        return self.W_dec
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc  # (N, m)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre.relu()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec  # (N, d)
+
+    def aux(
+        self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        r = self.recipe
+        warm = min(self.steps / r.l1_warm_up_steps, 1.0) if r.l1_warm_up_steps else 1.0
+        return r.l1 * warm * (z * self.W_dec.norm(dim=1)).norm(p=1, dim=-1).mean()
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss on batch x (N, d) and the latents z (N, m), as SAELens's
+        training_forward_pass computes them with this SAE's dead latents."""
+        pre = self.pre(x)
+        z = self.activate(pre)
+        x_hat = self.decode(z)
+        mse = (x_hat - x).pow(2).sum(dim=-1).mean()
+        return mse + self.aux(x, x_hat, pre, z), z
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One training step's loss on x, its gradient written and clipped (Adam steps next)."""
+        for p in self.parameters():
+            p.grad = None
+        loss, z = self.loss(x)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.parameters(), CLIP_NORM)
+        with torch.no_grad():
+            self.after_step(z)
+        return loss.detach()
+
+    @torch.no_grad()
+    def after_step(self, z: torch.Tensor) -> None:
+        fired = (z != 0).any(dim=0)
+        self.since_fired += 1
+        self.since_fired[fired] = 0
+        self.steps += 1
+
+    def dead(self) -> torch.Tensor:
+        return self.since_fired > self.recipe.dead_steps  # (m,) bool
+
+    @torch.no_grad()
+    def inference(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The state and cfg.json fields SAELens saves for inference."""
+        state = {n: getattr(self, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        m, d = self.W_dec.shape
+        return state, {"architecture": "standard", "d_in": d, "d_sae": m} | APPLY_B_DEC
+
+
+APPLY_B_DEC = {"apply_b_dec_to_input": True}  # SAELens's default: x - b_dec is encoded
+
+
+class TopK(Standard):
+    def pre(self, x: torch.Tensor) -> torch.Tensor:  # rescale_acts_by_decoder_norm (default)
+        return super().pre(x) * self.W_dec.norm(dim=-1)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        top = pre.topk(self.recipe.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z / self.W_dec.norm(dim=-1)) @ self.W_dec + self.b_dec
+
+    def aux(
+        self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        dead = self.dead()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return x.new_zeros(())
+        k_aux = x.shape[-1] // 2
+        scale = min(n_dead / k_aux, 1.0)
+        top = torch.where(dead[None], pre, -torch.inf).topk(min(k_aux, n_dead), sorted=False)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)  # (N, m)
+        recons = (acts / self.W_dec.norm(dim=-1)) @ self.W_dec  # no bias: b_dec is in x_hat
+        residual = (x - x_hat).detach()
+        aux = (recons - residual).pow(2).sum(dim=-1).mean()
+        return self.recipe.aux_coefficient * scale * aux
+
+    @torch.no_grad()
+    def inference(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """As SAELens saves it: ‖W_dec‖ folded into the encoder, the decoder's rows unit norm,
+        so inference needs no rescaling."""
+        state, fields = super().inference()
+        norm = self.W_dec.norm(dim=-1)  # (m,)
+        state["W_enc"] *= norm
+        state["b_enc"] *= norm
+        state["W_dec"] /= norm[:, None]
+        return state, fields | {"architecture": "topk", "k": self.recipe.k}
+
+
+class BatchTopK(TopK):
+    def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
+        super().__init__(d, m, recipe, generator)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        acts = pre.relu().flatten()
+        top = acts.topk(min(self.recipe.k * len(pre), acts.numel()), dim=-1)
+        return torch.zeros_like(acts).scatter(-1, top.indices, top.values).reshape(pre.shape)
+
+    @torch.no_grad()
+    def after_step(self, z: torch.Tensor) -> None:
+        super().after_step(z)
+        positive = z[z > 0]
+        if len(positive):
+            smallest = positive.min().double()
+            self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * smallest)
+
+    @torch.no_grad()
+    def inference(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state, fields = super().inference()
+        state["threshold"] = torch.full_like(state["b_enc"], self.threshold.item())
+        del fields["k"]
+        return state, fields | {"architecture": "jumprelu"}
+
+
+ARCHITECTURES: dict[str, type[Standard]] = {
+    "standard": Standard,
+    "topk": TopK,
+    "batchtopk": BatchTopK,
+}
+
+
+def fresh(
+    d: int, m: int, recipe: Recipe, seed: int, device: str, lr: float
+) -> tuple[Standard, torch.optim.Adam]:
+    """A seeded SAE of the recipe's architecture and its Adam (SAELens's betas 0.9, 0.999)."""
+    generator = torch.Generator().manual_seed(seed)
+    sae = ARCHITECTURES[recipe.sae_arch](d, m, recipe, generator).to(device)
+    return sae, torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))

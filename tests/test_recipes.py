@@ -1,0 +1,181 @@
+"""--sae-arch standard, topk and batchtopk (tasks/recipes.py, tasks/sae/recipes.py): each trains
+through the flow on the same activations as the course's SAE, in full batch and in minibatches,
+saves in SAELens's format as the architecture SAELens loads it as, and reports numbers that its
+saved SAE reproduces. SAELens's own code agrees on the loss, the gradients and the saved SAE:
+test_interop.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ArticleServer, quick_config
+
+from flows.laminar import laminar
+from tasks import store
+from tasks.config import Config
+from tasks.sae import files, measures, recipes
+
+
+def rows(report: str) -> list[dict[str, str]]:
+    with (Path(report) / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    ("arch", "saved_as", "batch_tokens"),
+    [("standard", "standard", 0), ("topk", "topk", 0), ("batchtopk", "jumprelu", 48)],
+)
+def test_each_architecture_trains_through_the_flow_and_its_saved_sae_gives_its_numbers(
+    arch: str,
+    saved_as: str,
+    batch_tokens: int,
+    tmp_path: Path,
+    tiny_model: Path,
+    article_server: ArticleServer,
+) -> None:
+    cfg = quick_config(
+        tiny_model,
+        article_server,
+        tmp_path,
+        layers="1",
+        sae_arch=arch,
+        k=16,
+        epochs=4,
+        lr=1e-3,
+        batch_tokens=batch_tokens,
+        eval_seqs=2 if arch == "topk" else 0,  # spliced into the model: loaded as SAELens's
+    )
+    first = laminar(cfg)
+    assert set(first["tasks"].values()) == {"Completed"}
+    [row] = rows(first["report"])
+    [cfg_json] = (tmp_path / "sae").rglob("cfg.json")
+    saved = json.loads(cfg_json.read_text())
+    assert saved["architecture"] == saved_as and saved["apply_b_dec_to_input"] is True
+    assert saved["laminar_recipe"]["sae_arch"] == arch and "laminar" not in saved
+    sae = files.load(cfg_json.parent)
+    assert type(sae).__name__ == {"standard": "Standard", "topk": "TopK"}.get(arch, "JumpReLU")
+    [parquet] = (tmp_path / "activations").rglob("L01.parquet")
+    x = torch.from_numpy(store.read_activations(store.file_record(parquet)).copy())
+    stats = measures.input_stats([x])
+    again = measures.metrics(sae, [x], stats["x_var"])
+    for metric in ("l0", "fvu", "density_pct", "dead_pct", "explained_variance"):
+        assert float(row[metric]) == pytest.approx(again[metric], rel=1e-5, abs=1e-9), metric
+    assert row["latent"] == "512" and float(row["final_loss"]) > float(row["final_mse"]) > 0
+    if arch == "topk":
+        assert float(row["l0"]) == 16.0  # exactly k a token, by construction
+        assert any(n.startswith("splice") for n in first["tasks"]) and row["ce_sae"] != ""
+    rerun = laminar(cfg)
+    assert set(rerun["tasks"].values()) == {"Cached"}
+
+
+def test_the_course_and_each_recipe_keep_their_own_files(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """One artifacts dir, the course's SAE and two recipes on one layer: one extraction, three
+    SAEs in three places, and the course's report folder named as before --sae-arch existed
+    (its digest leaves out the settings only the recipes read)."""
+    base = quick_config(tiny_model, article_server, tmp_path, layers="0", epochs=2)
+    course = laminar(base)
+    assert Path(course["report"]).name == base.digest()[:12]
+    plain = Config.model_validate(base.model_dump(exclude={"sae_arch", "k"}) | {"k": 7})
+    assert plain.digest() == base.digest()  # --k is not the course's: the name stays
+    later = []
+    for arch in ("standard", "topk"):
+        summary = laminar(base.model_copy(update={"sae_arch": arch, "k": 8}))
+        executed = sorted(n for n, s in summary["tasks"].items() if s != "Cached")
+        assert executed == ["latents tiny-gpt2", "report", "sae tiny-gpt2 L0"], executed
+        later.append(summary["report"])
+    assert len({course["report"], *later}) == 3
+    archs = sorted(
+        json.loads(p.read_text()).get("architecture") for p in (tmp_path / "sae").rglob("cfg.json")
+    )
+    assert archs == ["standard", "topk", "topk"]  # the course's SAE is saved as topk too
+
+
+def test_the_standard_loss_by_hand() -> None:
+    """Σ_d (x̂ - x)² averaged over tokens, plus l1 · warm-up · mean Σ_i z_i ‖W_dec,i‖, in
+    float64 numpy on a 2-token, 2-latent case; at step 1 of a 4-step warm-up the L1 weighs 1/4."""
+    recipe = recipes.Recipe(
+        "standard", l1=2.0, k=1, l1_warm_up_steps=4, aux_coefficient=0.0, dead_steps=10
+    )
+    sae = recipes.Standard(2, 2, recipe, torch.Generator().manual_seed(0))
+    w_dec = np.array([[1.0, 0.0], [3.0, 4.0]])
+    w_enc, b_enc, b_dec = (
+        np.array([[1.0, 0.5], [-1.0, 0.25]]),
+        np.array([0.1, -0.2]),
+        np.array([0.5, -0.5]),
+    )
+    with torch.no_grad():
+        for name, value in {"W_dec": w_dec, "W_enc": w_enc, "b_enc": b_enc, "b_dec": b_dec}.items():
+            getattr(sae, name).copy_(torch.tensor(value))
+    sae.steps = 1
+    x = np.array([[1.0, 2.0], [-1.0, 0.5]])
+    z = np.maximum((x - b_dec) @ w_enc + b_enc, 0)
+    x_hat = z @ w_dec + b_dec
+    mse = ((x_hat - x) ** 2).sum(axis=1).mean()
+    l1 = 2.0 * (1 / 4) * (z * np.linalg.norm(w_dec, axis=1)).sum(axis=1).mean()
+    loss, z_t = sae.loss(torch.tensor(x, dtype=torch.float32))
+    assert float(loss.detach()) == pytest.approx(mse + l1, rel=1e-6)
+    np.testing.assert_allclose(z_t.detach().numpy(), z, rtol=1e-6)
+
+
+def test_topk_aux_loss_by_hand() -> None:
+    """Dead latents (here latent 2 of 3, d = 2 so k_aux = 1) reconstruct the residual through
+    their decoder rows at unit norm; weight aux_coefficient · min(n_dead / k_aux, 1)."""
+    recipe = recipes.Recipe(
+        "topk", l1=0.0, k=1, l1_warm_up_steps=0, aux_coefficient=0.5, dead_steps=1
+    )
+    sae = recipes.TopK(2, 3, recipe, torch.Generator().manual_seed(0))
+    w_dec = np.array([[2.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    w_enc = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]])
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor(w_dec))
+        sae.W_enc.copy_(torch.tensor(w_enc))
+        sae.since_fired.copy_(torch.tensor([0, 0, 5]))  # latent 2 dead
+    x = np.array([[1.0, 0.2], [0.1, 2.0]])
+    norms = np.linalg.norm(w_dec, axis=1)
+    pre = (x @ w_enc) * norms
+    z = np.zeros_like(pre)
+    for i, j in enumerate(pre.argmax(axis=1)):
+        z[i, j] = max(pre[i, j], 0)
+    x_hat = (z / norms) @ w_dec
+    mse = ((x_hat - x) ** 2).sum(axis=1).mean()
+    aux_acts = np.zeros_like(pre)
+    aux_acts[:, 2] = pre[:, 2]
+    recons = (aux_acts / norms) @ w_dec
+    aux = ((recons - (x - x_hat)) ** 2).sum(axis=1).mean()
+    loss, _ = sae.loss(torch.tensor(x, dtype=torch.float32))
+    assert float(loss.detach()) == pytest.approx(mse + 0.5 * 1.0 * aux, rel=1e-6)
+
+
+def test_under_topk_density_is_not_judged_and_the_report_says_why() -> None:
+    """Density that rises with depth holds under the course's SAE; under topk, where it is
+    k/latent by construction, the same rows leave it undefined with the reason, and the loss's
+    U rule is judged as before."""
+    from tasks.report import FIXED_DENSITY, judged
+    from tasks.stats import claims_markdown
+
+    depth = [0.0, 0.25, 0.5, 0.75, 1.0]
+    loss = [5.0, 2.0, 1.0, 2.0, 5.0]
+    rows = [
+        {"model": "m", "rel_depth": x, "density_pct": 10.0 + i, "final_loss": loss[i]}
+        for i, x in enumerate(depth)
+    ]
+    course, topk = judged(rows, "course"), judged(rows, "topk")
+    assert course["m"]["density"]["holds"] is True and course["m"]["loss"]["holds"] is True
+    assert topk["m"]["density"] == {
+        "rho": None,
+        "p": None,
+        "slope": None,
+        "r2": None,
+        "holds": None,
+        "undefined": FIXED_DENSITY["topk"],
+    }
+    assert topk["m"]["loss"] == course["m"]["loss"]
+    text = "\n".join(claims_markdown(topk))
+    assert "density rises with depth: **undefined (under --sae-arch topk every token" in text
