@@ -308,6 +308,18 @@ def section_profile(args: argparse.Namespace, n: int) -> dict[str, Any]:
     return {"profile": rows}
 
 
+def section_recipes(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """The field's architectures (--sae-arch) against their fp32 matmul limit, both shapes."""
+    from benchmarks.recipes import compare as recipes_compare
+
+    rows = []
+    for d in [64] if args.quick else [SHAPES["gpt2-small"][2], SHAPES["gpt2-large"][2]]:
+        rows.append(recipes_compare(n, d, args.device, rounds=1 if args.quick else 3))
+        medians = {k: v["median"] if isinstance(v, dict) else v for k, v in rows[-1].items()}
+        print_row("recipes", medians)
+    return {"recipes": rows}
+
+
 SECTIONS = {
     "sae": section_sae,
     "parquet": lambda a, n: {"parquet": bench_parquet(512 if a.quick else n, 5120, a.models_dir)},
@@ -320,6 +332,7 @@ SECTIONS = {
     "stream": lambda a, n: {"stream": stream_memory(a.models_dir, a.quick)},
     "bf16": section_bf16,
     "profile": section_profile,
+    "recipes": section_recipes,
 }
 
 

@@ -50,3 +50,53 @@ def laminar(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, LaminarError) else 1
     print(f"report: {os.path.join(summary['report'], 'report.md')}")
     return 0
+
+
+def laminar_sweep(argv: list[str] | None = None) -> int:
+    """`laminar-sweep --grid FIELD=V1,V2 ... [laminar's flags]` (flows/sweep.py): the grid and
+    every point's settings checked before the flow loads; exit 0 with sweep.md's path on stdout,
+    2 for a bad grid entry or flag, 1 if a point failed, each a sentence on stderr."""
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="laminar-sweep", add_help=False)
+    parser.add_argument("--grid", action="append", default=[])
+    known, rest = parser.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(SWEEP_USAGE)
+        return 0
+    from tasks import sweep as grid
+    from tasks.cli import config_from_args
+    from tasks.settings import LaminarError
+
+    try:
+        if not known.grid:
+            raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
+        base, entries = config_from_args(rest), grid.parse_grid(known.grid)
+        n_points = len(grid.points(base, entries))
+    except LaminarError as exc:
+        for sentence in str(exc).splitlines():
+            print(f"laminar-sweep: {sentence}", file=sys.stderr)
+        return 2
+    sizes = " × ".join(f"{len(v)} {f}" for f, v in entries.items())
+    print(
+        f"laminar-sweep: {n_points} points ({sizes}), each a laminar run sharing its cached "
+        "tasks with the others; each says its own cost as it starts.",
+        file=sys.stderr,
+    )
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from flows.sweep import Sweep, sweep
+
+    summary = sweep(Sweep(base=base, grid=entries))
+    for name in summary["failed"]:
+        print(f"laminar-sweep: point {name} failed; the matrix holds the others.", file=sys.stderr)
+    print(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
+    return 1 if summary["failed"] else 0
+
+
+SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...] [laminar's flags]
+
+Runs laminar at every combination of the grid's values (any laminar setting, e.g.
+--grid sae_arch=course,topk --grid epochs=75,600), the other flags setting every point's base,
+and writes the verdict matrix of the claims (sweep.md, sweep.csv, sweep.parquet) under
+ARTIFACTS_DIR/sweeps/. `laminar --help` lists the settings."""

@@ -223,7 +223,7 @@ def main() -> int:
         )
         say(
             f"Prefect UI at {launcher.url}{login} (deployments laminar/full, laminar/gpt2-small, "
-            f"laminar/quick; logs in {home}). Ctrl-C stops it."
+            f"laminar/quick, sweep/recipes; logs in {home}). Ctrl-C stops it."
         )
         worker.wait()
         return launcher.fail(f"the worker stopped; see {home / 'worker.log'}")

@@ -9,6 +9,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
                                                --sae-arch: the field's SAEs trained, not train's
     scrape tokens extract train latents report splice stability   the tasks, a module a job;
     costs                                      and what a run will cost, said before it starts
+    sweep                                      a sweep's grid, points and verdict matrix
     cache wikitext figures tables progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
@@ -37,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "tables", "progress", "provenance", "minibatch", "saelens"),
+    ("sweep",),
     ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "stability", "costs"),
     ("published", "recipes"),
     ("cluster",),

@@ -56,6 +56,13 @@ def test_every_deployment_in_prefect_yaml_is_a_valid_config() -> None:
     assert robust.models == ["gpt2", "EleutherAI/pythia-160m"]
     assert (robust.n_seqs, robust.seq_len, robust.batch_tokens) == (100, 1024, 4096)
     assert robust.urls[0] == Config().urls[0] and len(robust.urls) > 10
+    from flows.sweep import Sweep
+
+    [recipes] = [d for d in spec["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep"]
+    sweep = Sweep(**recipes["parameters"]["sweep"])
+    assert sweep.base.models == ["gpt2"] and sweep.grid == {
+        "sae_arch": ["course", "standard", "topk", "batchtopk"]
+    }
 
 
 def test_every_field_declares_its_role_and_the_sets_follow() -> None:

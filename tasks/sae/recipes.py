@@ -117,15 +117,22 @@ APPLY_B_DEC = {"apply_b_dec_to_input": True}  # SAELens's default: x - b_dec is 
 
 
 class TopK(Standard):
-    def pre(self, x: torch.Tensor) -> torch.Tensor:  # rescale_acts_by_decoder_norm (default)
-        return super().pre(x) * self.W_dec.norm(dim=-1)
+    # SAELens's rescale_acts_by_decoder_norm (its default) scales pre by ‖W_dec,i‖ and divides z
+    # by it before decoding; the scaling is applied to the (d, m) weights here, not the (N, m)
+    # latents: the same function and gradient, two passes over the latents fewer.
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.W_dec.norm(dim=-1)  # (m,)
+        return (x - self.b_dec) @ (self.W_enc * norm) + self.b_enc * norm
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         top = pre.topk(self.recipe.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
 
+    def unit_decoder(self) -> torch.Tensor:
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)  # (m, d), rows of norm 1
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return (z / self.W_dec.norm(dim=-1)) @ self.W_dec + self.b_dec
+        return z @ self.unit_decoder() + self.b_dec
 
     def aux(
         self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
@@ -138,7 +145,7 @@ class TopK(Standard):
         scale = min(n_dead / k_aux, 1.0)
         top = torch.where(dead[None], pre, -torch.inf).topk(min(k_aux, n_dead), sorted=False)
         acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)  # (N, m)
-        recons = (acts / self.W_dec.norm(dim=-1)) @ self.W_dec  # no bias: b_dec is in x_hat
+        recons = acts @ self.unit_decoder()  # no bias: b_dec is in x_hat
         residual = (x - x_hat).detach()
         aux = (recons - residual).pow(2).sum(dim=-1).mean()
         return self.recipe.aux_coefficient * scale * aux

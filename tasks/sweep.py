@@ -1,0 +1,159 @@
+"""A sweep over recipes: the grid (Config fields and the values each takes), its points (each a
+whole Config, validated before anything runs), and the verdict matrix (for each point and model,
+each claim's statistic and verdict, read from the point's own claims.json)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tasks import store
+from tasks.cli import describe_validation_error
+from tasks.config import Config
+from tasks.settings import LaminarError
+
+# (claims.json key, the claim's name in the matrix, its statistic shown beside the verdict)
+CLAIMS = [
+    ("density", "density rises", "rho"),
+    ("loss", "loss U", "vertex"),
+    ("fvu", "FVU U", "vertex"),
+    ("ce_delta", "ΔCE U", "vertex"),
+]
+MARKS = {"holds": "🟢 holds", "does not hold": "🔴 does not hold", "undefined": "⚪ undefined"}
+
+
+def parse_grid(entries: list[str]) -> dict[str, list[str]]:
+    """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too) as
+    {field: [values]}; a malformed entry or a name Config does not have is one sentence."""
+    grid: dict[str, list[str]] = {}
+    for entry in entries:
+        name, sep, values = entry.partition("=")
+        field = name.strip().lstrip("-").replace("-", "_")
+        if not sep or not values.strip():
+            raise LaminarError(
+                f"--grid '{entry}' is not FIELD=VALUE[,VALUE...]: e.g. epochs=75,600."
+            )
+        if field not in Config.model_fields:
+            raise LaminarError(
+                f"--grid '{entry}': '{name}' is not a laminar setting: give one of `laminar "
+                "--help`'s options (e.g. sae_arch, epochs, hook)."
+            )
+        if field in grid:
+            raise LaminarError(f"--grid names '{field}' twice: give its values in one entry.")
+        grid[field] = [v.strip() for v in values.split(",")]
+    return grid
+
+
+def _value(field: str, value: str) -> Any:
+    """A grid value as Config takes it: list settings (--models, --urls, --sae-seeds) get a
+    list of one; pydantic converts the rest from the string."""
+    annotation = str(Config.model_fields[field].annotation)
+    return [value] if annotation.startswith("list") else value
+
+
+def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str, str], Config]]:
+    """Every combination of the grid's values over `base`: (label, the point's values, its
+    Config). A value a point's Config refuses is one sentence naming the grid entry."""
+    out = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo, strict=True))
+        try:
+            cfg = Config(**{**base.model_dump(), **{f: _value(f, v) for f, v in values.items()}})
+        except ValidationError as exc:
+            entry = " ".join(f"{f}={v}" for f, v in values.items())
+            raise LaminarError(
+                f"--grid point {entry}: {describe_validation_error(exc).splitlines()[0]}"
+            ) from None
+        out.append((" ".join(f"{f}={v}" for f, v in values.items()) or "base", values, cfg))
+    return out
+
+
+def verdict(claim: dict[str, Any]) -> str:
+    if claim.get("holds") is None:
+        return "undefined"
+    return "holds" if claim["holds"] else "does not hold"
+
+
+def verdict_rows(label: str, values: dict[str, str], claims: dict[str, Any]) -> list[dict]:
+    """One row per model of a point's claims.json: each claim's statistic, verdict and, where
+    undefined, why (p-value beside density's ρ)."""
+    rows = []
+    for model, found in claims.items():
+        row: dict[str, Any] = {"point": label, **values, "model": model}
+        for key, _, stat in CLAIMS:
+            claim = found.get(key)
+            if claim is None:  # not measured in this point (ΔCE needs --eval-seqs)
+                continue
+            row[f"{key}_{stat}"] = claim.get(stat)
+            if key == "density":
+                row["density_p"] = claim.get("p")
+            row[key] = verdict(claim)
+            row[f"{key}_undefined"] = claim.get("undefined")
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def matrix_markdown(rows: list[dict[str, Any]], grid: dict[str, list[str]]) -> str:
+    """The verdict matrix: a row per (point, model), a column per claim, cells coloured."""
+    shown = [c for c in CLAIMS if any(c[0] in r for r in rows)]
+    head = ["point", "model", *(f"{name} ({stat})" for _, name, stat in shown)]
+    lines = [
+        "# laminar sweep",
+        "",
+        f"{len({r['point'] for r in rows})} points over "
+        + ", ".join(f"`{f}` ∈ {{{', '.join(v)}}}" for f, v in grid.items())
+        + ". Each cell: the verdict and its statistic (Spearman ρ with p for density, the U "
+        "fit's vertex for the U rules); docs/experiment.md gives the rules.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [r["point"], r["model"]]
+        for key, _, stat in shown:
+            if key not in r:
+                cells.append("–")
+                continue
+            extra = f", p {_cell(r['density_p'])}" if key == "density" else ""
+            cells.append(f"{MARKS[r[key]]} ({stat} {_cell(r[f'{key}_{stat}'])}{extra})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![density and final loss against depth, a column per point](sweep.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_matrix(rows: list[dict[str, Any]], grid: dict[str, list[str]], folder: Path) -> str:
+    """sweep.md, sweep.csv and sweep.parquet in `folder`, each written atomically; the markdown
+    is returned (the Prefect artifact's body)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    md = matrix_markdown(rows, grid)
+    store.write_bytes(folder / "sweep.md", md.encode())
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    store.write_bytes(folder / "sweep.csv", text.getvalue().encode())
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    store.write_bytes(folder / "sweep.parquet", sink.getvalue().to_pybytes())
+    return md
+
+
+def read_claims(report: str | Path) -> dict[str, Any]:
+    return json.loads((Path(report) / "claims.json").read_text())

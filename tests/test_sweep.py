@@ -1,0 +1,146 @@
+"""The sweep (flows/sweep.py, tasks/sweep.py, `laminar-sweep`): every point a laminar subflow
+sharing the cached tasks, the verdict matrix equal to each point's own claims.json, a grid
+entry refused before anything starts, and a killed sweep resumed with only what is missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import ArticleServer, make_model, quick_config, said
+
+from tasks.cli import to_args
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """Four layers: the fewest on which the claims are judged."""
+    return make_model(tmp_path_factory.mktemp("m4") / "tiny4", tokenizer_dir, n_layer=4)
+
+
+def test_a_two_point_sweep_extracts_once_and_its_matrix_is_each_points_claims(
+    tmp_path: Path, four_layers: Path, article_server: ArticleServer
+) -> None:
+    from flows.sweep import Sweep, sweep
+
+    base = quick_config(four_layers, article_server, tmp_path, epochs=2)
+    summary = sweep(Sweep(base=base, grid={"epochs": ["2", "3"]}))
+    assert summary["failed"] == []
+    first, second = summary["points"]
+    assert [first["point"], second["point"]] == ["epochs=2", "epochs=3"]
+    states = [p["tasks"] for p in (first, second)]
+    extracts = [s for run in states for n, s in run.items() if n.startswith("extract")]
+    assert extracts == ["Completed", "Cached"]  # one extraction, shared
+    assert all(s == "Cached" for n, s in states[1].items() if n.startswith(("fetch", "parse")))
+    assert [s for n, s in states[1].items() if n.startswith("sae ")] == ["Completed"] * 4
+
+    folder = Path(summary["folder"])
+    with (folder / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["epochs=2", "epochs=3"]
+    for row, point in zip(rows, (first, second), strict=True):
+        claims = json.loads((Path(point["report"]) / "claims.json").read_text())["tiny4"]
+        assert row["model"] == "tiny4" and row["epochs"] == point["point"].split("=")[1]
+        assert cell(row["density_rho"]) == claims["density"]["rho"]
+        assert cell(row["density_p"]) == claims["density"]["p"]
+        assert cell(row["density_undefined"]) == claims["density"]["undefined"]
+        assert cell(row["loss_vertex"]) == claims["loss"]["vertex"] is not None
+        assert cell(row["fvu_vertex"]) == claims["fvu"]["vertex"] is not None
+        for key in ("density", "loss", "fvu"):
+            holds = claims[key]["holds"]
+            assert row[key] == (
+                "undefined" if holds is None else "holds" if holds else "does not hold"
+            )
+    table = pq.read_table(folder / "sweep.parquet").to_pylist()
+    assert [r["loss_vertex"] for r in table] == [float(r["loss_vertex"]) for r in rows]
+    md = (folder / "sweep.md").read_text()
+    assert md.count("| epochs=") == 2 and ("🟢" in md or "🔴" in md)
+    assert "](sweep.png)" in md and (folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def cell(text: str) -> float | str | None:
+    """A sweep.csv cell as claims.json holds it: empty is None, a number a float."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def run_sweep(
+    *args: str, cwd: Path, wait: bool = True
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    command = [str(Path(sys.executable).parent / "laminar-sweep"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("grid", "sentence"),
+    [
+        (
+            ["--grid", "nope=1,2"],
+            "laminar-sweep: --grid 'nope=1,2': 'nope' is not a laminar "
+            "setting: give one of `laminar --help`'s options (e.g. sae_arch, epochs, hook).",
+        ),
+        (
+            ["--grid", "epochs=2,0"],
+            "laminar-sweep: --grid point epochs=0: --epochs 0 is invalid: "
+            "input should be greater than 0.",
+        ),
+        (
+            ["--grid", "epochs"],
+            "laminar-sweep: --grid 'epochs' is not FIELD=VALUE[,VALUE...]: e.g. epochs=75,600.",
+        ),
+        ([], "laminar-sweep: no --grid given: e.g. --grid sae_arch=course,topk."),
+    ],
+)
+def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
+    grid: list[str], sentence: str, tmp_path: Path
+) -> None:
+    out = run_sweep(*grid, "--artifacts-dir", str(tmp_path / "art"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("laminar-sweep")] == [
+        sentence
+    ]
+    assert not (tmp_path / "art").exists()  # nothing started
+
+
+@pytest.mark.slow  # two sweeps through the command, the first killed
+def test_a_killed_sweep_resumes_computing_only_what_is_missing(
+    tmp_path: Path, four_layers: Path, article_server: ArticleServer
+) -> None:
+    base = quick_config(four_layers, article_server, tmp_path / "art", epochs=2)
+    args = [*to_args(base), "--grid", "sae_arch=course,standard"]
+    proc = run_sweep(*args, cwd=tmp_path, wait=False)
+    reports = tmp_path / "art" / "reports"
+    deadline = time.monotonic() + 240
+    while not list(reports.glob("*/report.md")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(reports.glob("*/report.md"))) == 1  # killed in the second point
+    out = run_sweep(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert said(out.stderr) == []
+    states = [line for line in out.stderr.splitlines() if "Finished in state" in line]
+    course_sae = [s for s in states if "Task run 'sae tiny4 L" in s]
+    # course: 4 SAEs replayed; standard: 4 trained
+    assert sum("Cached" in s for s in course_sae) == 4
+    assert sum("Completed" in s for s in course_sae) == 4
+    assert out.stdout.startswith("sweep: ") and Path(out.stdout.split()[1]).is_file()
+    assert len(list(reports.glob("*/report.md"))) == 2
