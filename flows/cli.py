@@ -61,6 +61,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="laminar-sweep", add_help=False)
     parser.add_argument("--grid", action="append", default=[])
+    parser.add_argument("--grid-file")
     known, rest = parser.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         print(SWEEP_USAGE)
@@ -70,9 +71,9 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
     from tasks.settings import LaminarError
 
     try:
-        if not known.grid:
+        if not known.grid and not known.grid_file:
             raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
-        base, entries = config_from_args(rest), grid.parse_grid(known.grid)
+        base, entries = config_from_args(rest), grid.parse_grid(known.grid, known.grid_file)
         n_points = len(grid.points(base, entries))
     except LaminarError as exc:
         for sentence in str(exc).splitlines():
@@ -94,9 +95,11 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
     return 1 if summary["failed"] else 0
 
 
-SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...] [laminar's flags]
+SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...]
+                     [--grid-file GRID.yaml] [laminar's flags]
 
 Runs laminar at every combination of the grid's values (any laminar setting, e.g.
 --grid sae_arch=course,topk --grid epochs=75,600), the other flags setting every point's base,
-and writes the verdict matrix of the claims (sweep.md, sweep.csv, sweep.parquet) under
+or given as a YAML mapping of settings to lists of values in --grid-file, and writes the
+verdict matrix of the claims (sweep.md, sweep.csv, sweep.parquet) under
 ARTIFACTS_DIR/sweeps/. `laminar --help` lists the settings."""

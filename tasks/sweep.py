@@ -27,26 +27,61 @@ CLAIMS = [
 MARKS = {"holds": "🟢 holds", "does not hold": "🔴 does not hold", "undefined": "⚪ undefined"}
 
 
-def parse_grid(entries: list[str]) -> dict[str, list[str]]:
-    """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too) as
-    {field: [values]}; a malformed entry or a name Config does not have is one sentence."""
+def parse_grid(entries: list[str], grid_file: str | None = None) -> dict[str, list[str]]:
+    """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too) and a YAML
+    file's {field: [values]} as one grid {field: [values]}; a malformed entry, a name Config
+    does not have or a field given twice is one sentence."""
     grid: dict[str, list[str]] = {}
     for entry in entries:
         name, sep, values = entry.partition("=")
-        field = name.strip().lstrip("-").replace("-", "_")
         if not sep or not values.strip():
             raise LaminarError(
                 f"--grid '{entry}' is not FIELD=VALUE[,VALUE...]: e.g. epochs=75,600."
             )
-        if field not in Config.model_fields:
-            raise LaminarError(
-                f"--grid '{entry}': '{name}' is not a laminar setting: give one of `laminar "
-                "--help`'s options (e.g. sae_arch, epochs, hook)."
-            )
-        if field in grid:
-            raise LaminarError(f"--grid names '{field}' twice: give its values in one entry.")
-        grid[field] = [v.strip() for v in values.split(",")]
+        _add(grid, name, [v.strip() for v in values.split(",")], f"--grid '{entry}'")
+    if grid_file:
+        for name, values in read_grid_file(Path(grid_file)).items():
+            _add(grid, name, values, f"--grid-file '{grid_file}'")
     return grid
+
+
+def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -> None:
+    field = name.strip().lstrip("-").replace("-", "_")
+    if field not in Config.model_fields:
+        raise LaminarError(
+            f"{where}: '{name}' is not a laminar setting: give one of `laminar --help`'s "
+            "options (e.g. sae_arch, epochs, hook)."
+        )
+    if field in grid:
+        raise LaminarError(f"{where} names '{field}' twice: give its values once.")
+    grid[field] = values
+
+
+MAX_GRID_FILE = 1 << 20  # bytes: a grid file is a few lines
+
+
+def read_grid_file(path: Path) -> dict[str, list[str]]:
+    """A YAML mapping of setting -> a value or a list of values, read within its size bound."""
+    import yaml
+
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_GRID_FILE + 1)
+    except OSError as exc:
+        raise LaminarError(f"--grid-file '{path}' cannot be read ({exc.strerror}).") from None
+    if len(raw) > MAX_GRID_FILE:
+        raise LaminarError(f"--grid-file '{path}' is over {MAX_GRID_FILE:,} bytes: not a grid.")
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict) or not data:
+        raise LaminarError(
+            f"--grid-file '{path}' is not a YAML mapping of settings to values: e.g. "
+            "'sae_arch: [course, topk]'."
+        )
+    values = {str(k): v if isinstance(v, list) else [v] for k, v in data.items()}
+    return {k: [str(x) for x in v] for k, v in values.items()}
 
 
 def _value(field: str, value: str) -> Any:

@@ -30,9 +30,11 @@ def test_a_two_point_sweep_extracts_once_and_its_matrix_is_each_points_claims(
     tmp_path: Path, four_layers: Path, article_server: ArticleServer
 ) -> None:
     from flows.sweep import Sweep, sweep
+    from tasks.sweep import parse_grid
 
     base = quick_config(four_layers, article_server, tmp_path, epochs=2)
-    summary = sweep(Sweep(base=base, grid={"epochs": ["2", "3"]}))
+    (tmp_path / "grid.yaml").write_text("epochs: [2, 3]\n")
+    summary = sweep(Sweep(base=base, grid=parse_grid([], str(tmp_path / "grid.yaml"))))
     assert summary["failed"] == []
     first, second = summary["points"]
     assert [first["point"], second["point"]] == ["epochs=2", "epochs=3"]
@@ -106,11 +108,26 @@ def run_sweep(
             "laminar-sweep: --grid 'epochs' is not FIELD=VALUE[,VALUE...]: e.g. epochs=75,600.",
         ),
         ([], "laminar-sweep: no --grid given: e.g. --grid sae_arch=course,topk."),
+        (
+            ["--grid", "epochs=2", "--grid-file", "{grid.yaml}"],
+            "laminar-sweep: --grid-file '{grid.yaml}' names 'epochs' twice: give its values once.",
+        ),
+        (
+            ["--grid-file", "{list.yaml}"],
+            "laminar-sweep: --grid-file '{list.yaml}' is not a YAML mapping of settings to "
+            "values: e.g. 'sae_arch: [course, topk]'.",
+        ),
     ],
 )
 def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
     grid: list[str], sentence: str, tmp_path: Path
 ) -> None:
+    (tmp_path / "grid.yaml").write_text("epochs: [2, 3]\nsae_arch: topk\n")
+    (tmp_path / "list.yaml").write_text("- epochs\n")
+    names = {f"{{{n}}}": str(tmp_path / n) for n in ("grid.yaml", "list.yaml")}
+    for key, path in names.items():
+        grid = [a.replace(key, path) for a in grid]
+        sentence = sentence.replace(key, path)
     out = run_sweep(*grid, "--artifacts-dir", str(tmp_path / "art"), cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert [line for line in out.stderr.splitlines() if line.startswith("laminar-sweep")] == [
