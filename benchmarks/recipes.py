@@ -16,6 +16,7 @@ import torch
 from benchmarks.common import COURSE, timed_once
 from benchmarks.precision import limit, spread
 from tasks.config import Config
+from tasks.recipes import recipe_of
 from tasks.sae import recipes
 
 ARCHS = ("standard", "topk", "batchtopk")
@@ -23,15 +24,7 @@ ARCHS = ("standard", "topk", "batchtopk")
 
 def recipe(arch: str) -> recipes.Recipe:
     """SAELens's defaults (Config's), the course's L1 coefficient."""
-    defaults = Config(sae_arch=arch)
-    return recipes.Recipe(
-        arch,
-        l1=defaults.l1,
-        k=defaults.k,
-        l1_warm_up_steps=defaults.l1_warm_up_steps,
-        aux_coefficient=defaults.aux_coefficient,
-        dead_steps=defaults.dead_steps,
-    )
+    return recipe_of(Config(sae_arch=arch))
 
 
 def epoch_seconds(x: torch.Tensor, arch: str, epochs: int) -> float:

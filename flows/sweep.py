@@ -15,12 +15,12 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from flows.laminar import laminar
 from tasks import sweep as grid
 from tasks.config import Config
-from tasks.settings import stable_hash
+from tasks.settings import LaminarError, refuse, stable_hash
 
 
 class Sweep(BaseModel):
@@ -32,6 +32,15 @@ class Sweep(BaseModel):
         description='Config field -> the values it takes, e.g. {"sae_arch": ["course", '
         '"topk"], "epochs": ["75", "600"]}: one point per combination.',
     )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """The same check as the command's, for a grid given in the deployment's form."""
+        try:
+            return grid.parse_grid([], None, value)
+        except LaminarError as exc:
+            refuse(str(exc))
 
 
 def sweep_folder(sweep: Sweep) -> Path:

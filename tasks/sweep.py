@@ -27,11 +27,17 @@ CLAIMS = [
 MARKS = {"holds": "🟢 holds", "does not hold": "🔴 does not hold", "undefined": "⚪ undefined"}
 
 
-def parse_grid(entries: list[str], grid_file: str | None = None) -> dict[str, list[str]]:
-    """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too) and a YAML
-    file's {field: [values]} as one grid {field: [values]}; a malformed entry, a name Config
-    does not have or a field given twice is one sentence."""
+def parse_grid(
+    entries: list[str], grid_file: str | None = None, given: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too), a YAML
+    file's and a form's {field: [values]} as one grid {field: [values]}; a malformed entry, a
+    name Config does not have, a field without values or given twice is one sentence."""
     grid: dict[str, list[str]] = {}
+    for name, values in (given or {}).items():
+        if not values:
+            raise LaminarError(f"the grid gives '{name}' no values: give at least one.")
+        _add(grid, name, [str(v) for v in values], "the grid")
     for entry in entries:
         name, sep, values = entry.partition("=")
         if not sep or not values.strip():

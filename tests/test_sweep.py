@@ -161,3 +161,19 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     assert sum("Completed" in s for s in course_sae) == 4
     assert out.stdout.startswith("sweep: ") and Path(out.stdout.split()[1]).is_file()
     assert len(list(reports.glob("*/report.md"))) == 2
+
+
+def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> None:
+    """The Sweep model (the sweep/recipes form) refuses what `laminar-sweep --grid` refuses,
+    with the same sentence, and keeps flag spellings as field names."""
+    from pydantic import ValidationError
+
+    from flows.sweep import Sweep
+
+    with pytest.raises(ValidationError) as bad:
+        Sweep(grid={"nope": ["1"]})
+    assert "the grid: 'nope' is not a laminar setting" in str(bad.value)
+    with pytest.raises(ValidationError) as empty:
+        Sweep(grid={"epochs": []})
+    assert "the grid gives 'epochs' no values: give at least one." in str(empty.value)
+    assert Sweep(grid={"sae-arch": ["course", "topk"]}).grid == {"sae_arch": ["course", "topk"]}
