@@ -31,20 +31,26 @@ def laminar(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     exit_on_bad_flags(argv)
+    from tasks.cli import config_from_args
+    from tasks.preflight import hand_over, preflight
+    from tasks.settings import LaminarError
+
+    try:  # before the flow's module (Prefect, transformers, the tasks) loads: seconds, not ten
+        cfg = config_from_args(argv)
+        checked = preflight(cfg)
+    except LaminarError as exc:
+        print(f"laminar: {exc}", file=sys.stderr)
+        return 2
     # No telemetry from the ephemeral Prefect server (it would only time out on offline machines)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from flows.laminar import LayerFailedError
     from flows.laminar import laminar as flow
-    from tasks.cli import config_from_args
-    from tasks.preflight import hand_over, preflight
-    from tasks.settings import LaminarError
 
     for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
             handler.addFilter(_NoTracebackForUserErrors())
     try:
-        cfg = config_from_args(argv)
-        summary = flow(hand_over(cfg, preflight(cfg)))
+        summary = flow(hand_over(cfg, checked))
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, LaminarError) else 1
@@ -74,17 +80,17 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         if not known.grid and not known.grid_file:
             raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
         base, entries = config_from_args(rest), grid.parse_grid(known.grid, known.grid_file)
-        n_points = len(grid.points(base, entries))
+        points = grid.points(base, entries)
+        sizes = " × ".join(f"{len(v)} {f}" for f, v in entries.items())
+        print(
+            f"laminar-sweep: {len(points)} points ({sizes}), each a laminar run sharing its "
+            f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",
+            file=sys.stderr,
+        )
     except LaminarError as exc:
         for sentence in str(exc).splitlines():
             print(f"laminar-sweep: {sentence}", file=sys.stderr)
         return 2
-    sizes = " × ".join(f"{len(v)} {f}" for f, v in entries.items())
-    print(
-        f"laminar-sweep: {n_points} points ({sizes}), each a laminar run sharing its cached "
-        "tasks with the others; each says its own cost as it starts.",
-        file=sys.stderr,
-    )
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from flows.sweep import Sweep, sweep
 

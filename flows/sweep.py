@@ -100,6 +100,9 @@ def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect read
     md = grid.write_matrix(rows, sweep.grid, folder) if rows else ""
     failed = [p for p in done if "failed" in p]
     if md:
+        from tasks.figures import for_the_ui  # sweep.png embedded: the UI cannot read the folder
+
         notes = "".join(f"\n- **{p['point']}** failed: {p['failed']}" for p in failed)
-        create_markdown_artifact(key="laminar-sweep", markdown=md + notes)
+        shown = for_the_ui(md + notes, folder, {"sweep.png"})
+        create_markdown_artifact(key="laminar-sweep", markdown=shown)
     return {"folder": str(folder), "points": done, "failed": [p["point"] for p in failed]}

@@ -5,11 +5,12 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     preflight                                  the checks before any heavy work
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
+    sweep                                      a sweep's grid, points, cost and verdict matrix
     published  recipes                         --saes: a published family measured, or
                                                --sae-arch: the field's SAEs trained, not train's
+    family                                     --saes: the family's cfg.json files, checked
     scrape tokens extract train latents report splice stability   the tasks, a module a job;
     costs                                      and what a run will cost, said before it starts
-    sweep                                      a sweep's grid, points and verdict matrix
     cache wikitext figures tables progress provenance minibatch saelens   what the tasks share
     sae  stats                                 the SAE and the statistics of a profile
     models                                     models and tokenizers: loading, fingerprints
@@ -38,9 +39,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("models",),
     ("sae", "stats"),
     ("cache", "wikitext", "figures", "tables", "progress", "provenance", "minibatch", "saelens"),
-    ("sweep",),
     ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "stability", "costs"),
+    ("family",),
     ("published", "recipes"),
+    ("sweep",),
     ("cluster",),
     ("runs",),
     ("preflight",),

@@ -13,8 +13,6 @@ import json
 import time
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact
-
 from tasks import paths
 from tasks.config import Config
 from tasks.host import available_memory, describe_device, native_bf16
@@ -29,6 +27,12 @@ CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 sh
 CALIBRATION_REPEATS = 20  # or this many times, whichever comes first (small shapes)
 
 CALIBRATION_ROWS = 4096  # rows of the timed matmul at most (the run's tokens if fewer)
+
+
+def training_tokens(cfg: Config) -> int:
+    """The tokens each SAE trains on: n_seqs windows of seq_len, position 0 dropped unless
+    kept (--keep-first-token)."""
+    return cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
 
 
 def sae_flops(n_tokens: int, d: int, latent: int) -> float:
@@ -203,7 +207,7 @@ def announce(
         device = resolve_device(cfg.device)
     except LaminarError:  # a Dask run whose workers have the GPU this machine lacks
         return []
-    n_tokens = cfg.n_seqs * (cfg.seq_len - (0 if cfg.keep_first_token else 1))
+    n_tokens = training_tokens(cfg)
     lines = []
     for m in models:
         sha = batches[m["tokenizer_fingerprint"]]["tokens"]["sha256"]
@@ -236,6 +240,8 @@ def announce(
         lines += bf16_advice(cfg, device, models[0]["d"], n_tokens)
     for line in lines:
         print(f"laminar: {line}")
+    from prefect.artifacts import create_markdown_artifact  # not at import: preflight's module
+
     create_markdown_artifact(
         key="laminar-estimate",
         markdown="# The work ahead\n\n" + "\n".join(f"- {line}" for line in lines),

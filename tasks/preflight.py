@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tasks import models, published
+from tasks import family as families
+from tasks import models
 from tasks.config import Config
 from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
@@ -31,12 +32,12 @@ def preflight(cfg: Config) -> Checked:
     check_writable(cfg.root)
     family: dict[int, Entry] = {}
     if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
-        cfg, family = published.prepare(cfg)
+        cfg, family = families.prepare(cfg)
     described = [models.describe(cfg, m) for m in cfg.models]
     if cfg.task_runner == "thread":  # Dask workers check their own device
         check_splice_memory(cfg, described, resolve_device(cfg.device))
     if family:
-        published.check_family(cfg, described[0]["layers"], described[0]["d"], family)
+        families.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     check_k(cfg, described)
     return Checked(cfg, described, family)
 

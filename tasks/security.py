@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,17 @@ def warn_if_open(address: str) -> None:
 # (docs/security.md). The worker's operator allows more with these variables.
 ALLOWED_ROOTS_ENV = "LAMINAR_DEPLOYMENT_ARTIFACTS_ROOTS"  # folders, os.pathsep-separated
 ALLOWED_DASK_ENV = "LAMINAR_DEPLOYMENT_DASK_ADDRESSES"  # scheduler addresses, comma-separated
+# What prefect.runtime.deployment reads outside a flow run's context: the flow run id a worker
+# hands the process it starts, and the variable that stands in for the deployment's id.
+DEPLOYMENT_ENV = frozenset({"PREFECT__FLOW_RUN_ID", "PREFECT__RUNTIME__DEPLOYMENT__ID"})
 
 
 def check_deployment_targets(cfg: Config) -> None:
     """In a run started from a deployment: the artifacts dir must lie in a folder the worker
     allows (by default its own `artifacts/`), and a Dask scheduler must be one it allows (by
     default none: a local cluster only). A run from the command line is its user's own."""
+    if "prefect" not in sys.modules and not DEPLOYMENT_ENV & os.environ.keys():
+        return  # no flow run in this process (none without Prefect loaded), nor a worker's
     from prefect.runtime import deployment
 
     if not deployment.id:

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from tasks import store
 from tasks.cli import describe_validation_error
 from tasks.config import Config
-from tasks.settings import LaminarError
+from tasks.progress import human_time
+from tasks.records import ModelFacts
+from tasks.settings import LaminarError, resolve_device, stable_hash
 
 # (claims.json key, the claim's name in the matrix, its statistic shown beside the verdict)
 CLAIMS = [
@@ -198,3 +200,61 @@ def write_matrix(rows: list[dict[str, Any]], grid: dict[str, list[str]], folder:
 
 def read_claims(report: str | Path) -> dict[str, Any]:
     return json.loads((Path(report) / "claims.json").read_text())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("s" if n != 1 else "")
+
+
+def _device(cfg: Config) -> str:
+    """The device the point's SAEs train on here; '' where this machine lacks it (a Dask
+    cluster's GPU): no rate is measured for it."""
+    try:
+        return resolve_device(cfg.device)
+    except LaminarError:
+        return ""
+
+
+def cost(configs: list[Config]) -> str:
+    """What the grid computes once its points share their cached tasks, before any run: the
+    distinct extractions and SAE trainings (told apart by the settings their tasks' cache keys
+    name), their FLOPs (tasks.costs.sae_flops) and their time at the SAE matmul's rate measured
+    here (calibrated once per shape, in the calibration cache the runs then reuse). Not less
+    what earlier runs cached: each point says that as it starts."""
+    from tasks import costs, models
+    from tasks.extract import extract_activations
+    from tasks.recipes import train_recipe
+    from tasks.tokens import tokenize
+    from tasks.train import train_sae
+
+    upstream = ("urls", *tokenize.cache_policy.fields, *extract_activations.cache_policy.fields)
+    facts: dict[tuple[str, str, str, int], ModelFacts] = {}
+    extractions, trainings = set(), {}
+    for cfg in (c for c in configs if not c.saes):  # published SAEs are measured, not trained
+        trainer = train_sae if cfg.sae_arch == "course" else train_recipe
+        n_tokens = costs.training_tokens(cfg)
+        for model in cfg.models:
+            at = (model, cfg.hook, cfg.layers, cfg.seq_len)
+            if at not in facts:
+                facts[at] = models.describe(cfg, model)
+            d, layers = facts[at]["d"], facts[at]["layers"]
+            source = stable_hash([model, cfg.subset(*upstream)])
+            extractions.add(source)
+            shape = (_device(cfg), cfg.precision, n_tokens, d, cfg.expansion * d)
+            flops = costs.sae_flops(*shape[2:]) * cfg.epochs
+            for layer, seed in itertools.product(layers, cfg.sae_seeds):
+                settings = cfg.subset(*trainer.cache_policy.fields)
+                trainings[stable_hash([source, layer, seed, settings])] = (cfg.root, shape, flops)
+    if not trainings:
+        return f"{_plural(len(extractions), 'extraction')}, no SAE to train"
+    rates = {
+        shape: costs.calibrated_rate(root, *shape) if shape[0] else 0.0
+        for root, shape, _ in trainings.values()
+    }
+    said = f"{_plural(len(extractions), 'extraction')} and {_plural(len(trainings), 'SAE')} "
+    said += f"to train, {costs.human_flops(sum(f for *_, f in trainings.values()))}"
+    if not all(rates.values()):  # a device this machine lacks, or a matmul too fast to time
+        return f"{said}; time here unknown (no SAE matmul rate measured for its device)"
+    seconds = sum(f / (rates[shape] * 1e9) for _, shape, f in trainings.values())
+    shown = ", ".join(sorted({f"{r:.0f} GFLOP/s in {s[1]}" for s, r in rates.items()}))
+    return f"{said}; about {human_time(seconds)} here (measured {shown})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ REPORT_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-report.png"
 CARDS_SHOT = ROOT / "artifacts" / "test-output" / "latent-cards.png"
 UI_CARDS_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-latent-cards.png"
 DOCS_SHOT = ROOT / "artifacts" / "test-output" / "docs-options.png"
+SWEEP_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-sweep.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -45,6 +47,29 @@ def browser():  # type: ignore[no-untyped-def]
         b.close()
 
 
+def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: dict):  # type: ignore[no-untyped-def]
+    """A deployment's custom run as a user starts it: open the deployment, Run, Custom run; the
+    typed form shows (`field_text`, one of its descriptions); the parameters typed as JSON,
+    submitted, and the new run opened from the "scheduled" toast. Returns the run's page."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{ui.url}/deployments")
+    page.get_by_text(deployment, exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.get_by_text(field_text).first.wait_for()  # the typed form, with descriptions
+    page.get_by_text("Parameters", exact=True).locator("xpath=..").get_by_role("button").click()
+    page.get_by_text("Use JSON input", exact=True).click()
+    page.locator("textarea").fill(json.dumps(parameters, indent=2))
+    page.get_by_role("button", name="Submit", exact=True).click()
+    # The form shows the toast, then moves to the deployment's page: a click on the toast's
+    # button before that move lands would be overridden by it.
+    page.wait_for_url(re.compile(r"/deployments/deployment/[^/?]+(\?.*)?$"))  # not its /run
+    page.get_by_role("button", name="View run").first.click(force=True)
+    page.wait_for_url("**/runs/flow-run/**")
+    return page
+
+
 def test_custom_run_from_the_ui_completes(
     browser,
     ui: UI,
@@ -52,15 +77,6 @@ def test_custom_run_from_the_ui_completes(
     article_server: ArticleServer,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-    page.goto(f"{ui.url}/deployments")
-    page.get_by_text("quick", exact=True).click()
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("Custom run", exact=True).click()
-    page.get_by_text("Sequences per batch.").wait_for()  # the typed form, with descriptions
-    page.get_by_text("Parameters", exact=True).locator("xpath=..").get_by_role("button").click()
-    page.get_by_text("Use JSON input", exact=True).click()
     config = {
         "models": [str(tiny_model)],
         "urls": [article_server.url("/wiki/Light-emitting_diode")],
@@ -71,10 +87,7 @@ def test_custom_run_from_the_ui_completes(
         "device": "cpu",
         "artifacts_dir": str(tmp_path),
     }
-    page.locator("textarea").fill(json.dumps({"config": config}, indent=2))
-    page.get_by_role("button", name="Submit", exact=True).click()
-    page.get_by_role("button", name="View run").first.click(force=True)  # the "scheduled" toast
-    page.wait_for_url("**/runs/flow-run/**")
+    page = custom_run(browser, ui, "quick", "Sequences per batch.", {"config": config})
     page.get_by_text("Completed", exact=True).first.wait_for(timeout=240_000)
     page.wait_for_timeout(1000)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +154,55 @@ def test_custom_run_from_the_ui_completes(
     token = first["contexts"][0]["token"].replace("\n", "↵").strip() or "␣"
     assert f"latent {first['latent']}" in bold and token in bold, (token, bold[:12])
     page.screenshot(path=str(UI_CARDS_SHOT), full_page=False)
+
+
+def test_a_sweep_from_the_ui_form_publishes_its_matrix(
+    browser,
+    ui: UI,
+    tiny_model: Path,
+    article_server: ArticleServer,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """sweep/recipes from its form, the base and the grid typed in: each point a laminar
+    subflow run of this one, and the verdict matrix as the laminar-sweep artifact (the page a
+    user opens) and sweep.md."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from test_deployments import run_config
+
+    base = run_config(tiny_model, article_server, tmp_path) | {"layers": "0", "epochs": 2}
+    grid = {"sae_arch": ["course", "topk"], "k": ["8"]}
+    page = custom_run(
+        browser,
+        ui,
+        "recipes",
+        "The settings of every point.",
+        {"sweep": {"base": base, "grid": grid}},
+    )
+    page.get_by_text("Completed", exact=True).first.wait_for(timeout=240_000)
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    with ui.client() as client:
+        run = client.read_flow_run(run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+        children = client.read_flow_runs()
+    assert run.parameters["sweep"]["grid"] == grid  # the form's grid, as typed
+    [artifact] = [a for a in artifacts if a.key == "laminar-sweep"]
+    assert "| sae_arch=course k=8 | tiny-gpt2 |" in artifact.data
+    assert "| sae_arch=topk k=8 | tiny-gpt2 |" in artifact.data
+    subflows = [r for r in children if r.parent_task_run_id and r.state and r.state.is_final()]
+    assert sum(1 for r in subflows if str(r.flow_id) != str(run.flow_id)) >= 2
+    [md] = (tmp_path / "sweeps").glob("*/sweep.md")
+    table, figure = md.read_text().split("![")  # the figure: sweep.png beside it, embedded here
+    assert table in artifact.data and figure.endswith("(sweep.png)\n")
+    page.goto(f"{ui.url}/artifacts/artifact/{artifact.id}")  # the matrix as the UI shows it
+    page.get_by_text("laminar sweep").first.wait_for()
+    page.get_by_text("sae_arch=topk k=8").first.wait_for()
+    page.locator("img[src^='data:image/png']").first.wait_for()
+    page.wait_for_load_state("load")
+    shown = page.locator("img").evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert shown and all(width > 0 for width in shown), shown  # no broken image on the page
+    page.screenshot(path=str(SWEEP_SHOT), full_page=True)
 
 
 def test_the_docs_site_reads_in_a_browser(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -164,34 +164,3 @@ def test_a_deployment_run_cannot_point_laminar_outside_what_its_worker_allows(
         run.state.message
     )
     assert ALLOWED_DASK_ENV in run.state.message
-
-
-def test_the_sweep_deployment_takes_a_grid_and_publishes_the_matrix(
-    ui: UI, tiny_model: Path, article_server: ArticleServer, tmp_path: Path
-) -> None:
-    """sweep/recipes with its form's grid set: each point a laminar subflow run of this one,
-    and the verdict matrix as the laminar-sweep artifact and sweep.md."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    base = run_config(tiny_model, article_server, tmp_path) | {"layers": "0", "epochs": 2}
-    grid = {"sae_arch": ["course", "topk"], "k": ["8"]}
-    with ui.client() as client:
-        deployment = client.read_deployment_by_name("sweep/recipes")
-        created = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"sweep": {"base": base, "grid": grid}}
-        )
-    run = wait_final(ui, created.id)
-    assert run.state.type.value == "COMPLETED", run.state.message
-    with ui.client() as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
-        children = client.read_flow_runs()
-    [artifact] = [a for a in artifacts if a.key == "laminar-sweep"]
-    assert "# laminar sweep" in artifact.data, [a.key for a in artifacts]
-    assert "| sae_arch=course k=8 | tiny-gpt2 |" in artifact.data
-    assert "| sae_arch=topk k=8 | tiny-gpt2 |" in artifact.data
-    subflows = [r for r in children if r.parent_task_run_id and r.state and r.state.is_final()]
-    assert sum(1 for r in subflows if str(r.flow_id) != str(run.flow_id)) >= 2
-    [md] = (tmp_path / "sweeps").glob("*/sweep.md")
-    assert md.read_text() in artifact.data

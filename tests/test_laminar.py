@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -285,6 +286,32 @@ def test_the_script_refuses_a_bad_flag_before_torch_and_prefect_load() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "[]"], out.stderr[-2000:]
     assert said(out.stderr) == ["laminar: --epochs 0 is invalid: input should be greater than 0."]
+
+
+def test_preflight_refuses_before_prefect_and_the_flow_load(tmp_path: Path) -> None:
+    """Input that only preflight can judge (here a --saes folder holding no SAE) is refused
+    before the flow's module, Prefect and transformers load: a second or two, not ten."""
+    script = ROOT / "flows" / "laminar.py"
+    flags = ["--models", "gpt2", "--saes", str(tmp_path), "--artifacts-dir", str(tmp_path / "art")]
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(script)!r}, *{flags!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    heavy = {'prefect', 'transformers', 'transformer_lens', 'flows.laminar'}\n"
+        "    print(exit.code, sorted(heavy & set(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.stdout.split() == ["2", "[]"], out.stderr[-2000:]
+    assert said(out.stderr) == [
+        f"laminar: --saes '{tmp_path}' holds no SAE (no cfg.json in it or in its subfolders): "
+        "point it at a folder or repo of SAELens-format SAEs, one per layer."
+    ]
+    assert not (tmp_path / "art" / "pages").exists()
 
 
 def test_the_installed_commands(tmp_path: Path) -> None:

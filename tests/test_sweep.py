@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,16 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     out = run_sweep(*args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert said(out.stderr) == []
+    # Its cost, said first: one extraction shared; 4 layers x 2 architectures trained, each
+    # 10 N d m FLOPs an epoch (N = 4 x 31 tokens, d = 256 at mlp.hook_pre, m = 512), 2 epochs.
+    assert 8 * 10 * (4 * 31) * 256 * 512 * 2 == 2_600_468_480
+    [cost] = [line for line in out.stderr.splitlines() if line.startswith("laminar-sweep: ")]
+    assert re.fullmatch(
+        r"laminar-sweep: 2 points \(2 sae_arch\), each a laminar run sharing its cached tasks "
+        r"with the others: 1 extraction and 8 SAEs to train, 2\.6 GFLOP; about \d+ s here "
+        r"\(measured \d+ GFLOP/s in fp32\)\.",
+        cost,
+    ), cost
     states = [line for line in out.stderr.splitlines() if "Finished in state" in line]
     course_sae = [s for s in states if "Task run 'sae tiny4 L" in s]
     # course: 4 SAEs replayed; standard: 4 trained
