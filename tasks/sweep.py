@@ -245,8 +245,8 @@ def cost(configs: list[Config]) -> str:
             for layer, seed in itertools.product(layers, cfg.sae_seeds):
                 settings = cfg.subset(*trainer.cache_policy.fields)
                 trainings[stable_hash([source, layer, seed, settings])] = (cfg.root, shape, flops)
-    if not trainings:
-        return f"{_plural(len(extractions), 'extraction')}, no SAE to train"
+    if not trainings:  # every point measures published SAEs
+        return "no SAE to train: each point measures the published SAEs of its --saes"
     rates = {
         shape: costs.calibrated_rate(root, *shape) if shape[0] else 0.0
         for root, shape, _ in trainings.values()

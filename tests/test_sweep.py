@@ -188,3 +188,15 @@ def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> No
         Sweep(grid={"epochs": []})
     assert "the grid gives 'epochs' no values: give at least one." in str(empty.value)
     assert Sweep(grid={"sae-arch": ["course", "topk"]}).grid == {"sae_arch": ["course", "topk"]}
+
+
+def test_a_grid_of_published_saes_says_it_trains_nothing() -> None:
+    """--saes points measure published SAEs: the cost line counts no training for them (and
+    reads no model to count one)."""
+    from tasks import sweep
+    from tasks.config import Config
+
+    points = [Config(models=["gpt2"], saes=f"org/family-{i}") for i in range(2)]
+    assert sweep.cost(points) == (
+        "no SAE to train: each point measures the published SAEs of its --saes"
+    )
