@@ -229,7 +229,8 @@ def cost(configs: list[Config]) -> str:
 
     upstream = ("urls", *tokenize.cache_policy.fields, *extract_activations.cache_policy.fields)
     facts: dict[tuple[str, str, str, int], ModelFacts] = {}
-    extractions, trainings = set(), {}
+    extractions: set[str] = set()
+    trainings: dict[str, tuple[Path, tuple[str, str, int, int, int], float]] = {}
     for cfg in (c for c in configs if not c.saes):  # published SAEs are measured, not trained
         trainer = train_sae if cfg.sae_arch == "course" else train_recipe
         n_tokens = costs.training_tokens(cfg)
