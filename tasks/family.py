@@ -1,6 +1,7 @@
 """--saes: the family of published SAEs found and checked before any heavy work, with no weights
-loaded and nothing of torch or Prefect imported by this module (preflight runs it before the
-flow loads, so a bad family fails in a second or two). A source is a local folder, or a Hugging
+loaded, and neither Prefect nor the task modules imported (torch alone comes in, with the SAE
+architectures tasks.saelens names): preflight runs it before the flow loads, so a bad family
+fails in a few seconds. A source is a local folder, or a Hugging
 Face repo id (`org/name`, optionally `org/name:sub` for one subfolder); from the hub only the
 cfg.json files are read here (each layer's task downloads its own weights, tasks.published)."""
 

@@ -296,8 +296,9 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
-# The test files that take longest, longest first (each file's total from `make test`'s
-# --durations on the 2-core AMX Xeon; the rest keep pytest's order after them). Under `-n 2
+# The test files that take longest, longest first (each file's summed test time in one run of
+# the whole suite, `-n 2 --dist loadfile --junitxml`, on the 2-core AMX Xeon; the rest keep
+# pytest's order after them). Under `-n 2
 # --dist loadfile` each worker takes whole files as it frees up; xdist's own order (most tests
 # first) started the few-but-slow files last, leaving one worker alone for minutes at the end.
 LONGEST_FIRST = (
