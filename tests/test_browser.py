@@ -4,6 +4,7 @@ until the run page shows Completed. A screenshot of the finished run is kept as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -62,12 +63,39 @@ def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: di
     page.get_by_text("Use JSON input", exact=True).click()
     page.locator("textarea").fill(json.dumps(parameters, indent=2))
     page.get_by_role("button", name="Submit", exact=True).click()
-    # The form shows the toast, then moves to the deployment's page: a click on the toast's
-    # button before that move lands would be overridden by it.
+    # The form shows the toast, then moves to the deployment's page (and on to its Runs tab):
+    # a click on the toast's button before those moves land is overridden by them, so the
+    # click is repeated while the toast shows. Once it has gone, the user opens the new run
+    # from the deployment's Runs tab, as the run's name there.
     page.wait_for_url(re.compile(r"/deployments/deployment/[^/?]+(\?.*)?$"))  # not its /run
-    page.get_by_role("button", name="View run").first.click(force=True)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    view = page.get_by_role("button", name="View run").first
+    for _ in range(4):
+        if not view.is_visible():
+            break
+        view.click(force=True)
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_url("**/runs/flow-run/**", timeout=10_000)
+            return page
+    page.goto(page.url.split("?")[0] + "?tab=Runs")
+    page.get_by_text(newest_run_name(ui, deployment), exact=True).first.click()
     page.wait_for_url("**/runs/flow-run/**")
     return page
+
+
+def newest_run_name(ui: UI, deployment: str) -> str:
+    """The name of the newest flow run of the deployment called `deployment`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with ui.client() as client:
+        [run] = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # a custom run expects to start now
+            limit=1,
+        )
+    return run.name
 
 
 def test_custom_run_from_the_ui_completes(
