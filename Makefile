@@ -48,7 +48,10 @@ browser:
 	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium not installed: the browser test will skip"
 
-test: setup browser interop
+# The three set-ups are independent (two venvs, one apt install): built at once, they take about
+# two thirds of the time of one after the other.
+test:
+	$(MAKE) --no-print-directory -j3 setup browser interop
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)

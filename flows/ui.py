@@ -97,6 +97,9 @@ class Launcher:
         self.url = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}"
         self.api = f"{self.url}/api"
         self.env = {**os.environ, "PREFECT_API_URL": self.api}
+        # A run started from the UI is picked up within 2 s, not Prefect's 10 (one local worker
+        # asking its own server: cheap); a value in the environment wins.
+        self.env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         if auth := os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
             self.env["PREFECT_API_AUTH_STRING"] = auth  # the worker and the CLI log in with it
         self.children: list[subprocess.Popen[bytes]] = []

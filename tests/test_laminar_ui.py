@@ -52,6 +52,9 @@ def test_server_and_worker_end_with_the_launcher(how: signal.Signals, tmp_path: 
     try:
         children = [int(p) for p in (tmp_path / "home" / "laminar-ui.pids").read_text().split()]
         assert all(alive(p) for p in children) and not port_free(ui.port)  # the premise
+        # the worker asks for new runs every 2 s (Prefect's default: 10 s)
+        worker_env = Path(f"/proc/{children[1]}/environ").read_bytes().split(b"\0")
+        assert b"PREFECT_WORKER_QUERY_SECONDS=2" in worker_env
         os.kill(ui.proc.pid, how)
         ui.proc.wait(30)
         # kill -9: the watchdog ends them (SIGTERM, then SIGKILL 5 s later); hang-up: a clean
