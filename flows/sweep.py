@@ -10,6 +10,9 @@ setting. A killed sweep, run again, computes only what is missing."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flows.laminar import laminar
 from tasks import sweep as grid
+from tasks.cluster import shared_cluster
 from tasks.config import Config
 from tasks.settings import LaminarError, refuse, stable_hash
 
@@ -48,17 +52,52 @@ def sweep_folder(sweep: Sweep) -> Path:
     return sweep.base.root / "sweeps" / stable_hash([sweep.base.digest(), sweep.grid])[:12]
 
 
+def run_point(cfg: Config) -> dict[str, Any] | Exception:
+    """One point as a laminar subflow run: its summary, or what it failed with (a failed point
+    is named in the matrix; the others still count)."""
+    try:
+        return laminar(cfg)
+    except Exception as exc:
+        return exc
+
+
+QUIET = {"quiet": True}  # what a point run at once with others changes in its settings
+
+
+def run_all(plan: list[tuple[str, dict[str, str], Config]]) -> list[dict[str, Any] | Exception]:
+    """Every point's outcome, in the plan's order. On Dask (every point's --task-runner) the
+    points run at once, each subflow in a thread of its own, so the cluster spreads all their
+    layers together: one local cluster shared by every point (unless they name a --dask-address),
+    and no terminal bars (--quiet), which would draw over each other. Elsewhere one after the
+    other: a thread pool runs one SAE at a time, so running points at once gains nothing."""
+    configs = [cfg for *_, cfg in plan]
+    if len(configs) < 2 or any(c.task_runner != "dask" for c in configs):
+        return [run_point(cfg) for cfg in configs]
+    with contextlib.ExitStack() as stack:
+        if any(not c.dask_address for c in configs):
+            stack.enter_context(shared_cluster(configs[0]))
+        points = ThreadPoolExecutor(len(configs), thread_name_prefix="sweep-point")
+        stack.enter_context(points)
+        # each thread runs in a copy of this one's context: the sweep's flow run (the points
+        # are its subflows) and the shared cluster's address
+        futures = [
+            points.submit(contextvars.copy_context().run, run_point, c.model_copy(update=QUIET))
+            for c in configs
+        ]
+        return [f.result() for f in futures]
+
+
 def run_points(sweep: Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each point as a laminar subflow run: (the matrix rows, each point's summary)."""
     rows, done = [], []
-    for label, values, cfg in grid.points(sweep.base, sweep.grid):
-        try:
-            summary = laminar(cfg)
-        except Exception as exc:  # a failed point is named; the others still count
-            done.append({"point": label, "failed": f"{type(exc).__name__}: {exc}"})
+    plan = grid.points(sweep.base, sweep.grid)
+    for (label, values, _), outcome in zip(plan, run_all(plan), strict=True):
+        if isinstance(outcome, Exception):
+            done.append({"point": label, "failed": f"{type(outcome).__name__}: {outcome}"})
             continue
-        rows += grid.verdict_rows(label, values, grid.read_claims(summary["report"]))
-        done.append({"point": label, "report": summary["report"], "tasks": summary["tasks"]})
+        rows += grid.verdict_rows(label, values, grid.read_claims(outcome["report"]))
+        run = {k: outcome[k] for k in ("report", "tasks", "flow_run_id")}
+        done.append({"point": label, **run})
     return rows, done
 
 

@@ -12,6 +12,7 @@ Prefect and Dask are imported where used, so importing this module starts neithe
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import secrets
@@ -28,6 +29,11 @@ from tasks.settings import LaminarError, resolve_device
 CONNECT_TIMEOUT = 15  # s to reach a scheduler at --dask-address
 WORKER_TIMEOUT = 60  # s to wait for a cluster with no workers yet to get one
 BLAS_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# The scheduler of a local cluster that several flow runs of this process share (a sweep's
+# points, run at once: flows/sweep.py), for the duration of shared_cluster's `with`; '' outside.
+SHARED_SCHEDULER: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "laminar_shared_scheduler", default=""
+)
 
 
 @dataclass
@@ -53,31 +59,50 @@ def fanout(cfg: Config) -> Iterator[Pool]:
         return
     from prefect_dask import DaskTaskRunner
 
-    # Dask's INFO lines (worker banners, every connection opened and closed) would bury the
-    # flow's own log: warnings and errors only, here and in the local workers, which read
-    # DASK_LOGGING__DISTRIBUTED as they start (environ_kept takes it out again afterwards).
+    address = cfg.dask_address or SHARED_SCHEDULER.get()
+    with environ_kept():
+        quiet_dask()
+        with api_for_workers() as api, DaskTaskRunner(**runner_options(cfg, address)) as runner:
+            client = connect(runner, cfg)
+            slots = check_workers(client, cfg, api)
+            yield Pool(runner, slots=slots, remote=True)
+
+
+def quiet_dask() -> None:
+    """Dask's INFO lines (worker banners, every connection opened and closed) would bury the
+    flow's own log: warnings and errors only, here and in the local workers, which read
+    DASK_LOGGING__DISTRIBUTED as they start (set inside environ_kept, which takes it out)."""
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    with (
-        environ_kept(),
-        api_for_workers() as api,
-        DaskTaskRunner(**runner_options(cfg)) as runner,
-    ):
-        if not cfg.dask_address:
-            os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
-        client = connect(runner, cfg)
-        slots = check_workers(client, cfg, api)
-        yield Pool(runner, slots=slots, remote=True)
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
 
 
-def runner_options(cfg: Config) -> dict[str, Any]:
-    """DaskTaskRunner arguments: the user's cluster (over TLS for a tls:// address), or a local
-    one of cfg.dask_workers processes running one task each, the machine's cores shared out
-    between them (Dask's nanny would otherwise pin every worker's BLAS to one thread)."""
-    if cfg.dask_address:
+@contextlib.contextmanager
+def shared_cluster(cfg: Config) -> Iterator[str]:
+    """One local cluster, as cfg's run would start for itself, for every flow run this context
+    starts (a sweep's points, run at once): each run's fanout sends its work to it, so the
+    cluster spreads the points' layers together. Yields its scheduler's address."""
+    from distributed import LocalCluster
+
+    with environ_kept():
+        quiet_dask()
+        with LocalCluster(**runner_options(cfg)["cluster_kwargs"]) as cluster:
+            token = SHARED_SCHEDULER.set(cluster.scheduler_address)
+            try:
+                yield cluster.scheduler_address
+            finally:
+                SHARED_SCHEDULER.reset(token)
+
+
+def runner_options(cfg: Config, address: str = "") -> dict[str, Any]:
+    """DaskTaskRunner arguments: the cluster at `address` (cfg's --dask-address, over TLS for a
+    tls:// one; or a shared local one), or a local one of cfg.dask_workers processes running one
+    task each, the machine's cores shared out between them (Dask's nanny would otherwise pin
+    every worker's BLAS to one thread)."""
+    if address := address or cfg.dask_address:
         client = {"timeout": CONNECT_TIMEOUT}
-        if (sec := security.dask_client(cfg)) is not None:
+        if address == cfg.dask_address and (sec := security.dask_client(cfg)) is not None:
             client["security"] = sec
-        return {"address": cfg.dask_address, "client_kwargs": client}
+        return {"address": address, "client_kwargs": client}
     threads = str(max(1, (os.cpu_count() or 1) // cfg.dask_workers))
     return {
         "cluster_kwargs": {

@@ -69,6 +69,41 @@ def test_a_two_point_sweep_extracts_once_and_its_matrix_is_each_points_claims(
     assert "](sweep.png)" in md and (folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.cluster
+def test_a_dask_sweep_runs_its_points_at_once_on_one_cluster(
+    tmp_path: Path,
+    four_layers: Path,
+    article_server: ArticleServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--task-runner dask: one local cluster for the whole sweep (not one a point), the points'
+    subflow runs overlapping in time, and still one extraction for both."""
+    import distributed
+    from prefect import get_client
+
+    from flows.sweep import Sweep, sweep
+
+    clusters: list[int] = []
+
+    class Counted(distributed.LocalCluster):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            clusters.append(kwargs["n_workers"])  # type: ignore[arg-type]
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Counted)
+    base = quick_config(four_layers, article_server, tmp_path, epochs=2, task_runner="dask")
+    summary = sweep(Sweep(base=base, grid={"epochs": ["2", "3"]}))
+    assert summary["failed"] == [] and clusters == [2]  # one cluster of --dask-workers 2
+    states = [p["tasks"] for p in summary["points"]]
+    extracts = [s for run in states for n, s in run.items() if n.startswith("extract")]
+    assert sorted(extracts) == ["Cached", "Completed"]  # whichever point came first extracted
+    assert [len([n for n in run if n.startswith("sae ")]) for run in states] == [4, 4]
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_run(p["flow_run_id"]) for p in summary["points"]]
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs)  # at once
+    assert all(json.loads(Path(p["report"], "claims.json").read_text()) for p in summary["points"])
+
+
 def cell(text: str) -> float | str | None:
     """A sweep.csv cell as claims.json holds it: empty is None, a number a float."""
     if text == "":
