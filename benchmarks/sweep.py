@@ -1,9 +1,13 @@
 """A sweep's wall time against the sum of its points run alone, on a tiny model: `laminar-sweep`
 over --sae-arch course,standard,topk in a fresh artifacts dir, then `laminar` at each point in a
 fresh artifacts dir of its own, interleaved for `--rounds` rounds (each command a process, as a
-user runs it, its temporary Prefect server included); medians with min-max.
+user runs it, its temporary Prefect server included); medians with min-max. With
+`--task-runner dask`, every command runs on Dask: the sweep's points at once on one local
+cluster, each point alone on a local cluster of its own.
 
-    .venv/bin/python benchmarks/sweep.py --out benchmarks/results-sweep.json"""
+    .venv/bin/python benchmarks/sweep.py --out benchmarks/results-sweep.json
+    .venv/bin/python benchmarks/sweep.py --task-runner dask \
+        --out benchmarks/results-sweep-dask.json"""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--task-runner", choices=("thread", "dask"), default="thread")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
@@ -47,7 +52,7 @@ def main() -> None:
             model = make_model(Path(tmp) / "tiny6", TOKENIZER_DIR, n_layer=6)
             base = ["--models", str(model), "--urls", server.url(ARTICLE), "--device", "cpu"]
             base += ["--n-seqs", "8", "--seq-len", "64", "--epochs", "20", "--k", "16"]
-            base += ["--eval-seqs", "0"]
+            base += ["--eval-seqs", "0", "--task-runner", args.task_runner]
             for r in range(args.rounds):
                 root = Path(tmp) / f"r{r}"
                 grid = ["--grid", "sae_arch=" + ",".join(GRID)]
@@ -74,6 +79,7 @@ def main() -> None:
     report = {
         "machine": describe_device("cpu"),
         "grid": {"sae_arch": list(GRID)},
+        "task_runner": args.task_runner,
         "model": "random-weight GPT-2, 6 layers, d_model 64; 8 x 64 tokens, 20 epochs",
         "rounds": args.rounds,
         **{
