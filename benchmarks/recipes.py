@@ -3,9 +3,10 @@ of their own FLOPs, at one shape, interleaved in one process: limit, then a full
 each architecture, for `rounds` rounds; medians with min-max.
 
 An epoch of the full batch is one step: the forward pass (encode, decode: two (N, d, m)
-matmuls), autograd's backward (W_enc's and W_dec's gradients, dL/dz, and dL/dx_in for b_dec's:
-four more) and Adam. So 12·N·d·m FLOP an epoch; the top-k selection, the elementwise passes and
-Adam are what an epoch spends beyond its matmuls at the limit."""
+matmuls), autograd's backward (W_enc's and W_dec's gradients and dL/dz: three more; b_dec
+reaches the encoder through a (d,) product, tasks.sae.recipes.encode) and Adam. So 10·N·d·m FLOP
+an epoch, as the course's; the top-k selection, the elementwise passes and Adam are what an
+epoch spends beyond its matmuls at the limit."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def compare(n: int, d: int, device: str, rounds: int = 3, epochs: int = 1) -> di
     """Per architecture: seconds an epoch and its share of the fp32 matmul limit."""
     m = COURSE.expansion * d
     x = torch.randn(n, d, device=device)
-    flop = 12 * n * d * m
+    flop = 10 * n * d * m
     rows: dict[str, dict[str, list[float]]] = {a: {"s": [], "pct": []} for a in ARCHS}
     limits = []
     for _ in range(rounds):

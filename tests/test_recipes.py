@@ -124,6 +124,42 @@ def test_the_standard_loss_by_hand() -> None:
     np.testing.assert_allclose(z_t.detach().numpy(), z, rtol=1e-6)
 
 
+def test_the_encoder_is_saelenss_function_and_gradient_in_five_matmuls() -> None:
+    """encode's x W + (b − b_dec W) against SAELens's (x − b_dec) W + b: the same values and
+    gradients for W, b and b_dec to float tolerance, and a training step of each architecture
+    runs five (N, d, m) matmuls, not six (no (N, d) gradient of x − b_dec)."""
+    from torch.profiler import profile
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g) * 2 + 0.5
+    ours = [torch.randn(s, generator=g, requires_grad=True) for s in ((8, 16), (16,), (8,))]
+    theirs = [t.detach().clone().requires_grad_() for t in ours]
+    w, b, b_dec = theirs
+    a, want = recipes.encode(x, *ours), (x - b_dec) @ w + b
+    torch.testing.assert_close(a, want, rtol=1e-6, atol=1e-5)
+    (a * a.detach().sin()).sum().backward()
+    (want * want.detach().sin()).sum().backward()
+    for mine, saelens in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine.grad, saelens.grad, rtol=1e-5, atol=1e-4)
+
+    n, d, m = 96, 16, 48
+    for arch in ("standard", "topk", "batchtopk"):
+        recipe = recipes.Recipe(arch, 1.0, 4, 0, 1 / 32, 1)
+        sae, _ = recipes.fresh(d, m, recipe, seed=0, device="cpu", lr=1e-3)
+        sae.since_fired += 5  # every latent dead: the aux loss (topk, batchtopk) runs too
+        with profile(record_shapes=True) as prof:
+            sae.step(torch.randn(n, d, generator=g))
+        big = [
+            e.input_shapes
+            for e in prof.events()
+            if e.name in ("aten::mm", "aten::addmm")
+            and {s for shape in e.input_shapes if len(shape) == 2 for s in shape} == {n, d, m}
+        ]
+        # the dead latents' decode and its two gradients (the latents' and the decoder's)
+        aux = 3 if arch != "standard" else 0
+        assert len(big) == 5 + aux, (arch, big)
+
+
 def test_topk_aux_loss_by_hand() -> None:
     """Dead latents (here latent 2 of 3, d = 2 so k_aux = 1) reconstruct the residual through
     their decoder rows at unit norm; weight aux_coefficient · min(n_dead / k_aux, 1)."""

@@ -41,6 +41,13 @@ class Recipe:
     dead_steps: int  # steps without firing after which a latent counts as dead
 
 
+def encode(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    """(x - b_dec) w + b, computed as x w + (b - b_dec w): the same function, whose backward
+    reaches b_dec through the (d,) product b_dec w instead of an (N, d) gradient of x - b_dec,
+    one N·d·m matmul of six fewer a step. x (N, d), w (d, m), b (m,), b_dec (d,) -> (N, m)."""
+    return torch.addmm(b - b_dec @ w, x, w)
+
+
 class Standard(nn.Module):
     def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
         super().__init__()
@@ -60,7 +67,7 @@ class Standard(nn.Module):
         return self.W_dec
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc  # (N, m)
+        return encode(x, self.W_enc, self.b_enc, self.b_dec)  # (N, m)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return pre.relu()
@@ -122,7 +129,7 @@ class TopK(Standard):
     # latents: the same function and gradient, two passes over the latents fewer.
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.W_dec.norm(dim=-1)  # (m,)
-        return (x - self.b_dec) @ (self.W_enc * norm) + self.b_enc * norm
+        return encode(x, self.W_enc * norm, self.b_enc * norm, self.b_dec)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         top = pre.topk(self.recipe.k, dim=-1, sorted=False)
