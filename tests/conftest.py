@@ -393,7 +393,7 @@ class UI:
                     os.killpg(int(pid), signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped after its file: an idle server and worker cost CPU
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
     server = UI(tmp_path_factory.mktemp("prefect-home"))
     try:
