@@ -85,7 +85,11 @@ def shared_cluster(cfg: Config) -> Iterator[str]:
 
     with environ_kept():
         quiet_dask()
-        with LocalCluster(**runner_options(cfg)["cluster_kwargs"]) as cluster:
+        try:
+            cluster = LocalCluster(**runner_options(cfg)["cluster_kwargs"])
+        except RuntimeError as exc:  # its worker processes did not start
+            raise local_cluster_failed(exc) from None
+        with cluster:
             token = SHARED_SCHEDULER.set(cluster.scheduler_address)
             try:
                 yield cluster.scheduler_address
@@ -166,11 +170,16 @@ def connect(runner: Any, cfg: Config) -> Any:
     except RuntimeError as exc:  # the local cluster's worker processes did not start
         if cfg.dask_address:
             raise
-        raise LaminarError(
-            f"the local Dask cluster did not start ({exc}): Dask starts its workers by "
-            "re-importing the script that runs the flow, so a script of yours that calls "
-            "laminar() must do it under `if __name__ == '__main__':`; or use --task-runner thread."
-        ) from None
+        raise local_cluster_failed(exc) from None
+
+
+def local_cluster_failed(exc: Exception) -> LaminarError:
+    """The sentence for a local cluster whose worker processes did not start."""
+    return LaminarError(
+        f"the local Dask cluster did not start ({exc}): Dask starts its workers by "
+        "re-importing the script that runs the flow, so a script of yours that calls "
+        "laminar() must do it under `if __name__ == '__main__':`; or use --task-runner thread."
+    )
 
 
 def check_workers(client: Any, cfg: Config, api: str) -> int:

@@ -563,3 +563,23 @@ def test_real_worker_that_cannot_import_laminar_is_named(tmp_path: Path) -> None
             cluster.check_workers(dc.client, cfg, "")
     assert str(err.value).startswith(f"the Dask workers of {dc.address} cannot import laminar (")
     assert "No module named 'tasks'" in str(err.value) and "pip install -e ." in str(err.value)
+
+
+def test_a_sweeps_shared_cluster_that_cannot_start_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cluster a Dask sweep shares fails as a run's own does: the sentence, not Dask's
+    RuntimeError (its worker processes did not start)."""
+    import distributed
+
+    from tasks.cluster import shared_cluster
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(distributed, "LocalCluster", refuse)
+    with (
+        pytest.raises(LaminarError, match=r"^the local Dask cluster did not start \(Nanny failed"),
+        shared_cluster(Config(task_runner="dask")),
+    ):
+        pass
