@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ CARDS_SHOT = ROOT / "artifacts" / "test-output" / "latent-cards.png"
 UI_CARDS_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-latent-cards.png"
 DOCS_SHOT = ROOT / "artifacts" / "test-output" / "docs-options.png"
 SWEEP_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-sweep.png"
+SUBMIT_SHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-submit-failed.png"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -67,8 +67,15 @@ def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: di
     # a click on the toast's button before those moves land is overridden by them, so the
     # click is repeated while the toast shows. Once it has gone, the user opens the new run
     # from the deployment's Runs tab, as the run's name there.
-    page.wait_for_url(re.compile(r"/deployments/deployment/[^/?]+(\?.*)?$"))  # not its /run
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:  # off the form: to the deployment's page, or (a fast click) the run's already
+        page.wait_for_url(lambda url: not url.split("?")[0].endswith("/run"))
+    except PlaywrightTimeout:
+        page.screenshot(path=str(SUBMIT_SHOT), full_page=True)  # what the form shows instead
+        raise
+    if "/runs/flow-run/" in page.url:
+        return page
 
     view = page.get_by_role("button", name="View run").first
     for _ in range(4):
