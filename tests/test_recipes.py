@@ -160,6 +160,43 @@ def test_the_encoder_is_saelenss_function_and_gradient_in_five_matmuls() -> None
         assert len(big) == 5 + aux, (arch, big)
 
 
+def saelens_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """SAELens's TopK activation: the row's k largest, then ReLU, scattered into zeros."""
+    top = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+
+def saelens_batchtopk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """SAELens's BatchTopK activation: ReLU, then the k·N largest of the flattened batch."""
+    acts = pre.relu().flatten()
+    top = acts.topk(min(k * len(pre), acts.numel()))
+    return torch.zeros_like(acts).scatter(-1, top.indices, top.values).reshape(pre.shape)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize(
+    ("shift", "k"), [(0.0, 3), (0.0, 40), (-3.0, 3), (-30.0, 3), (0.0, 64)], ids=str
+)
+def test_the_selections_by_partition_are_saelenss_topk(arch: str, shift: float, k: int) -> None:
+    """TopK's and BatchTopK's latents, picked by a partition of the values' bits, equal
+    SAELens's topk-then-scatter on distinct values: many positives, fewer positives than the
+    batch keeps (shift -3), none (shift -30), and k = m. Gradients pass only to kept latents.
+    BatchTopK's threshold moves toward the smallest kept value, as SAELens's does."""
+    pre = (torch.randn(50, 64, generator=torch.Generator().manual_seed(k)) + shift).requires_grad_()
+    recipe = recipes.Recipe(arch, 1.0, k, 0, 1 / 32, 1)
+    sae = recipes.ARCHITECTURES[arch](4, 64, recipe, torch.Generator().manual_seed(0))
+    z = sae.activate(pre)
+    want = (saelens_topk if arch == "topk" else saelens_batchtopk)(pre.detach(), k)
+    assert torch.equal(z.detach(), want)
+    z.sum().backward()
+    assert torch.equal(pre.grad, (want != 0).float())
+    if arch == "batchtopk":
+        sae.after_step(z.detach())
+        positive = want[want > 0]
+        smallest = positive.min().item() if len(positive) else 0.0
+        assert sae.threshold.item() == pytest.approx(recipes.THRESHOLD_LR * smallest)
+
+
 def test_topk_aux_loss_by_hand() -> None:
     """Dead latents (here latent 2 of 3, d = 2 so k_aux = 1) reconstruct the residual through
     their decoder rows at unit norm; weight aux_coefficient · min(n_dead / k_aux, 1)."""

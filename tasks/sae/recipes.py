@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tasks.sae import kernels
+
 DECODER_INIT_NORM = 0.1  # SAELens's TrainingSAEConfig.decoder_init_norm
 THRESHOLD_LR = 0.01  # SAELens's BatchTopKTrainingSAEConfig.topk_threshold_lr
 CLIP_NORM = 1.0  # SAETrainer clips every step's gradient to this norm
@@ -48,6 +50,24 @@ def encode(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, b_dec: torch.Tenso
     return torch.addmm(b - b_dec @ w, x, w)
 
 
+def batch_threshold(z: torch.Tensor, k: int, workspace: kernels.Workspace) -> torch.Tensor:
+    """() in z's dtype: max(the k-th largest of all N·m entries of z, smallest float > 0), so
+    z >= it keeps the batch's k largest that are positive (ties at the k-th value all kept).
+    On the CPU, numpy's introselect over the entries' bits in a reused buffer: 0.08 s where
+    torch.topk over the flattened (N, m) takes 1.4 s at GPT-2 small's width, 100 per token."""
+    floor = kernels.tiny(z.dtype)
+    if not 0 < k < z.numel():
+        return torch.tensor(floor, dtype=z.dtype, device=z.device)
+    flat = z.detach().reshape(-1)
+    if z.device.type != "cpu" or z.dtype not in kernels.BITS:
+        return torch.topk(flat, k, sorted=False).values.min().clamp(min=floor)
+    bits = kernels.BITS[z.dtype]  # for floats >= +0 their bits sort as they do
+    work = workspace.get("batch_topk", flat.shape, flat, bits)
+    values = work.copy_(flat.view(bits)).numpy()
+    values.partition(len(values) - k)  # the k-th largest now at index len - k
+    return torch.tensor(values[len(values) - k]).clamp_(min=1).view(z.dtype).to(z.device)
+
+
 class Standard(nn.Module):
     def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
         super().__init__()
@@ -61,6 +81,7 @@ class Standard(nn.Module):
         self.recipe = recipe
         self.steps = 0  # steps taken, for the L1 warm-up
         self.register_buffer("since_fired", torch.zeros(m, dtype=torch.long))
+        self.workspace = kernels.Workspace()  # the top-k selections' buffers, kept across steps
 
     @property
     def weight(self) -> torch.Tensor:  # the decoder, as every laminar SAE names it
@@ -132,8 +153,10 @@ class TopK(Standard):
         return encode(x, self.W_enc * norm, self.b_enc * norm, self.b_dec)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        top = pre.topk(self.recipe.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        # ReLU of each row's k largest, as SAELens's topk-then-scatter gives it for distinct
+        # values (ties at the k-th are all kept), from a partition instead of a sort
+        keep = kernels.threshold(pre.detach(), self.recipe.k, self.workspace)  # (N, 1)
+        return pre.masked_fill(pre < keep, 0.0)
 
     def unit_decoder(self) -> torch.Tensor:
         return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)  # (m, d), rows of norm 1
@@ -173,19 +196,25 @@ class BatchTopK(TopK):
     def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
         super().__init__(d, m, recipe, generator)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+        self.keep: torch.Tensor | None = None  # the last activate's threshold, for after_step
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        acts = pre.relu().flatten()
-        top = acts.topk(min(self.recipe.k * len(pre), acts.numel()), dim=-1)
-        return torch.zeros_like(acts).scatter(-1, top.indices, top.values).reshape(pre.shape)
+        # the batch's k·N largest that are positive (SAELens: ReLU, then topk of the flattened
+        # batch); its smallest kept value is the threshold itself when more than k·N are > 0
+        self.keep = batch_threshold(pre, self.recipe.k * len(pre), self.workspace)
+        return pre.masked_fill(pre < self.keep, 0.0)
 
     @torch.no_grad()
     def after_step(self, z: torch.Tensor) -> None:
         super().after_step(z)
-        positive = z[z > 0]
-        if len(positive):
-            smallest = positive.min().double()
-            self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * smallest)
+        keep, self.keep = self.keep, None  # set by this step's activate, read once
+        if keep is not None and keep > kernels.tiny(z.dtype):
+            smallest = keep.double()  # a kept value: the k·N-th largest
+        elif bool((positive := z[z > 0]).numel()):
+            smallest = positive.min().double()  # every positive latent kept
+        else:
+            return  # nothing fired
+        self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * smallest)
 
     @torch.no_grad()
     def inference(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
