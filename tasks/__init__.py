@@ -24,12 +24,15 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     paths  cli                                 where every file of a run goes; the command line
     config  records  columns                   the settings; the records tasks hand on; every
                                                column they carry, declared once
+    config_input  config_sae  config_run       the settings' fields by topic: what is measured,
+                                               how SAEs train, what a run adds and where it runs
     settings                                   what Config is built from: field roles, errors,
                                                parsing and naming its values
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("settings",),
+    ("config_input", "config_sae", "config_run"),
     ("config", "records", "columns"),
     ("paths", "cli"),
     ("host", "prefect_api", "precision", "codehash"),

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 NOT_COMPUTING = frozenset(
     {
         "tasks.config",  # the settings: their values enter keys as fields; its code checks them
+        "tasks.config_input",  # the settings' fields (declarations): their values enter keys
+        "tasks.config_sae",
+        "tasks.config_run",
         "tasks.settings",  # Config's helpers: they check and name values that enter keys as such
         "tasks.cli",  # the command line
         "tasks.records",  # the records' types

@@ -1,20 +1,23 @@
 """The one config model: it drives the CLI, the Prefect parameter form, the cache keys and the
-metadata recorded with every output. Add a field here and it appears in all four."""
+metadata recorded with every output. Add a field to one of its bases (tasks.config_input,
+config_sae, config_run: by topic) and it appears in all four."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Field,
     PrivateAttr,
     field_validator,
     model_validator,
 )
 
+from tasks.config_input import InputSettings
+from tasks.config_run import RunSettings
+from tasks.config_sae import SAESettings
 from tasks.settings import (
     ROLES,
     LaminarError,
@@ -25,11 +28,9 @@ from tasks.settings import (
     once,
     parse_layer_spec,
     refuse,
-    role,
     stable_hash,
 )
 
-LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
 EVAL_TOKENS = 2048  # held-out tokens of the downstream measures when --eval-seqs is not given
 
 
@@ -42,7 +43,10 @@ def _legacy_url_property(schema: dict[str, Any]) -> None:
     }
 
 
-class Config(BaseModel):
+# The fields are declared by topic in the three bases (tasks/config_input.py, config_sae.py,
+# config_run.py); pydantic takes the bases' fields from the last base to the first, so the CLI,
+# the form and the docs show them input, SAE, run. The checks across topics live here.
+class Config(RunSettings, SAESettings, InputSettings):
     """Settings of one laminar run. Every field is a CLI flag (`--n-seqs` for `n_seqs`) and a
     field of the Prefect parameter form."""
 
@@ -52,301 +56,6 @@ class Config(BaseModel):
     # What the CLI's preflight found for this exact config (its JSON, tasks.preflight.Checked),
     # handed to the flow run the CLI starts: never a field, never serialized or shown in the UI
     _preflight: tuple[str, Any] | None = PrivateAttr(default=None)
-
-    models: list[str] = Field(
-        json_schema_extra=role("result"),
-        default=["gpt2", "gpt2-large"],
-        min_length=1,
-        description="Hugging Face model ids or local model folders, one profile each.",
-    )
-    layers: str = Field(
-        json_schema_extra=role("result"),
-        default="all",
-        description="Layers to profile: 'all' or a list such as '0,3,5-7' (checked per model).",
-    )
-    urls: list[str] = Field(
-        json_schema_extra=role("result"),
-        default=[LED_URL],
-        min_length=1,
-        description="Articles to scrape (Wikipedia pages), each fetched and parsed by its own "
-        "task; token windows never cross from one article into the next.",
-    )
-    text: Literal["text", "html"] = Field(
-        json_schema_extra=role("result"),
-        default="text",
-        description="'text': the article body's text; 'html': the raw HTML slice from the "
-        'mw-body-content marker to id="References", as the original course tokenized it.',
-    )
-    hook: str = Field(
-        json_schema_extra=role("result"),
-        default="mlp.hook_pre",
-        description="Hook inside each block to read (mlp.hook_pre = MLP first linear output, "
-        "before GELU).",
-    )
-    fetch_timeout: float = Field(
-        json_schema_extra=role("execution"),
-        le=3600,
-        allow_inf_nan=False,
-        default=30.0,
-        gt=0,
-        description="Seconds to wait for the article server to answer.",
-    )
-    fetch_retries: int = Field(
-        json_schema_extra=role("execution"),
-        default=3,
-        ge=0,
-        le=3,
-        description="Retries of a fetch that failed in a way a retry can cure (no connection, "
-        "timeout, HTTP 429/5xx), 2, 4 and 8 s apart.",
-    )
-    max_page_mb: float = Field(
-        json_schema_extra=role("execution"),
-        le=1024,
-        allow_inf_nan=False,
-        default=5.0,
-        gt=0,
-        description="Largest article download in MB; a bigger body is abandoned unread (a "
-        "Wikipedia article's HTML is well under it; parsing takes a multiple of the page's size "
-        "in memory).",
-    )
-    fetch_deadline: float = Field(
-        json_schema_extra=role("execution"),
-        default=120.0,
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
-        description="Seconds one article's whole download may take, however slowly the server "
-        "sends it (--fetch-timeout bounds each wait for the next bytes).",
-    )
-    n_seqs: int = Field(
-        json_schema_extra=role("result"), default=10, gt=0, description="Sequences per batch."
-    )
-    seq_len: int = Field(
-        json_schema_extra=role("result"), default=1024, gt=1, description="Tokens per sequence."
-    )
-    sampling: Literal["random", "first"] = Field(
-        json_schema_extra=role("result"),
-        default="random",
-        description="'random': seeded non-overlapping windows; 'first': the first "
-        "n_seqs*seq_len tokens, as the course did.",
-    )
-    keep_first_token: bool = Field(
-        json_schema_extra=role("result"),
-        default=False,
-        description="Keep position 0 of each sequence (an attention-sink outlier; dropped by "
-        "default).",
-    )
-    seed: int = Field(
-        json_schema_extra=role("result"),
-        default=0,
-        ge=0,
-        description="Seed for sampling the token windows.",
-    )
-    sae_seeds: list[int] = Field(
-        json_schema_extra=role("result"),
-        default=[0],
-        min_length=1,
-        description="SAE initialisation seeds: each layer's SAE is trained once per seed and "
-        "the report shows mean ± sd.",
-    )
-    epochs: int = Field(
-        json_schema_extra=role("sae"),
-        le=1_000_000,
-        default=75,
-        gt=0,
-        description="SAE training steps (each full-batch).",
-    )
-    lr: float = Field(
-        json_schema_extra=role("sae"),
-        allow_inf_nan=False,
-        default=1e-4,
-        gt=0,
-        description="Adam learning rate.",
-    )
-    l1: float = Field(
-        json_schema_extra=role("sae"),
-        allow_inf_nan=False,
-        default=1.0,
-        ge=0,
-        description="Weight of mean|z| in the loss.",
-    )
-    expansion: int = Field(
-        json_schema_extra=role("sae"),
-        le=64,
-        default=2,
-        gt=0,
-        description="Latent width as a multiple of d.",
-    )
-    topk_frac: float = Field(
-        json_schema_extra=role("sae"),
-        allow_inf_nan=False,
-        default=1 / 3,
-        ge=0,
-        le=1,
-        description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
-    )
-    sae_arch: Literal["course", "standard", "topk", "batchtopk"] = Field(
-        json_schema_extra=role("recipe"),
-        default="course",
-        description="The SAE trained per layer. 'course': the course's tied, bias-free ReLU + "
-        "top-k SAE (--topk-frac, --l1). The field's, trained as SAELens 6 trains them "
-        "(docs/experiment.md, architectures): 'standard' (untied, biases, ReLU, --l1 on "
-        "z·‖W_dec‖ with --l1-warm-up-steps), 'topk' (k per token, --k) and 'batchtopk' (k·N "
-        "per batch of N tokens, saved as JumpReLU), the last two with the dead-latent "
-        "auxiliary loss (--aux-coefficient). Each is saved in SAELens's format.",
-    )
-    k: int = Field(
-        json_schema_extra=role("recipe"),
-        default=100,
-        gt=0,
-        le=1_000_000,
-        description="topk: latents per token; batchtopk: their mean over a batch (SAELens's "
-        "default 100). At most the latent width.",
-    )
-    l1_warm_up_steps: int = Field(
-        json_schema_extra=role("recipe"),
-        default=0,
-        ge=0,
-        le=10_000_000,
-        description="standard: steps over which --l1 rises linearly from 0 (SAELens's "
-        "l1_warm_up_steps; default 0).",
-    )
-    aux_coefficient: float = Field(
-        json_schema_extra=role("recipe"),
-        allow_inf_nan=False,
-        default=1.0,
-        ge=0,
-        description="topk, batchtopk: weight of the auxiliary loss in which the top d/2 dead "
-        "latents reconstruct the residual (SAELens's aux_loss_coefficient; default 1).",
-    )
-    dead_steps: int = Field(
-        json_schema_extra=role("recipe"),
-        default=1000,
-        gt=0,
-        le=10_000_000,
-        description="topk, batchtopk: a latent is dead for the auxiliary loss once it has not "
-        "fired for this many steps (SAELens's dead_feature_window; default 1000, so a "
-        "75-step training never uses it).",
-    )
-    batch_tokens: int = Field(
-        json_schema_extra=role("training"),
-        default=0,
-        ge=0,
-        description="Tokens per SAE minibatch. 0: each epoch is one step on all of a layer's "
-        "tokens (the course's full batch). B > 0: each epoch is a seeded, shuffled pass in "
-        "minibatches of B tokens, an Adam step each, read from the layer's file as it goes, so "
-        "memory stays bounded however many tokens there are.",
-    )
-    precision: Literal["fp32", "tf32", "bf16"] = Field(
-        json_schema_extra=role("training"),
-        default="fp32",
-        description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
-        "cores; 'bf16' multiplies bf16 operands with fp32 accumulation on CPU (native with "
-        "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
-        "small measured differences: docs/performance.md, bf16).",
-    )
-    eval_seqs: int | None = Field(
-        json_schema_extra=role("result"),
-        default=None,
-        ge=0,
-        le=10_000,
-        description="Held-out windows (of --seq-len tokens, seeded, disjoint from the training "
-        "windows) on which each SAE is spliced into the model for the downstream measures (CE "
-        "loss score, KL score: docs/measures.md). Unset: as many as make 2,048 tokens. 0: no "
-        "downstream measures. The windows laid out after the training ones; where the articles "
-        "hold too few, as many as fit, the rest training windows, counted as in-sample in the "
-        "report and the estimate line.",
-    )
-    saes: str = Field(
-        json_schema_extra=role("result"),
-        default="",
-        description="Profile published SAEs instead of training new ones: a local folder or a "
-        "Hugging Face repo id (optionally repo:subfolder) holding one SAELens-format SAE per "
-        "layer (cfg.json + sae_weights.safetensors; standard, topk or jumprelu). Their hook "
-        "is read from the files; empty: train the course's SAE per layer.",
-    )
-    save_saes: bool = Field(
-        json_schema_extra=role("result"),
-        default=True,
-        description="Keep every trained SAE beside its metrics, in SAELens's on-disk format "
-        "(cfg.json + sae_weights.safetensors: 151 MB a GPT-2-small layer, 419 MB a "
-        "GPT-2-large one); --no-save-saes keeps only the metrics.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        json_schema_extra=role("result"),
-        default="auto",
-        description="Where to run: 'auto' takes CUDA when present.",
-    )
-    extract_batch: int = Field(
-        json_schema_extra=role("execution"),
-        default=1,
-        gt=0,
-        description="Sequences per forward pass during extraction (memory grows with it).",
-    )
-    task_runner: Literal["thread", "dask"] = Field(
-        json_schema_extra=role("execution"),
-        default="thread",
-        description="Where the per-layer work runs: 'thread' in this process, one SAE at a "
-        "time; 'dask' on a Dask cluster (a local one of --dask-workers processes, or the one at "
-        "--dask-address), which also runs each model's extraction.",
-    )
-    dask_address: str = Field(
-        json_schema_extra=role("execution"),
-        default="",
-        description="Scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (with "
-        "--task-runner dask); empty: start a local cluster for the run.",
-    )
-    dask_workers: int = Field(
-        json_schema_extra=role("execution"),
-        le=256,
-        default=2,
-        gt=0,
-        description="Worker processes of the local Dask cluster, each training one SAE at a "
-        "time with its share of the CPU cores.",
-    )
-    dask_tls_ca: str = Field(
-        json_schema_extra=role("execution"),
-        default="",
-        description="With a tls:// --dask-address: the CA certificate (PEM file) the cluster's "
-        "certificates are signed with; empty: Dask's own setting distributed.comm.tls.ca-file.",
-    )
-    dask_tls_cert: str = Field(
-        json_schema_extra=role("execution"),
-        default="",
-        description="With a tls:// --dask-address: this client's certificate (PEM file); "
-        "empty: Dask's setting distributed.comm.tls.client.cert.",
-    )
-    dask_tls_key: str = Field(
-        json_schema_extra=role("execution"),
-        default="",
-        description="With a tls:// --dask-address: this client's private key (PEM file); "
-        "empty: Dask's setting distributed.comm.tls.client.key (or the key in the cert file).",
-    )
-    progress_every: float = Field(
-        json_schema_extra=role("execution"),
-        le=86400,
-        allow_inf_nan=False,
-        default=15.0,
-        ge=0,
-        description="Seconds between progress lines inside a layer (epoch k of n, loss, time "
-        "left) and inside an extraction; 0: every epoch.",
-    )
-    quiet: bool = Field(
-        json_schema_extra=role("execution"),
-        default=False,
-        description="No progress lines inside layers and no terminal bar (the estimate and a "
-        "line per finished layer remain).",
-    )
-    artifacts_dir: str = Field(
-        json_schema_extra=role("execution"),
-        default="artifacts",
-        description="Where every output and cache record is written.",
-    )
-    refresh: bool = Field(
-        json_schema_extra=role("execution"),
-        default=False,
-        description="Ignore caches and recompute everything.",
-    )
 
     @model_validator(mode="before")
     @classmethod
