@@ -69,9 +69,15 @@ def run_all(plan: list[tuple[str, dict[str, str], Config]]) -> list[dict[str, An
     points run at once, each subflow in a thread of its own, so the cluster spreads all their
     layers together: one local cluster shared by every point (unless they name a --dask-address),
     and no terminal bars (--quiet), which would draw over each other. Elsewhere one after the
-    other: a thread pool runs one SAE at a time, so running points at once gains nothing."""
+    other: a thread pool runs one SAE at a time, so running points at once gains nothing; and
+    so do points that differ in --dask-workers, each on a local cluster of its own size (what
+    such a grid compares)."""
     configs = [cfg for *_, cfg in plan]
-    if len(configs) < 2 or any(c.task_runner != "dask" for c in configs):
+    if (
+        len(configs) < 2
+        or any(c.task_runner != "dask" for c in configs)
+        or len({c.dask_workers for c in configs}) > 1
+    ):
         return [run_point(cfg) for cfg in configs]
     with contextlib.ExitStack() as stack:
         if any(not c.dask_address for c in configs):

@@ -4,6 +4,7 @@ entry refused before anything starts, and a killed sweep resumed with only what 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pytest
 from conftest import ArticleServer, make_model, quick_config, said
 
 from tasks.cli import to_args
+from tasks.config import Config
+from tasks.sweep import points
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +106,38 @@ def test_a_dask_sweep_runs_its_points_at_once_on_one_cluster(
         runs = [client.read_flow_run(p["flow_run_id"]) for p in summary["points"]]
     assert max(r.start_time for r in runs) < min(r.end_time for r in runs)  # at once
     assert all(json.loads(Path(p["report"], "claims.json").read_text()) for p in summary["points"])
+
+
+def test_points_that_differ_in_dask_workers_run_each_on_its_own_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A grid over --dask-workers compares cluster sizes: its points run one after the other,
+    each as given (its own local cluster, its terminal bar), never on one shared cluster sized
+    by the first point. Points that agree on it share one and run at once."""
+    import flows.sweep as flow
+
+    ran: list[tuple[int, bool, str]] = []
+    shared: list[int] = []
+
+    def point(cfg: Config) -> dict:
+        ran.append((cfg.dask_workers, cfg.quiet, threading.current_thread().name))
+        return {}
+
+    @contextlib.contextmanager
+    def cluster(cfg: Config):  # type: ignore[no-untyped-def]
+        shared.append(cfg.dask_workers)
+        yield "tcp://127.0.0.1:1"
+
+    monkeypatch.setattr(flow, "run_point", point)
+    monkeypatch.setattr(flow, "shared_cluster", cluster)
+    base = Config(task_runner="dask", models=["gpt2"])
+    plan = points(base, {"dask_workers": ["1", "2"]})
+    assert flow.run_all(plan) == [{}, {}]
+    assert shared == [] and ran == [(1, False, "MainThread"), (2, False, "MainThread")]
+    ran.clear()
+    flow.run_all(points(base, {"epochs": ["2", "3"]}))
+    assert shared == [2] and sorted(r[:2] for r in ran) == [(2, True), (2, True)]
+    assert all(r[2].startswith("sweep-point") for r in ran)
 
 
 def cell(text: str) -> float | str | None:
