@@ -72,7 +72,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10230)
     parser.add_argument("--d", type=int, default=3072)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--archs", default=",".join(ARCHS), help="comma-separated: " + " ".join(ARCHS)
+    )
     args = parser.parse_args()
+    archs = args.archs.split(",")
     n, d, m = args.n, args.d, 2 * args.d
     x = torch.randn(n, d)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,11 +85,11 @@ def main() -> None:
         limits = []
         for _ in range(args.rounds):
             limits.append(limit(n, d, m, "fp32", "cpu"))
-            for arch in ARCHS:
+            for arch in archs:
                 for name, module in (("base", base), ("this", recipes)):
                     times.setdefault((arch, name), []).append(epoch_seconds(module, arch, x))
     print(f"{describe_device('cpu')}; N {n}, d {d}, m {m}; fp32 limit {spread(limits, 0)} GFLOP/s")
-    for arch in ARCHS:
+    for arch in archs:
         old, new = times[(arch, "base")], times[(arch, "this")]
         ratio = [a / b for a, b in zip(old, new, strict=True)]
         pct = [100 * 10 * n * d * m / s / 1e9 / r for s, r in zip(new, limits, strict=True)]

@@ -160,6 +160,30 @@ def test_the_encoder_is_saelenss_function_and_gradient_in_five_matmuls() -> None
         assert len(big) == 5 + aux, (arch, big)
 
 
+def test_the_standard_gradient_by_hand_is_autograds() -> None:
+    """Standard's hand-written gradient equals autograd's of its loss, with b_dec and b_enc
+    away from 0, a partial L1 warm-up and latents the ReLU zeroes; the loss and z as well."""
+    g = torch.Generator().manual_seed(3)
+    recipe = recipes.Recipe("standard", 0.7, 4, 10, 1 / 32, 1)
+    sae, _ = recipes.fresh(16, 48, recipe, seed=0, device="cpu", lr=1e-3)
+    with torch.no_grad():
+        for p in (sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        sae.W_dec.mul_(torch.rand(48, 1, generator=g) + 0.5)  # rows of different norms
+    sae.steps = 4  # the warm-up at 4 / 10
+    x = torch.randn(200, 16, generator=g) * 2 + 0.5
+    loss, z = sae.gradient(x)
+    mine = {n: p.grad for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = None
+    want, want_z = sae.autograd_gradient(x)
+    assert 0.2 < float((z > 0).float().mean()) < 0.8  # the ReLU zeroes some latents
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=0)
+    assert torch.equal(z, want_z)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(mine[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def saelens_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
     """SAELens's TopK activation: the row's k largest, then ReLU, scattered into zeros."""
     top = pre.topk(k, dim=-1, sorted=False)

@@ -13,7 +13,9 @@ and the loss Σ_d (x̂ - x)², averaged over tokens, plus each one's auxiliary t
              al. 2024, Appendix B.1), weighted by aux_coefficient · min(n_dead / (d/2), 1)
   batchtopk  as topk, but the k·N largest over a batch of N tokens; the mean of each step's
              smallest firing value (an EMA) becomes the JumpReLU threshold it is saved with
-Each step clips the gradient's norm to 1 before Adam, as SAETrainer does.
+Each step clips the gradient's norm to 1 before Adam, as SAETrainer does. Standard's gradient
+is written by hand (`Standard.gradient`, checked against autograd's and SAELens's); topk's and
+batchtopk's are autograd's.
 Shapes: x (N, d), pre and z (N, m), W_enc (d, m), W_dec (m, d)."""
 
 from __future__ import annotations
@@ -96,12 +98,15 @@ class Standard(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec  # (N, d)
 
+    def l1_coefficient(self) -> float:
+        r = self.recipe
+        warm = min(self.steps / r.l1_warm_up_steps, 1.0) if r.l1_warm_up_steps else 1.0
+        return r.l1 * warm
+
     def aux(
         self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
-        r = self.recipe
-        warm = min(self.steps / r.l1_warm_up_steps, 1.0) if r.l1_warm_up_steps else 1.0
-        return r.l1 * warm * (z * self.W_dec.norm(dim=1)).norm(p=1, dim=-1).mean()
+        return self.l1_coefficient() * (z * self.W_dec.norm(dim=1)).norm(p=1, dim=-1).mean()
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss on batch x (N, d) and the latents z (N, m), as SAELens's
@@ -116,12 +121,42 @@ class Standard(nn.Module):
         """One training step's loss on x, its gradient written and clipped (Adam steps next)."""
         for p in self.parameters():
             p.grad = None
+        loss, z = self.gradient(x)
+        nn.utils.clip_grad_norm_(self.parameters(), CLIP_NORM)
+        self.after_step(z)
+        return loss
+
+    def autograd_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss(x)` and z, each parameter's gradient written by autograd."""
         loss, z = self.loss(x)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.parameters(), CLIP_NORM)
-        with torch.no_grad():
-            self.after_step(z)
-        return loss.detach()
+        return loss.detach(), z.detach()
+
+    @torch.no_grad()
+    def gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss(x)` and z, each parameter's gradient written: autograd's, by hand. With
+        c = the L1 coefficient, n_i = ‖W_dec,i‖, g = dL/dx̂ = 2 (x̂ - x) / N (N, d):
+            dL/dz = g W_decᵀ + c n / N, zero where z = 0 (the ReLU)        (N, m)
+            dW_dec = zᵀ g + (c / N) Σ_tokens z_i · W_dec,i / n_i             (m, d)
+            dW_enc = xᵀ dL/dz − b_dec ⊗ Σ_tokens dL/dz   (encode's form)   (d, m)
+        Its (N, m) passes: the ReLU, the mask, two column sums; autograd's also made the L1
+        term's product, its absolute value and sign, and a copy of z."""
+        n = len(x)
+        c = self.l1_coefficient()
+        z = self.pre(x).relu_()  # (N, m); the pre-activations are not needed again
+        norms = self.W_dec.norm(dim=1)  # (m,)
+        fired = z.sum(dim=0)  # (m,): Σ_tokens z_i, so the L1 term is c · fired · n / N
+        err = torch.addmm(self.b_dec, z, self.W_dec).sub_(x)  # x̂ - x (N, d)
+        loss = err.flatten().dot(err.flatten()) / n + c * fired.dot(norms) / n
+        g = err.mul_(2.0 / n)  # (N, d)
+        g_z = torch.addmm((c / n) * norms, g, self.W_dec.T).masked_fill_(z == 0, 0.0)  # (N, m)
+        s = g_z.sum(dim=0)  # (m,)
+        per_norm = torch.where(norms > 0, (c / n) * fired / norms, 0.0)  # (m,)
+        self.W_dec.grad = torch.addmm(self.W_dec * per_norm[:, None], z.T, g)
+        self.b_dec.grad = g.sum(dim=0) - self.W_enc @ s
+        self.W_enc.grad = torch.addmm(torch.outer(self.b_dec, s), x.T, g_z, beta=-1)
+        self.b_enc.grad = s
+        return loss, z
 
     @torch.no_grad()
     def after_step(self, z: torch.Tensor) -> None:
@@ -145,6 +180,8 @@ APPLY_B_DEC = {"apply_b_dec_to_input": True}  # SAELens's default: x - b_dec is 
 
 
 class TopK(Standard):
+    gradient = Standard.autograd_gradient  # type: ignore[assignment]  # not written by hand
+
     # SAELens's rescale_acts_by_decoder_norm (its default) scales pre by ‖W_dec,i‖ and divides z
     # by it before decoding; the scaling is applied to the (d, m) weights here, not the (N, m)
     # latents: the same function and gradient, two passes over the latents fewer.
