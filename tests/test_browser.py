@@ -198,13 +198,19 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     article_server: ArticleServer,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    """sweep/recipes from its form, the base and the grid typed in: each point a laminar
-    subflow run of this one, and the verdict matrix as the laminar-sweep artifact (the page a
-    user opens) and sweep.md."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    """sweep/recipes from its form, the base and the grid typed in, on Dask: each point a
+    laminar subflow run of this one, the points at once on one local cluster, and the verdict
+    matrix as the laminar-sweep artifact (the page a user opens) and sweep.md."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
     from test_deployments import run_config
 
     base = run_config(tiny_model, article_server, tmp_path) | {"layers": "0", "epochs": 2}
+    base |= {"task_runner": "dask", "dask_workers": 1}
     grid = {"sae_arch": ["course", "topk"], "k": ["8"]}
     page = custom_run(
         browser,
@@ -221,12 +227,17 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
         )
         children = client.read_flow_runs()
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
     assert run.parameters["sweep"]["grid"] == grid  # the form's grid, as typed
     [artifact] = [a for a in artifacts if a.key == "laminar-sweep"]
     assert "| sae_arch=course k=8 | tiny-gpt2 |" in artifact.data
     assert "| sae_arch=topk k=8 | tiny-gpt2 |" in artifact.data
-    subflows = [r for r in children if r.parent_task_run_id and r.state and r.state.is_final()]
-    assert sum(1 for r in subflows if str(r.flow_id) != str(run.flow_id)) >= 2
+    mine = {t.id for t in tasks}  # a subflow hangs from a task run of the flow run it is in
+    points = [r for r in children if r.parent_task_run_id in mine]
+    assert len(points) == 2 and all(r.state and r.state.is_completed() for r in points)
+    assert max(r.start_time for r in points) < min(r.end_time for r in points)  # at once
     [md] = (tmp_path / "sweeps").glob("*/sweep.md")
     table, figure = md.read_text().split("![")  # the figure: sweep.png beside it, embedded here
     assert table in artifact.data and figure.endswith("(sweep.png)\n")
