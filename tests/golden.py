@@ -11,6 +11,7 @@ only. Elsewhere the numbers are checked against the first record within TOLERANC
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ def platform() -> str:
     import torch
 
     fields: dict[str, str] = {}
-    with open("/proc/cpuinfo") as f:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # Linux; elsewhere unknown
         for line in f:
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
