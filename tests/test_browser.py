@@ -8,11 +8,11 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, UI, ArticleServer
+from test_deployments import wait_final
 
 pytestmark = pytest.mark.ui
 SCREENSHOT = ROOT / "artifacts" / "test-output" / "prefect-ui-run.png"
@@ -97,17 +97,6 @@ def run_id_of(page) -> str:  # type: ignore[no-untyped-def]
     return page.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
-def finished(ui: UI, run_id: str, limit_s: float = 240):  # type: ignore[no-untyped-def]
-    """The flow run once its state is final (a run of the tiny model ends well within the
-    limit on a loaded 2-core machine; the limit only ends a run that never does)."""
-    deadline = time.monotonic() + limit_s
-    with ui.client() as client:
-        while (run := client.read_flow_run(run_id)).state is None or not run.state.is_final():
-            assert time.monotonic() < deadline, f"flow run {run_id} still {run.state}"
-            time.sleep(0.5)
-    return run
-
-
 def newest_run_name(ui: UI, deployment: str) -> str:
     """The name of the newest flow run of the deployment called `deployment`."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -141,7 +130,7 @@ def test_custom_run_from_the_ui_completes(
     }
     page = custom_run(browser, ui, "quick", "Sequences per batch.", {"config": config})
     # a task run shows Completed on this page before the flow run does
-    assert finished(ui, run_id_of(page)).state.is_completed()
+    assert wait_final(ui, run_id_of(page)).state.is_completed()
     page.reload()
     page.get_by_text("Completed", exact=True).first.wait_for()
     page.wait_for_timeout(1000)
@@ -240,7 +229,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     )
     run_id = run_id_of(page)
     # a point's subflow shows Completed on this page before the sweep's run does
-    assert finished(ui, run_id).state.is_completed()
+    assert wait_final(ui, run_id).state.is_completed()
     page.reload()
     page.get_by_text("Completed", exact=True).first.wait_for()
     with ui.client() as client:
