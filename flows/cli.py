@@ -11,15 +11,24 @@ import sys
 
 class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs every task/flow exception with its traceback; for a LaminarError (bad input,
-    a fixable condition) or failed layers the one-sentence message is the whole story."""
+    a fixable condition), failed layers or failed points the one-sentence message is the whole
+    story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flows.laminar import LayerFailedError
-        from tasks.settings import LaminarError
+        if record.exc_info:
+            from flows.laminar import LayerFailedError
+            from flows.sweep import PointFailedError
+            from tasks.settings import LaminarError
 
-        if record.exc_info and isinstance(record.exc_info[1], LaminarError | LayerFailedError):
-            record.exc_info, record.exc_text = None, None
+            if isinstance(record.exc_info[1], LaminarError | LayerFailedError | PointFailedError):
+                record.exc_info, record.exc_text = None, None
         return True
+
+
+def _no_tracebacks_for_user_errors() -> None:
+    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
+            handler.addFilter(_NoTracebackForUserErrors())
 
 
 def laminar(argv: list[str] | None = None) -> int:
@@ -46,9 +55,7 @@ def laminar(argv: list[str] | None = None) -> int:
     from flows.laminar import LayerFailedError
     from flows.laminar import laminar as flow
 
-    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
-        if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
-            handler.addFilter(_NoTracebackForUserErrors())
+    _no_tracebacks_for_user_errors()
     try:
         summary = flow(hand_over(cfg, checked))
     except (LaminarError, LayerFailedError) as exc:
@@ -92,13 +99,16 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
             print(f"laminar-sweep: {sentence}", file=sys.stderr)
         return 2
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from flows.sweep import Sweep, sweep
+    from flows.sweep import PointFailedError, Sweep, sweep
 
-    summary = sweep(Sweep(base=base, grid=entries))
-    for name in summary["failed"]:
-        print(f"laminar-sweep: point {name} failed; the matrix holds the others.", file=sys.stderr)
+    _no_tracebacks_for_user_errors()
+    try:
+        summary = sweep(Sweep(base=base, grid=entries))
+    except PointFailedError as exc:
+        print(f"laminar-sweep: {exc}", file=sys.stderr)
+        return 1
     print(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
-    return 1 if summary["failed"] else 0
+    return 0
 
 
 SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...]

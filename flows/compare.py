@@ -73,25 +73,26 @@ def side_by_side(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    from tasks.figures import plt, save_png  # pyplot on the Agg backend
+    from tasks.figures import DRAWING, save_png, subplots
 
-    metrics = metrics_of(runs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
-    for ax, m in zip(axes, metrics, strict=True):
-        for (lab, rows), style in zip(runs.items(), ["o-", "s--", "^:", "d-."], strict=False):
-            for model in dict.fromkeys(r["model"] for r in rows):
-                pts = [r for r in rows if r["model"] == model]
-                ax.plot(
-                    [r["rel_depth"] for r in pts],
-                    [r[m] for r in pts],
-                    style,
-                    ms=3,
-                    label=f"{model} [{lab}]",
-                )
-        ax.set(title=m, xlabel="relative depth")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    save_png(fig, path)
+    with DRAWING:  # one figure at a time in a process: matplotlib is not thread-safe
+        metrics = metrics_of(runs)
+        fig, axes = subplots(1, len(metrics), figsize=(5 * len(metrics), 4.2))
+        for ax, m in zip(axes, metrics, strict=True):
+            for (lab, rows), style in zip(runs.items(), ["o-", "s--", "^:", "d-."], strict=False):
+                for model in dict.fromkeys(r["model"] for r in rows):
+                    pts = [r for r in rows if r["model"] == model]
+                    ax.plot(
+                        [r["rel_depth"] for r in pts],
+                        [r[m] for r in pts],
+                        style,
+                        ms=3,
+                        label=f"{model} [{lab}]",
+                    )
+            ax.set(title=m, xlabel="relative depth")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        save_png(fig, path)
 
 
 def provenance_lines(folders: list[Path], labels: list[str]) -> list[str]:

@@ -20,10 +20,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field, field_validator
 
+from flows.compare import read_run
 from flows.laminar import laminar
 from tasks import sweep as grid
 from tasks.cluster import shared_cluster
 from tasks.config import Config
+from tasks.figures import DRAWING, for_the_ui, save_png, subplots
 from tasks.settings import LaminarError, refuse, stable_hash
 
 
@@ -111,43 +113,52 @@ def small_multiples(done: list[dict[str, Any]], path: Path) -> None:
     """sweep.png: a column per point, density (top) and final loss (bottom) against relative
     depth, a line per model; the reports read by flows/compare.py, as laminar-compare reads
     them."""
-    from flows.compare import read_run
-    from tasks.figures import plt, save_png  # pyplot on the Agg backend
-
     runs = {p["point"]: read_run(Path(p["report"])) for p in done if "report" in p}
     if not runs:
         return
-    fig, axes = plt.subplots(
-        2, len(runs), figsize=(3.2 * len(runs) + 1, 6), sharex=True, squeeze=False
-    )
-    for col, (label, rows) in enumerate(runs.items()):
-        for row, metric in enumerate(("density_pct", "final_loss")):
-            ax = axes[row][col]
-            for model in dict.fromkeys(r["model"] for r in rows):
-                pts = [r for r in rows if r["model"] == model]
-                ax.plot(
-                    [r["rel_depth"] for r in pts], [r[metric] for r in pts], "o-", ms=3, label=model
-                )
-            ax.set_title(label if row == 0 else "", fontsize=8)
-            ax.set_ylabel(metric if col == 0 else "")
-            ax.grid(alpha=0.3)
-        axes[1][col].set_xlabel("relative depth")
-    axes[0][0].legend(fontsize=7)
-    save_png(fig, path)
+    with DRAWING:  # one figure at a time in a process: matplotlib is not thread-safe
+        fig, axes = subplots(
+            2, len(runs), figsize=(3.2 * len(runs) + 1, 6), sharex=True, squeeze=False
+        )
+        for col, (label, rows) in enumerate(runs.items()):
+            for row, metric in enumerate(("density_pct", "final_loss")):
+                ax = axes[row][col]
+                for model in dict.fromkeys(r["model"] for r in rows):
+                    pts = [r for r in rows if r["model"] == model]
+                    ax.plot(
+                        [r["rel_depth"] for r in pts],
+                        [r[metric] for r in pts],
+                        "o-",
+                        ms=3,
+                        label=model,
+                    )
+                ax.set_title(label if row == 0 else "", fontsize=8)
+                ax.set_ylabel(metric if col == 0 else "")
+                ax.grid(alpha=0.3)
+            axes[1][col].set_xlabel("relative depth")
+        axes[0][0].legend(fontsize=7)
+        save_png(fig, path)
+
+
+class PointFailedError(Exception):
+    """Some points of a sweep failed; the matrix holds the others and names these."""
 
 
 @flow(name="sweep", log_prints=True, persist_result=True, result_serializer="json")
 def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
-    """Run laminar at every point of the grid; the verdict matrix of the claims."""
+    """Run laminar at every point of the grid; the verdict matrix of the claims. A failed point
+    is named in the matrix, and fails the sweep's run once the matrix is published."""
     rows, done = run_points(sweep)
     folder = sweep_folder(sweep)
+    failed = {p["point"]: p["failed"] for p in done if "failed" in p}
     small_multiples(done, folder / "sweep.png")
-    md = grid.write_matrix(rows, sweep.grid, folder) if rows else ""
-    failed = [p for p in done if "failed" in p]
-    if md:
-        from tasks.figures import for_the_ui  # sweep.png embedded: the UI cannot read the folder
-
-        notes = "".join(f"\n- **{p['point']}** failed: {p['failed']}" for p in failed)
-        shown = for_the_ui(md + notes, folder, {"sweep.png"})
-        create_markdown_artifact(key="laminar-sweep", markdown=shown)
-    return {"folder": str(folder), "points": done, "failed": [p["point"] for p in failed]}
+    md = grid.write_matrix(rows, sweep.grid, failed, folder)
+    # sweep.png embedded: the UI cannot read the folder
+    create_markdown_artifact(key="laminar-sweep", markdown=for_the_ui(md, folder, {"sweep.png"}))
+    if failed:
+        raise PointFailedError(
+            f"{len(failed)} of {len(done)} points failed ({', '.join(failed)}); "
+            f"{folder / 'sweep.md'} says why and holds the others. Run the same sweep again to "
+            "retry only what is missing."
+        )
+    return {"folder": str(folder), "points": done}

@@ -4,15 +4,18 @@ layer) rows (means over SAE seeds, with `<metric>_sd`)."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from tasks.records import LayerResult
 from tasks.stats import FREQ_BINS
@@ -25,12 +28,38 @@ PANELS = [
 ]
 
 
-def save_png(fig: Any, path: Path) -> None:
-    """Lay out, render at the report's resolution, close, and write atomically."""
+P = ParamSpec("P")
+R = TypeVar("R")
+# matplotlib is not thread-safe: its mathtext parser (a log axis's "10^{0}" labels) shares one
+# parse cache, and two figures rendered at once in threads fail with a ParseException. The
+# points of a sweep on Dask draw their reports at once, each in a thread of one process.
+DRAWING = threading.RLock()
+
+
+def drawn_alone(draw: Callable[P, R]) -> Callable[P, R]:
+    """`draw`, building and rendering its figure while no other thread of this process does."""
+
+    @functools.wraps(draw)
+    def alone(*args: P.args, **kwargs: P.kwargs) -> R:
+        with DRAWING:
+            return draw(*args, **kwargs)
+
+    return alone
+
+
+def subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, as `pyplot.subplots` gives them, without pyplot and its
+    process-global figure manager: a Figure of its own renders with the Agg canvas and is freed
+    when dropped, so nothing needs closing."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Lay out, render at the report's resolution, and write atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     write_bytes(path, buf.getvalue())
 
 
@@ -45,11 +74,12 @@ DOWNSTREAM_PANELS = [
 ]
 
 
+@drawn_alone
 def profile_overlay(rows: list[dict[str, Any]], path: Path) -> None:
     """Every model on one relative-depth axis, one panel per metric, ± sd over seeds; the
     downstream panels where every row has them."""
     panels = PANELS + [p for p in DOWNSTREAM_PANELS if all(r.get(p[0]) is not None for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    fig, axes = subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     for ax, (col, title) in zip(axes, panels, strict=True):
         for model in _models(rows):
             pts = [r for r in rows if r["model"] == model]
@@ -66,10 +96,11 @@ def profile_overlay(rows: list[dict[str, Any]], path: Path) -> None:
     save_png(fig, path)
 
 
+@drawn_alone
 def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
     """The course's three panels for one model, against the layer index."""
     pts = [r for r in rows if r["model"] == model]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
+    fig, axes = subplots(1, len(PANELS), figsize=(15, 4))
     for ax, (col, title) in zip(axes, PANELS, strict=True):
         ax.errorbar(
             [r["layer"] for r in pts],
@@ -84,27 +115,29 @@ def course_panels(rows: list[dict[str, Any]], model: str, path: Path) -> None:
     save_png(fig, path)
 
 
+@drawn_alone
 def loss_curves(curves: list[dict[str, Any]], model: str, n_layers: int, path: Path) -> None:
     """Training loss per epoch, one line per layer (colour = depth), first SAE seed."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = subplots(figsize=(7, 4.5))
+    cmap = colormaps["viridis"]
     for c in curves:
         if c["model"] == model:
             ax.plot(c["loss"], color=cmap(c["layer"] / max(n_layers - 1, 1)), lw=1)
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n_layers - 1))
+    sm = ScalarMappable(cmap=cmap, norm=Normalize(0, n_layers - 1))
     fig.colorbar(sm, ax=ax, label="layer")
     ax.set(title=f"{model}: SAE training loss", xlabel="epoch", ylabel="loss", yscale="log")
     ax.grid(alpha=0.3)
     save_png(fig, path)
 
 
+@drawn_alone
 def density_heatmap(
     hists: dict[int, list[int]], edges: list[float], model: str, path: Path
 ) -> None:
     """Layer × log10(latent firing frequency): how many latents fire how often, per layer."""
     layers = sorted(hists)
     grid = [hists[layer] or [0] * (len(edges) - 1) for layer in layers]
-    fig, ax = plt.subplots(figsize=(7, 0.25 * len(layers) + 2))
+    fig, ax = subplots(figsize=(7, 0.25 * len(layers) + 2))
     im = ax.imshow(
         grid,
         aspect="auto",

@@ -147,14 +147,17 @@ def _cell(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def matrix_markdown(rows: list[dict[str, Any]], grid: dict[str, list[str]]) -> str:
-    """The verdict matrix: a row per (point, model), a column per claim, cells coloured."""
+def matrix_markdown(
+    rows: list[dict[str, Any]], grid: dict[str, list[str]], failed: dict[str, str]
+) -> str:
+    """The verdict matrix: a row per (point, model), a column per claim, cells coloured; then
+    each failed point (`failed`: point -> what it failed with)."""
     shown = [c for c in CLAIMS if any(c[0] in r for r in rows)]
     head = ["point", "model", *(f"{name} ({stat})" for _, name, stat in shown)]
     lines = [
         "# laminar sweep",
         "",
-        f"{len({r['point'] for r in rows})} points over "
+        f"{len({r['point'] for r in rows} | set(failed))} points over "
         + ", ".join(f"`{f}` ∈ {{{', '.join(v)}}}" for f, v in grid.items())
         + ". Each cell: the verdict and its statistic (Spearman ρ with p for density, the U "
         "fit's vertex for the U rules); docs/experiment.md gives the rules.",
@@ -171,11 +174,17 @@ def matrix_markdown(rows: list[dict[str, Any]], grid: dict[str, list[str]]) -> s
             extra = f", p {_cell(r['density_p'])}" if key == "density" else ""
             cells.append(f"{MARKS[r[key]]} ({stat} {_cell(r[f'{key}_{stat}'])}{extra})")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![density and final loss against depth, a column per point](sweep.png)"]
+    if failed:
+        lines += ["", "Failed, so missing from the matrix (run the sweep again to retry them):"]
+        lines += [f"- **{point}**: {why}" for point, why in failed.items()]
+    if rows:
+        lines += ["", "![density and final loss against depth, a column per point](sweep.png)"]
     return "\n".join(lines) + "\n"
 
 
-def write_matrix(rows: list[dict[str, Any]], grid: dict[str, list[str]], folder: Path) -> str:
+def write_matrix(
+    rows: list[dict[str, Any]], grid: dict[str, list[str]], failed: dict[str, str], folder: Path
+) -> str:
     """sweep.md, sweep.csv and sweep.parquet in `folder`, each written atomically; the markdown
     is returned (the Prefect artifact's body)."""
     import csv
@@ -183,7 +192,7 @@ def write_matrix(rows: list[dict[str, Any]], grid: dict[str, list[str]], folder:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    md = matrix_markdown(rows, grid)
+    md = matrix_markdown(rows, grid, failed)
     store.write_bytes(folder / "sweep.md", md.encode())
     columns = list(dict.fromkeys(k for r in rows for k in r))
     text = io.StringIO()

@@ -208,8 +208,8 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """sweep/recipes from its form, the base and the grid typed in: each point a laminar
-    subflow run of this one, completed, and the verdict matrix as the laminar-sweep artifact
-    (the page a user opens) and sweep.md."""
+    subflow run of this one, completed, on Dask at once (their reports drawn at the same time),
+    and the verdict matrix as the laminar-sweep artifact (the page a user opens) and sweep.md."""
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
@@ -219,6 +219,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     from test_deployments import run_config
 
     base = run_config(tiny_model, article_server, tmp_path) | {"layers": "0", "epochs": 2}
+    base |= {"task_runner": "dask", "dask_workers": 1}  # the points at once, each a thread
     grid = {"sae_arch": ["course", "topk"], "k": ["8"]}
     page = custom_run(
         browser,
@@ -248,6 +249,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     mine = {t.id for t in tasks}  # a subflow hangs from a task run of the flow run it is in
     points = [r for r in children if r.parent_task_run_id in mine]
     assert len(points) == 2 and all(r.state and r.state.is_completed() for r in points)
+    assert max(r.start_time for r in points) < min(r.end_time for r in points)  # at once
     [md] = (tmp_path / "sweeps").glob("*/sweep.md")
     table, figure = md.read_text().split("![")  # the figure: sweep.png beside it, embedded here
     assert table in artifact.data and figure.endswith("(sweep.png)\n")

@@ -40,7 +40,6 @@ def test_a_two_point_sweep_extracts_once_and_its_matrix_is_each_points_claims(
     base = quick_config(four_layers, article_server, tmp_path, epochs=2)
     (tmp_path / "grid.yaml").write_text("epochs: [2, 3]\n")
     summary = sweep(Sweep(base=base, grid=parse_grid([], str(tmp_path / "grid.yaml"))))
-    assert summary["failed"] == []
     first, second = summary["points"]
     assert [first["point"], second["point"]] == ["epochs=2", "epochs=3"]
     states = [p["tasks"] for p in (first, second)]
@@ -97,7 +96,7 @@ def test_a_dask_sweep_runs_its_points_at_once_on_one_cluster(
     monkeypatch.setattr(distributed, "LocalCluster", Counted)
     base = quick_config(four_layers, article_server, tmp_path, epochs=2, task_runner="dask")
     summary = sweep(Sweep(base=base, grid={"epochs": ["2", "3"]}))
-    assert summary["failed"] == [] and clusters == [2]  # one cluster of --dask-workers 2
+    assert clusters == [2]  # one cluster of --dask-workers 2
     states = [p["tasks"] for p in summary["points"]]
     extracts = [s for run in states for n, s in run.items() if n.startswith("extract")]
     assert sorted(extracts) == ["Cached", "Completed"]  # whichever point came first extracted
@@ -243,6 +242,44 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     assert sum("Completed" in s for s in course_sae) == 4
     assert out.stdout.startswith("sweep: ") and Path(out.stdout.split()[1]).is_file()
     assert len(list(reports.glob("*/report.md"))) == 2
+
+
+def test_a_failed_point_is_named_in_the_matrix_and_fails_the_sweep(
+    tmp_path: Path, four_layers: Path, article_server: ArticleServer
+) -> None:
+    """A point whose article is gone (HTTP 404): the other point's row, the failure and why in
+    sweep.md and the laminar-sweep artifact, the sweep's run Failed with one sentence, exit 1."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    base = quick_config(four_layers, article_server, tmp_path / "art", epochs=2)
+    gone = article_server.url(f"/wiki/Gone_{tmp_path.name}")
+    grid = f"urls={base.urls[0]},{gone}"
+    out = run_sweep(*to_args(base), "--grid", grid, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    [folder] = (tmp_path / "art" / "sweeps").iterdir()
+    assert out.stderr.splitlines()[-1] == (
+        f"laminar-sweep: 1 of 2 points failed (urls={gone}); {folder / 'sweep.md'} says why "
+        "and holds the others. Run the same sweep again to retry only what is missing."
+    )
+    md = (folder / "sweep.md").read_text()
+    assert md.count("| tiny4 |") == 1 and f"| urls={base.urls[0]} | tiny4 |" in md
+    assert f"- **urls={gone}**: LaminarError: " in md and "HTTP 404" in md
+    with open(folder / "sweep.csv") as f:
+        assert [r["point"] for r in csv.DictReader(f)] == [f"urls={base.urls[0]}"]
+    with get_client(sync_client=True) as client:
+        [artifact] = [
+            a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["laminar-sweep"])),
+                sort=ArtifactSort.CREATED_DESC,
+            )
+            if gone in a.data
+        ]
+        run = client.read_flow_run(artifact.flow_run_id)
+    assert md.split("![")[0] in artifact.data
+    assert run.state.is_failed() and "1 of 2 points failed" in run.state.message
 
 
 def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> None:
