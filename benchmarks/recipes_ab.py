@@ -20,9 +20,9 @@ from types import ModuleType
 
 import torch
 
+from benchmarks.bench import machine
 from benchmarks.precision import limit
 from tasks.config import Config
-from tasks.host import describe_device
 from tasks.recipes import recipe_of
 from tasks.sae import recipes
 
@@ -88,7 +88,7 @@ def main() -> None:
             for arch in archs:
                 for name, module in (("base", base), ("this", recipes)):
                     times.setdefault((arch, name), []).append(epoch_seconds(module, arch, x))
-    print(f"{describe_device('cpu')}; N {n}, d {d}, m {m}; fp32 limit {spread(limits, 0)} GFLOP/s")
+    print(f"cpu: {machine('cpu')}; N {n}, d {d}, m {m}; fp32 limit {spread(limits, 0)} GFLOP/s")
     for arch in archs:
         old, new = times[(arch, "base")], times[(arch, "this")]
         ratio = [a / b for a, b in zip(old, new, strict=True)]

@@ -13,9 +13,9 @@ and the loss Σ_d (x̂ - x)², averaged over tokens, plus each one's auxiliary t
              al. 2024, Appendix B.1), weighted by aux_coefficient · min(n_dead / (d/2), 1)
   batchtopk  as topk, but the k·N largest over a batch of N tokens; the mean of each step's
              smallest firing value (an EMA) becomes the JumpReLU threshold it is saved with
-Each step clips the gradient's norm to 1 before Adam, as SAETrainer does. Standard's gradient
-is written by hand (`Standard.gradient`, checked against autograd's and SAELens's); topk's and
-batchtopk's are autograd's.
+Each step clips the gradient's norm to 1 before Adam, as SAETrainer does. Each gradient is
+written by hand (`Standard.gradient`, `TopK.gradient`), checked against autograd's of the loss
+above (tests/reference.py) and against SAELens's (tests/test_interop.py).
 Shapes: x (N, d), pre and z (N, m), W_enc (d, m), W_dec (m, d)."""
 
 from __future__ import annotations
@@ -92,30 +92,10 @@ class Standard(nn.Module):
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         return encode(x, self.W_enc, self.b_enc, self.b_dec)  # (N, m)
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre.relu()
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec + self.b_dec  # (N, d)
-
     def l1_coefficient(self) -> float:
         r = self.recipe
         warm = min(self.steps / r.l1_warm_up_steps, 1.0) if r.l1_warm_up_steps else 1.0
         return r.l1 * warm
-
-    def aux(
-        self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
-    ) -> torch.Tensor:
-        return self.l1_coefficient() * (z * self.W_dec.norm(dim=1)).norm(p=1, dim=-1).mean()
-
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss on batch x (N, d) and the latents z (N, m), as SAELens's
-        training_forward_pass computes them with this SAE's dead latents."""
-        pre = self.pre(x)
-        z = self.activate(pre)
-        x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(dim=-1).mean()
-        return mse + self.aux(x, x_hat, pre, z), z
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One training step's loss on x, its gradient written and clipped (Adam steps next)."""
@@ -126,15 +106,10 @@ class Standard(nn.Module):
         self.after_step(z)
         return loss
 
-    def autograd_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss(x)` and z, each parameter's gradient written by autograd."""
-        loss, z = self.loss(x)
-        loss.backward()
-        return loss.detach(), z.detach()
-
     @torch.no_grad()
     def gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss(x)` and z, each parameter's gradient written: autograd's, by hand. With
+        """The training loss on x (N, d) and z (N, m), each parameter's gradient written: autograd's
+        of that loss (tests/reference.py: recipe_loss), by hand. With
         c = the L1 coefficient, n_i = ‖W_dec,i‖, g = dL/dx̂ = 2 (x̂ - x) / N (N, d):
             dL/dz = g W_decᵀ + c n / N, zero where z = 0 (the ReLU)        (N, m)
             dW_dec = zᵀ g + (c / N) Σ_tokens z_i · W_dec,i / n_i             (m, d)
@@ -180,8 +155,6 @@ APPLY_B_DEC = {"apply_b_dec_to_input": True}  # SAELens's default: x - b_dec is 
 
 
 class TopK(Standard):
-    gradient = Standard.autograd_gradient  # type: ignore[assignment]  # not written by hand
-
     # SAELens's rescale_acts_by_decoder_norm (its default) scales pre by ‖W_dec,i‖ and divides z
     # by it before decoding; the scaling is applied to the (d, m) weights here, not the (N, m)
     # latents: the same function and gradient, two passes over the latents fewer.
@@ -189,33 +162,71 @@ class TopK(Standard):
         norm = self.W_dec.norm(dim=-1)  # (m,)
         return encode(x, self.W_enc * norm, self.b_enc * norm, self.b_dec)
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        # ReLU of each row's k largest, as SAELens's topk-then-scatter gives it for distinct
-        # values (ties at the k-th are all kept), from a partition instead of a sort
-        keep = kernels.threshold(pre.detach(), self.recipe.k, self.workspace)  # (N, 1)
-        return pre.masked_fill(pre < keep, 0.0)
+    def selection(self, pre: torch.Tensor) -> torch.Tensor:
+        """The smallest pre-activation kept, per row (N, 1): each row's k largest (ties at the
+        k-th all kept), from a partition instead of SAELens's sort, and only positive ones."""
+        return kernels.threshold(pre.detach(), self.recipe.k, self.workspace)
 
-    def unit_decoder(self) -> torch.Tensor:
-        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)  # (m, d), rows of norm 1
+    @torch.no_grad()
+    def gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As Standard's, for the selection: autograd's gradient, by hand. The two
+        ‖W_dec,i‖ scalings cancel: with q = (x - b_dec) W_enc + b_enc, pre = q n, z = pre ⊙ M
+        (M the selection, held fixed as autograd holds it) and U = W_dec / n,
+        x̂ = z U + b_dec = (q ⊙ M) W_dec + b_dec, linear in W_dec. So, g = 2 (x̂ - x) / N (N, d):
+            dq = (g W_decᵀ) ⊙ M                                       (N, m)
+            dW_dec = (zᵀ g) / n                                       (m, d)
+            dW_enc = xᵀ dq − b_dec ⊗ Σ_tokens dq,  db_enc = Σ_tokens dq,  db_dec = Σ g − W_enc Σ dq
+        plus the aux term's share on the dead latents (`aux_gradient`). Five N·d·m matmuls, as
+        autograd's; the selection overwrites pre in place, and nothing (N, m) is made for n."""
+        n_tok = len(x)
+        norms = self.W_dec.norm(dim=1)  # (m,)
+        pre = self.pre(x)  # (N, m)
+        dead = self.dead().nonzero().squeeze(1)  # (n_dead,)
+        pre_dead = pre[:, dead]  # (N, n_dead): a copy, taken before the selection
+        z = pre.masked_fill_(pre < self.selection(pre), 0.0)  # (N, m), in pre's memory
+        err = torch.addmm(self.b_dec, z, self.W_dec / norms[:, None]).sub_(x)  # x̂ - x (N, d)
+        loss = err.flatten().dot(err.flatten()) / n_tok
+        aux = self.aux_gradient(err, pre_dead, dead, norms)  # before err is scaled below
+        g = err.mul_(2.0 / n_tok)  # (N, d)
+        g_z = (g @ self.W_dec.T).masked_fill_(z == 0, 0.0)  # dq (N, m)
+        self.W_dec.grad = (z.T @ g).div_(norms[:, None])
+        if aux is not None:
+            aux_loss, g_dead, w_dead = aux
+            loss += aux_loss
+            g_z[:, dead] += g_dead
+            self.W_dec.grad[dead] += w_dead
+        s = g_z.sum(dim=0)  # (m,)
+        self.b_dec.grad = g.sum(dim=0) - self.W_enc @ s
+        self.W_enc.grad = torch.addmm(torch.outer(self.b_dec, s), x.T, g_z, beta=-1)
+        self.b_enc.grad = s
+        return loss, z
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.unit_decoder() + self.b_dec
-
-    def aux(
-        self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor
-    ) -> torch.Tensor:
-        dead = self.dead()
-        n_dead = int(dead.sum())
+    def aux_gradient(
+        self, err: torch.Tensor, pre_dead: torch.Tensor, dead: torch.Tensor, norms: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The aux term on the dead latents only: its value, its dq on their columns
+        (N, n_dead) and its dW_dec on their rows (n_dead, d); None while none is dead. With A
+        each token's top d/2 dead pre-activations (all of them when fewer are dead), acts =
+        pre ⊙ A, recons = acts U and r = x - x̂: aux = c Σ (recons - r)² / N, and with
+        h = 2 c (recons - r) / N, dq = (h W_decᵀ) ⊙ A and dW_dec = (actsᵀ h) / n."""
+        n_dead, (n_tok, d) = len(dead), err.shape
         if n_dead == 0:
-            return x.new_zeros(())
-        k_aux = x.shape[-1] // 2
-        scale = min(n_dead / k_aux, 1.0)
-        top = torch.where(dead[None], pre, -torch.inf).topk(min(k_aux, n_dead), sorted=False)
-        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)  # (N, m)
-        recons = acts @ self.unit_decoder()  # no bias: b_dec is in x_hat
-        residual = (x - x_hat).detach()
-        aux = (recons - residual).pow(2).sum(dim=-1).mean()
-        return self.recipe.aux_coefficient * scale * aux
+            return None
+        k_aux = d // 2
+        c = self.recipe.aux_coefficient * min(n_dead / k_aux, 1.0)
+        chosen = None
+        if n_dead > k_aux:
+            top = pre_dead.topk(k_aux, dim=-1, sorted=False).indices
+            chosen = torch.zeros_like(pre_dead, dtype=torch.bool).scatter_(-1, top, True)
+            pre_dead.masked_fill_(~chosen, 0.0)  # acts (N, n_dead)
+        w_dead = self.W_dec[dead]  # (n_dead, d)
+        diff = torch.addmm(err, pre_dead, w_dead / norms[dead, None])  # recons - r (N, d)
+        loss = c * diff.flatten().dot(diff.flatten()) / n_tok
+        h = diff.mul_(2.0 * c / n_tok)
+        g_dead = h @ w_dead.T  # (N, n_dead)
+        if chosen is not None:
+            g_dead.masked_fill_(~chosen, 0.0)
+        return loss, g_dead, (pre_dead.T @ h).div_(norms[dead, None])
 
     @torch.no_grad()
     def inference(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -235,11 +246,12 @@ class BatchTopK(TopK):
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
         self.keep: torch.Tensor | None = None  # the last activate's threshold, for after_step
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        # the batch's k·N largest that are positive (SAELens: ReLU, then topk of the flattened
-        # batch); its smallest kept value is the threshold itself when more than k·N are > 0
+    def selection(self, pre: torch.Tensor) -> torch.Tensor:
+        """() : the batch's k·N largest that are positive (SAELens: ReLU, then topk of the
+        flattened batch); the smallest kept value is this threshold itself when more than k·N
+        are > 0. Kept for after_step's threshold update."""
         self.keep = batch_threshold(pre, self.recipe.k * len(pre), self.workspace)
-        return pre.masked_fill(pre < self.keep, 0.0)
+        return self.keep
 
     @torch.no_grad()
     def after_step(self, z: torch.Tensor) -> None:
