@@ -63,6 +63,16 @@ def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: di
     page.get_by_text("Parameters", exact=True).locator("xpath=..").get_by_role("button").click()
     page.get_by_text("Use JSON input", exact=True).click()
     page.locator("textarea").fill(json.dumps(parameters, indent=2))
+    failed: list[str] = []  # the API calls that failed, as the browser saw them
+    page.on("requestfailed", lambda r: failed.append(f"{r.method} {r.url}: {r.failure}"))
+    page.on(
+        "response",
+        lambda r: (
+            failed.append(f"{r.request.method} {r.url}: HTTP {r.status}")
+            if r.status >= 500
+            else None
+        ),
+    )
     page.get_by_role("button", name="Submit", exact=True).click()
     # The form shows the toast, then moves to the deployment's page (and on to its Runs tab):
     # a click on the toast's button before those moves land is overridden by them, so the
@@ -70,11 +80,19 @@ def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: di
     # from the deployment's Runs tab, as the run's name there.
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    try:  # off the form: to the deployment's page, or (a fast click) the run's already
-        page.wait_for_url(lambda url: not url.split("?")[0].endswith("/run"))
+    off_the_form = lambda url: not url.split("?")[0].endswith("/run")  # noqa: E731
+    try:  # to the deployment's page, or (a fast click) the run's already
+        page.wait_for_url(off_the_form)
     except PlaywrightTimeout:
-        page.screenshot(path=str(SUBMIT_SHOT), full_page=True)  # what the form shows instead
-        raise
+        # The server's answer to Submit got lost under load ("Oops. Something went wrong."
+        # toast): what the form showed and the calls that failed are kept, and the user's
+        # next move, Submit again, is made once.
+        page.screenshot(path=str(SUBMIT_SHOT), full_page=True)
+        SUBMIT_SHOT.with_suffix(".txt").write_text("\n".join(failed) + "\n")
+        if not page.get_by_text("Something went wrong").first.is_visible():
+            raise AssertionError(f"the form did not submit; the browser saw {failed}") from None
+        page.get_by_role("button", name="Submit", exact=True).click()
+        page.wait_for_url(off_the_form)
     if "/runs/flow-run/" in page.url:
         return page
 
