@@ -283,7 +283,11 @@ ARCHITECTURES: dict[str, type[Standard]] = {
 def fresh(
     d: int, m: int, recipe: Recipe, seed: int, device: str, lr: float
 ) -> tuple[Standard, torch.optim.Adam]:
-    """A seeded SAE of the recipe's architecture and its Adam (SAELens's betas 0.9, 0.999)."""
+    """A seeded SAE of the recipe's architecture and its Adam (SAELens's betas 0.9, 0.999),
+    fused: SAELens's update, not bit-identical to torch's default Adam (its sums are rounded in
+    another order); over GPT-2 large's two (5120, 10240) weights a step takes 0.08 s against
+    the default's 1.09 s (medians of 5, interleaved, on a 2-core avx512f Xeon). The course's
+    SAE keeps the default Adam (its numbers are golden)."""
     generator = torch.Generator().manual_seed(seed)
     sae = ARCHITECTURES[recipe.sae_arch](d, m, recipe, generator).to(device)
-    return sae, torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
+    return sae, torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
