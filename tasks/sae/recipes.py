@@ -244,7 +244,7 @@ class BatchTopK(TopK):
     def __init__(self, d: int, m: int, recipe: Recipe, generator: torch.Generator) -> None:
         super().__init__(d, m, recipe, generator)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
-        self.keep: torch.Tensor | None = None  # the last activate's threshold, for after_step
+        self.keep: torch.Tensor | None = None  # the last selection's threshold, for after_step
 
     def selection(self, pre: torch.Tensor) -> torch.Tensor:
         """() : the batch's k·N largest that are positive (SAELens: ReLU, then topk of the
