@@ -88,3 +88,50 @@ def test_an_architecture_the_bridge_does_not_support_is_one_sentence(
     with pytest.raises(LaminarError) as e:  # loading it anyway says the same
         models.load_model(str(folder), "cpu")
     assert "is a BioGptForCausalLM model, an architecture" in str(e.value)
+
+
+# A fresh interpreter (this one has loaded transformers already): `threads` describe the same
+# model at once, from one barrier, as the points of a sweep on Dask do in one process.
+DESCRIBE_AT_ONCE = """
+import json, sys, threading
+from tasks import models
+from tasks.config import Config
+folder, n = sys.argv[1], int(sys.argv[2])
+cfg = Config(models=[folder], seq_len=32)
+barrier, facts, errors = threading.Barrier(n), [], []
+def one():
+    barrier.wait()
+    try:
+        facts.append(models.describe(cfg, folder))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=one) for _ in range(n)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"errors": errors, "facts": facts}))
+"""
+
+
+def test_threads_that_describe_models_at_once_each_get_the_facts(tiny_model: Path) -> None:
+    """transformers' lazy module fails threads that first import it at once ("cannot import name
+    'AutoTokenizer'" in 4 of 4 fresh processes with the import inside the functions): eight
+    threads describing a model in a fresh process each get what one thread alone gets."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", DESCRIBE_AT_ONCE, str(tiny_model), "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["errors"] == []
+    alone = json.loads(
+        json.dumps(models.describe(Config(models=[str(tiny_model)], seq_len=32), str(tiny_model)))
+    )
+    assert got["facts"] == [alone] * 8
