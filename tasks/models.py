@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-# transformers is imported whole here, when this module is, and never first inside a function:
-# its lazy top-level module is not thread-safe while it loads (threads that import it at once
-# get "cannot import name 'AutoTokenizer' from 'transformers'"), and threads do describe models
-# at once (a sweep's points on Dask, each a flow run in a thread of one process). Python's
-# import lock makes a thread that imports this module wait until transformers has loaded.
-import transformers
+# transformers is imported whole here, when this module is, before any function's own
+# `from transformers import ...` runs: its lazy top-level module is not thread-safe while it
+# first loads (threads importing it at once get "cannot import name 'AutoTokenizer' from
+# 'transformers'"), and threads do describe models at once (a sweep's points on Dask, each a
+# flow run in a thread of one process). Python's import lock makes a thread that imports this
+# module wait until transformers has loaded; after that, its names resolve safely in threads.
+import transformers  # noqa: F401
 
 from tasks.config import Config
 from tasks.host import logger
@@ -147,9 +148,11 @@ def model_load_error(model: str, exc: BaseException, what: str) -> LaminarError:
 
 def load_tokenizer(model: str) -> Any:
     """The model's own tokenizer, from a local folder or the Hugging Face hub."""
+    from transformers import AutoTokenizer
+
     check_local_folder(model)
     try:
-        return transformers.AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise model_load_error(model, exc, "tokenizer") from exc
 
@@ -165,8 +168,10 @@ def shape(model: str, hook: str) -> tuple[int, int, int | None, int]:
     """(number of blocks, width d of `hook`'s activations, context length or None, vocabulary
     size), from the model's config: the MLP's hidden width for the MLP's inner hooks, the
     residual width for the rest; the context from n_positions, or max_position_embeddings."""
+    from transformers import AutoConfig
+
     try:
-        c = transformers.AutoConfig.from_pretrained(model, trust_remote_code=False)
+        c = AutoConfig.from_pretrained(model, trust_remote_code=False)
         n_layers = c.num_hidden_layers
     except (OSError, ValueError, AttributeError) as exc:
         raise model_load_error(model, exc, "config") from exc
@@ -204,6 +209,8 @@ MLP_WIDE_HOOKS = frozenset(
 def check_architecture(model: str) -> None:
     """A model whose architecture TransformerLens 4's TransformerBridge has no adapter for fails
     here, in one sentence, before any weights are loaded."""
+    from transformers import AutoConfig
+
     try:
         from transformer_lens.factories.architecture_adapter_factory import (
             SUPPORTED_ARCHITECTURES,
@@ -213,7 +220,7 @@ def check_architecture(model: str) -> None:
         )
     except ImportError:
         return
-    config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(model, trust_remote_code=False)
     try:
         arch = determine_architecture_from_hf_config(config)
     except ValueError:  # no supported architecture among those the config names
