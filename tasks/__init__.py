@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("config_input", "config_sae", "config_run"),
     ("config", "records", "columns"),
     ("paths", "cli"),
-    ("host", "prefect_api", "precision", "codehash"),
+    ("host", "prefect_api", "precision", "codehash", "hf"),
     ("security",),
     ("store", "saefiles"),
     ("locks",),

@@ -53,6 +53,7 @@ NOT_COMPUTING = frozenset(
         "tasks.progress",  # progress lines and the estimate
         "tasks.cache",  # the keys themselves
         "tasks.codehash",  # how code is hashed
+        "tasks.hf",  # transformers, loaded once a process before its names are used
     }
 )
 

@@ -13,14 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-# transformers is imported whole here, when this module is, before any function's own
-# `from transformers import ...` runs: its lazy top-level module is not thread-safe while it
-# first loads (threads importing it at once get "cannot import name 'AutoTokenizer' from
-# 'transformers'"), and threads do describe models at once (a sweep's points on Dask, each a
-# flow run in a thread of one process). Python's import lock makes a thread that imports this
-# module wait until transformers has loaded; after that, its names resolve safely in threads.
-import transformers  # noqa: F401
-
 from tasks.config import Config
 from tasks.host import logger
 from tasks.records import ModelFacts
@@ -148,7 +140,7 @@ def model_load_error(model: str, exc: BaseException, what: str) -> LaminarError:
 
 def load_tokenizer(model: str) -> Any:
     """The model's own tokenizer, from a local folder or the Hugging Face hub."""
-    from transformers import AutoTokenizer
+    from tasks.hf import AutoTokenizer
 
     check_local_folder(model)
     try:
@@ -168,7 +160,7 @@ def shape(model: str, hook: str) -> tuple[int, int, int | None, int]:
     """(number of blocks, width d of `hook`'s activations, context length or None, vocabulary
     size), from the model's config: the MLP's hidden width for the MLP's inner hooks, the
     residual width for the rest; the context from n_positions, or max_position_embeddings."""
-    from transformers import AutoConfig
+    from tasks.hf import AutoConfig
 
     try:
         c = AutoConfig.from_pretrained(model, trust_remote_code=False)
@@ -209,7 +201,7 @@ MLP_WIDE_HOOKS = frozenset(
 def check_architecture(model: str) -> None:
     """A model whose architecture TransformerLens 4's TransformerBridge has no adapter for fails
     here, in one sentence, before any weights are loaded."""
-    from transformers import AutoConfig
+    from tasks.hf import AutoConfig
 
     try:
         from transformer_lens.factories.architecture_adapter_factory import (
@@ -239,6 +231,9 @@ def unsupported(model: str, arch: str) -> LaminarError:
 
 def load_model(model: str, device: str) -> Any:
     """TransformerLens 4 bridge around the Hugging Face model, in eval mode."""
+    from tasks import hf  # noqa: F401 (transformers loaded whole first: tasks/hf.py says why)
+
+    # isort: split
     from transformer_lens.model_bridge import TransformerBridge
 
     check_local_folder(model)

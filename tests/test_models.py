@@ -114,8 +114,9 @@ print(json.dumps({"errors": errors, "facts": facts}))
 
 def test_threads_that_describe_models_at_once_each_get_the_facts(tiny_model: Path) -> None:
     """transformers' lazy module fails threads that first import it at once ("cannot import name
-    'AutoTokenizer'" in 4 of 4 fresh processes with the import inside the functions): eight
-    threads describing a model in a fresh process each get what one thread alone gets."""
+    'AutoTokenizer'"; in 4 of 4 fresh processes with tasks.models importing from transformers
+    itself): eight threads describing a model in a fresh process, through tasks.hf, each get what
+    one thread alone gets."""
     import subprocess
     import sys
 
