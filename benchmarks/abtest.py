@@ -10,8 +10,10 @@ are identical.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ def sae_at(rev: str) -> ModuleType:
     listed = git("ls-tree", "--name-only", rev, "tasks/sae/")
     if listed.returncode == 0 and listed.stdout.strip():
         home = Path(tempfile.mkdtemp(prefix="laminar-abtest-"))  # lives as long as the process
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
         (home / name).mkdir()
         for path in listed.stdout.split():
             source = git("show", f"{rev}:{path}").stdout.replace("tasks.sae", name)

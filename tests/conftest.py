@@ -3,12 +3,15 @@ Wikipedia-shaped article served from a loopback HTTP server, and an isolated Pre
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -273,8 +276,12 @@ def said(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("laminar: ")]
 
 
-# A private Prefect home for the whole test session (its SQLite DB and ephemeral server).
-os.environ["PREFECT_HOME"] = str(Path(__import__("tempfile").mkdtemp(prefix="laminar-prefect-")))
+# A private Prefect home for the whole test session (its SQLite DB and ephemeral server),
+# removed when the process ends: registered before Prefect loads, so it runs after Prefect's own
+# exit handlers (last in, first out). Each left behind would hold tens of MB of SQLite.
+PREFECT_HOME = Path(tempfile.mkdtemp(prefix="laminar-prefect-"))
+os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -145,18 +145,23 @@ def test_a_deployment_run_cannot_point_laminar_outside_what_its_worker_allows(
     where they may point: an artifacts_dir outside the worker's allowed folders (the tests'
     temporary folder here, the worker's own artifacts/ by default) or a Dask scheduler it does
     not allow fails the run with one sentence, before anything is read or written there."""
+    import shutil
     import tempfile
 
     from tasks.security import ALLOWED_DASK_ENV, ALLOWED_ROOTS_ENV
 
     outside = Path(tempfile.mkdtemp(prefix="laminar-not-allowed-"))
     config = run_config(tiny_model, article_server, outside / "art")
-    run = run_deployment(ui, "quick", config)
+    try:
+        run = run_deployment(ui, "quick", config)
+        wrote = (outside / "art").exists()
+    finally:
+        shutil.rmtree(outside)
     assert run.state.type.value == "FAILED"
     assert f"artifacts_dir '{outside / 'art'}' is outside the folders its worker" in (
         run.state.message
     )
-    assert ALLOWED_ROOTS_ENV in run.state.message and not (outside / "art").exists()
+    assert ALLOWED_ROOTS_ENV in run.state.message and not wrote
     remote = run_config(tiny_model, article_server, tmp_path, task_runner="dask")
     run = run_deployment(ui, "quick", remote | {"dask_address": "tcp://127.0.0.1:9"})
     assert run.state.type.value == "FAILED"
