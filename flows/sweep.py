@@ -101,12 +101,18 @@ def run_points(sweep: Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     plan = grid.points(sweep.base, sweep.grid)
     for (label, values, _), outcome in zip(plan, run_all(plan), strict=True):
         if isinstance(outcome, Exception):
-            done.append({"point": label, "failed": f"{type(outcome).__name__}: {outcome}"})
+            done.append({"point": label, "failed": why_failed(outcome)})
             continue
         rows += grid.verdict_rows(label, values, grid.read_claims(outcome["report"]))
         run = {k: outcome[k] for k in ("report", "tasks", "flow_run_id")}
         done.append({"point": label, **run})
     return rows, done
+
+
+def why_failed(exc: Exception) -> str:
+    """A failed point's reason: laminar's own sentence as it is (it names the setting and the
+    fix); anything else with its type, which is then part of the story."""
+    return str(exc) if isinstance(exc, LaminarError) else f"{type(exc).__name__}: {exc}"
 
 
 def small_multiples(done: list[dict[str, Any]], path: Path) -> None:
