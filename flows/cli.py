@@ -88,9 +88,8 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
             raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
         base, entries = config_from_args(rest), grid.parse_grid(known.grid, known.grid_file)
         points = grid.points(base, entries)
-        sizes = " × ".join(f"{len(v)} {f}" for f, v in entries.items())
         print(
-            f"laminar-sweep: {len(points)} points ({sizes}), each a laminar run sharing its "
+            f"laminar-sweep: {grid.count(entries, points)}, each a laminar run sharing its "
             f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",
             file=sys.stderr,
         )

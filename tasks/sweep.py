@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from tasks import store
 from tasks.cli import describe_validation_error
-from tasks.config import Config
+from tasks.config import RECIPE_FIELDS, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
 from tasks.settings import LaminarError, resolve_device, stable_hash
@@ -101,8 +102,11 @@ def _value(field: str, value: str) -> Any:
 
 def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str, str], Config]]:
     """Every combination of the grid's values over `base`: (label, the point's values, its
-    Config). A value a point's Config refuses is one sentence naming the grid entry."""
-    out = []
+    Config). A value a point's Config refuses is one sentence naming the grid entry. The
+    course's SAE reads none of the field's recipe settings (--k and the rest): a course point
+    leaves them out of its label and values, and combinations that differ only in them are the
+    same run, so one point (the first)."""
+    out, seen = [], set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
         try:
@@ -112,8 +116,26 @@ def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str
             raise LaminarError(
                 f"--grid point {entry}: {describe_validation_error(exc).splitlines()[0]}"
             ) from None
-        out.append((" ".join(f"{f}={v}" for f, v in values.items()) or "base", values, cfg))
+        if cfg.sae_arch == "course":
+            values = {f: v for f, v in values.items() if f == "sae_arch" or f not in RECIPE_FIELDS}
+        label = " ".join(f"{f}={v}" for f, v in values.items()) or "base"
+        if label not in seen:
+            seen.add(label)
+            out.append((label, values, cfg))
     return out
+
+
+def count(grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Config]]) -> str:
+    """The points of `grid`, and how many of its combinations repeat another (points())."""
+    said = f"{len(plan)} point{'' if len(plan) == 1 else 's'} ("
+    said += " × ".join(f"{len(v)} {f}" for f, v in grid.items())
+    if (repeats := math.prod(len(v) for v in grid.values()) - len(plan)) > 0:
+        said += (
+            f"; {repeats} of the {repeats + len(plan)} combinations "
+            f"{'repeats' if repeats == 1 else 'repeat'} another in settings the course's SAE "
+            "does not read"
+        )
+    return said + ")"
 
 
 def verdict(claim: dict[str, Any]) -> str:

@@ -299,6 +299,26 @@ def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> No
     assert Sweep(grid={"sae-arch": ["course", "topk"]}).grid == {"sae_arch": ["course", "topk"]}
 
 
+def test_a_course_point_leaves_out_the_recipe_settings_it_does_not_read() -> None:
+    """The course's SAE reads no --k: its combinations that differ only in k are one run, so
+    one point, labelled without k, and the command says so; topk's points keep their k."""
+    from tasks.sweep import count
+
+    grid = {"sae_arch": ["course", "topk"], "k": ["8", "16"]}
+    plan = points(Config(models=["gpt2"]), grid)
+    labels = [label for label, *_ in plan]
+    assert labels == ["sae_arch=course", "sae_arch=topk k=8", "sae_arch=topk k=16"]
+    assert plan[0][1] == {"sae_arch": "course"} and [c.k for *_, c in plan[1:]] == [8, 16]
+    assert count(grid, plan) == (
+        "3 points (2 sae_arch × 2 k; 1 of the 4 combinations repeats another in settings "
+        "the course's SAE does not read)"
+    )
+    alone = {"k": ["8", "16", "32"]}  # over the course's base: one run
+    assert [label for label, *_ in points(Config(models=["gpt2"]), alone)] == ["base"]
+    assert count(alone, points(Config(models=["gpt2"]), alone)).startswith("1 point (3 k; 2 of")
+    assert count({"epochs": ["2", "3"]}, [("a", {}, Config())] * 2) == "2 points (2 epochs)"
+
+
 def test_a_grid_of_published_saes_says_it_trains_nothing() -> None:
     """--saes points measure published SAEs: the cost line counts no training for them (and
     reads no model to count one)."""
