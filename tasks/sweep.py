@@ -35,7 +35,8 @@ def parse_grid(
 ) -> dict[str, list[str]]:
     """'field=v1,v2' entries (a flag's spelling, --sae-arch or sae-arch, works too), a YAML
     file's and a form's {field: [values]} as one grid {field: [values]}; a malformed entry, a
-    name Config does not have, a field without values or given twice is one sentence."""
+    name Config does not have, a field without values, or a field or value given twice is one
+    sentence."""
     grid: dict[str, list[str]] = {}
     for name, values in (given or {}).items():
         if not values:
@@ -63,6 +64,8 @@ def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -
         )
     if field in grid:
         raise LaminarError(f"{where} names '{field}' twice: give its values once.")
+    if (twice := next((v for i, v in enumerate(values) if v in values[:i]), None)) is not None:
+        raise LaminarError(f"{where} gives '{field}' the value '{twice}' twice: give it once.")
     grid[field] = values
 
 

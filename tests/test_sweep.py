@@ -179,6 +179,11 @@ def run_sweep(
             "laminar-sweep: --grid 'epochs' is not FIELD=VALUE[,VALUE...]: e.g. epochs=75,600.",
         ),
         ([], "laminar-sweep: no --grid given: e.g. --grid sae_arch=course,topk."),
+        (  # the same point twice would run (and show in the matrix) twice
+            ["--grid", "epochs=2,3,2"],
+            "laminar-sweep: --grid 'epochs=2,3,2' gives 'epochs' the value '2' twice: give it "
+            "once.",
+        ),
         (
             ["--grid", "epochs=2", "--grid-file", "{grid.yaml}"],
             "laminar-sweep: --grid-file '{grid.yaml}' names 'epochs' twice: give its values once.",
