@@ -262,7 +262,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
         )
     assert run.parameters["sweep"]["grid"] == grid  # the form's grid, as typed
     [artifact] = [a for a in artifacts if a.key == "laminar-sweep"]
-    assert "| sae_arch=course k=8 | tiny-gpt2 |" in artifact.data
+    assert "| sae_arch=course | tiny-gpt2 |" in artifact.data  # the course's SAE reads no k
     assert "| sae_arch=topk k=8 | tiny-gpt2 |" in artifact.data
     mine = {t.id for t in tasks}  # a subflow hangs from a task run of the flow run it is in
     points = [r for r in children if r.parent_task_run_id in mine]
