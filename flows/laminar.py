@@ -1,8 +1,7 @@
 """The laminar flow: article -> tokens -> activations -> one SAE per (model, layer) -> report.
 
-The flow only wires tasks; each task lives in its own module under tasks/. Run it with
-`python flows/laminar.py --help`, or from a Prefect deployment (the `config` parameter is the
-same typed model that builds the CLI)."""
+The flow only wires tasks; each lives in its own module under tasks/. Run it with `python
+flows/laminar.py --help`, or from a Prefect deployment (its `config` parameter is the CLI's)."""
 
 from __future__ import annotations
 
@@ -64,7 +63,9 @@ class LayerFailedError(Exception):
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""
     started_at = provenance.now()
-    cfg, described, family = checked_for(config)  # cfg: with --saes, the family's hook
+    cfg, described, family = checked_for(config)  # cfg: canonical; with --saes, the family's hook
+    if unread := config.unread_given():
+        print(f"laminar: {unread}")
     run = Runner(cfg)
     fetch = fetch_page.with_options(retries=cfg.fetch_retries)
     pages = run.each(fetch, [(cfg, url) for url in cfg.urls])

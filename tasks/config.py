@@ -17,7 +17,7 @@ from pydantic import (
 
 from tasks.config_input import InputSettings
 from tasks.config_run import RunSettings
-from tasks.config_sae import SAESettings
+from tasks.config_sae import READ_BY, SAESettings
 from tasks.settings import (
     ROLES,
     LaminarError,
@@ -164,11 +164,41 @@ class Config(RunSettings, SAESettings, InputSettings):
         """The named fields, for a cache key: only what a task's output depends on."""
         return {f: getattr(self, f) for f in fields}
 
+    def unread(self) -> tuple[str, ...]:
+        """The SAE settings this run's SAE does not read (READ_BY); none with --saes, whose
+        published SAEs are measured with --l1 alone."""
+        if self.saes:
+            return ()
+        return tuple(f for f, archs in READ_BY.items() if self.sae_arch not in archs)
+
+    def canonical(self) -> Config:
+        """This config with the settings its SAE does not read at their defaults: configs that
+        differ only in those are one run, with one set of keys, files and report."""
+        unread = {f: Config.model_fields[f].default for f in self.unread()}
+        return self.model_copy(update=unread) if unread else self
+
+    def unread_given(self) -> str | None:
+        """One sentence naming the settings given that this run's SAE does not read, or None."""
+        default = {f: Config.model_fields[f].default for f in self.unread()}
+        given = [f for f, v in default.items() if getattr(self, f) != v]
+        if not given:
+            return None
+        them = "it at its default" if len(given) == 1 else "them at their defaults"
+        return (
+            f"--sae-arch {self.sae_arch} does not read "
+            + " or ".join(f"{flag(f)} {getattr(self, f):g}" for f in given)
+            + f", so the run records {them} ("
+            + ", ".join(f"{default[f]:g}" for f in given)
+            + ")."
+        )
+
     def digest(self) -> str:
-        """Hash of every field that changes results (not the EXECUTION_FIELDS; for the course's
-        SAE, not the RECIPE_FIELDS either, which it does not read: its runs keep their names)."""
+        """Hash of every field that changes results: not the EXECUTION_FIELDS, nor what the
+        run's SAE does not read (canonical); for the course's SAE, not the RECIPE_FIELDS at all,
+        so its runs keep their names."""
         course = set(RECIPE_FIELDS) if self.sae_arch == "course" else set()
-        return stable_hash(self.model_dump(exclude=set(EXECUTION_FIELDS) | course))
+        dump = self.canonical().model_dump(exclude=set(EXECUTION_FIELDS) | course)
+        return stable_hash(dump)
 
     @property
     def root(self) -> Path:

@@ -110,3 +110,17 @@ class SAESettings(BaseModel):
         "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
         "small measured differences: docs/performance.md, bf16).",
     )
+
+
+# The SAEs (--sae-arch values) that read each SAE setting not all of them read; every other SAE
+# setting they all read. A run's settings its SAE does not read are no part of what it computes,
+# so Config.canonical puts them at their defaults. tests/test_recipes.py checks this against the
+# code: each SAE trained with a setting it does not read changed is bit-identical.
+READ_BY: dict[str, tuple[str, ...]] = {
+    "l1": ("course", "standard"),
+    "topk_frac": ("course",),
+    "k": ("topk", "batchtopk"),
+    "l1_warm_up_steps": ("standard",),
+    "aux_coefficient": ("topk", "batchtopk"),
+    "dead_steps": ("topk", "batchtopk"),
+}

@@ -19,7 +19,7 @@ from tasks.store import check_writable
 
 
 class Checked(NamedTuple):
-    cfg: Config  # with --saes, the family's hook
+    cfg: Config  # canonical (Config.canonical); with --saes, the family's hook
     described: list[ModelFacts]  # each model, its layers and widths
     family: dict[int, Entry]  # --saes: the published SAE of each layer; {} when training
 
@@ -27,7 +27,9 @@ class Checked(NamedTuple):
 def preflight(cfg: Config) -> Checked:
     """The artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
     which check it themselves), every model and its layers resolve, the downstream measures'
-    memory fits, and a --saes family covers the layers at the hook's width."""
+    memory fits, and a --saes family covers the layers at the hook's width. The config it
+    returns is canonical: the settings its SAE does not read at their defaults."""
+    cfg = cfg.canonical()
     check_deployment_targets(cfg)
     check_writable(cfg.root)
     family: dict[int, Entry] = {}

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tasks import store
 from tasks.cli import describe_validation_error
-from tasks.config import RECIPE_FIELDS, Config
+from tasks.config import Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
 from tasks.settings import LaminarError, resolve_device, stable_hash
@@ -105,10 +105,10 @@ def _value(field: str, value: str) -> Any:
 
 def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str, str], Config]]:
     """Every combination of the grid's values over `base`: (label, the point's values, its
-    Config). A value a point's Config refuses is one sentence naming the grid entry. The
-    course's SAE reads none of the field's recipe settings (--k and the rest): a course point
-    leaves them out of its label and values, and combinations that differ only in them are the
-    same run, so one point (the first)."""
+    canonical Config). A value a point's Config refuses is one sentence naming the grid entry.
+    A point leaves the settings its SAE does not read (Config.unread: --k for the course's and
+    the standard SAE) out of its label and values, and combinations that differ only in them
+    are the same run, so one point (the first)."""
     out, seen = [], set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
@@ -119,8 +119,8 @@ def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str
             raise LaminarError(
                 f"--grid point {entry}: {describe_validation_error(exc).splitlines()[0]}"
             ) from None
-        if cfg.sae_arch == "course":
-            values = {f: v for f, v in values.items() if f == "sae_arch" or f not in RECIPE_FIELDS}
+        values = {f: v for f, v in values.items() if f not in cfg.unread()}
+        cfg = cfg.canonical()
         label = " ".join(f"{f}={v}" for f, v in values.items()) or "base"
         if label not in seen:
             seen.add(label)
@@ -135,8 +135,8 @@ def count(grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Conf
     if (repeats := math.prod(len(v) for v in grid.values()) - len(plan)) > 0:
         said += (
             f"; {repeats} of the {repeats + len(plan)} combinations "
-            f"{'repeats' if repeats == 1 else 'repeat'} another in settings the course's SAE "
-            "does not read"
+            f"{'repeats' if repeats == 1 else 'repeat'} another in settings its SAE does not "
+            "read"
         )
     return said + ")"
 

@@ -36,6 +36,29 @@ def test_digest_ignores_refresh_and_location_only() -> None:
     assert a.digest() != Config(epochs=5).digest()
 
 
+def test_the_settings_an_sae_does_not_read_are_no_part_of_its_run() -> None:
+    """canonical puts them at their defaults, so the digest leaves them out; what the SAE reads
+    stays in it, and --saes (a published family, measured with --l1) has none."""
+    topk = Config(sae_arch="topk", k=8)
+    assert topk.model_copy(update={"l1": 3.0, "topk_frac": 0.5}).digest() == topk.digest()
+    assert topk.model_copy(update={"k": 9}).digest() != topk.digest()
+    standard = Config(sae_arch="standard", k=8, dead_steps=5, l1_warm_up_steps=2)
+    assert standard.canonical() == Config(sae_arch="standard", l1_warm_up_steps=2)
+    assert standard.unread_given() == (
+        "--sae-arch standard does not read --k 8 or --dead-steps 5, so the run records them at "
+        "their defaults (100, 1000)."
+    )
+    course = Config(topk_frac=0.5, aux_coefficient=0.25)
+    assert course.unread() == ("k", "l1_warm_up_steps", "aux_coefficient", "dead_steps")
+    assert course.unread_given() == (
+        "--sae-arch course does not read --aux-coefficient 0.25, so the run records it at its "
+        "default (1)."
+    )
+    assert (
+        Config().unread_given() is None and Config(models=["gpt2"], saes="/x", k=8).unread() == ()
+    )
+
+
 def test_short_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert short_name("openai-community/gpt2-large") == "gpt2-large"
     (tmp_path / "my-model").mkdir()

@@ -284,3 +284,80 @@ def test_under_topk_density_is_not_judged_and_the_report_says_why() -> None:
     assert topk["m"]["loss"] == course["m"]["loss"]
     text = "\n".join(claims_markdown(topk))
     assert "density rises with depth: **undefined (under --sae-arch topk every token" in text
+
+
+def test_settings_its_sae_does_not_read_are_said_and_make_no_new_run(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """--k and --aux-coefficient given to the standard SAE, which reads neither: the command
+    says so in one line, and its run is the run without them, every task replayed into the same
+    report, whose recorded config has the defaults."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from tasks.cli import to_args
+
+    base = quick_config(
+        tiny_model, article_server, tmp_path, layers="0", epochs=2, sae_arch="standard"
+    )
+    first = laminar(base)
+    given = base.model_copy(update={"k": 8, "aux_coefficient": 0.5})
+    command = [sys.executable, str(ROOT / "flows" / "laminar.py"), *to_args(given)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        "laminar: --sae-arch standard does not read --k 8 or --aux-coefficient 0.5, so the run "
+        "records them at their defaults (100, 1).\n" in out.stderr
+    )
+    assert f"laminar: report in {first['report']}; tasks {{'Cached': 7}}" in out.stderr
+    recorded = (Path(first["report"]) / "report.md").read_text()
+    assert '"k": 100,' in recorded and '"aux_coefficient": 1.0,' in recorded
+
+
+# A value other than the default for each setting READ_BY names, and a base whose topk and
+# batchtopk SAEs have dead latents within six steps (dead after 2 steps without firing; 4 tokens
+# of k = 3 fire at most 12 of the 48 latents a step), so the aux loss's settings act
+CHANGED = {"l1": 0.3, "topk_frac": 0.5, "k": 5, "l1_warm_up_steps": 3, "aux_coefficient": 0.25}
+CHANGED |= {"dead_steps": 1}
+
+
+def trained_state(cfg: Config) -> dict[str, torch.Tensor]:
+    """Six Adam steps of cfg's architecture on 4 seeded tokens of width 16, 48 latents, from the
+    recipe the flow builds from cfg (tasks.recipes.recipe_of)."""
+    from tasks.recipes import recipe_of
+
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)) + 0.3
+    sae, opt = recipes.fresh(16, 48, recipe_of(cfg), seed=0, device="cpu", lr=1e-2)
+    for _ in range(6):
+        sae.step(x)
+        opt.step()
+    return {n: p.detach().clone() for n, p in sae.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", list(recipes.ARCHITECTURES))
+def test_each_architecture_reads_exactly_the_settings_read_by_names(arch: str) -> None:
+    """Config.canonical drops what READ_BY says an SAE does not read: each such setting changed
+    leaves the SAE bit-identical, and each it reads changes it (a setting missing from READ_BY
+    would split one run in two; one wrongly in it would merge two different runs into one)."""
+    from tasks.config import READ_BY
+
+    base = Config(sae_arch=arch, k=3, dead_steps=2)
+    before = trained_state(base)
+    assert base.dead_steps < 6 and arch in {a for archs in READ_BY.values() for a in archs}
+    for field, value in CHANGED.items():
+        after = trained_state(base.model_copy(update={field: value}))
+        same = all(torch.equal(before[n], after[n]) for n in before)
+        assert same == (arch not in READ_BY[field]), (arch, field)
+
+
+def test_the_course_reads_the_sae_settings_read_by_gives_it_and_no_other() -> None:
+    """The course's SAE is trained from the "sae" settings alone (tasks/train.py gives it
+    cfg.subset(*SAE_FIELDS, "precision")): READ_BY's settings for it are among them, its
+    others are not."""
+    from tasks.config import READ_BY, SAE_FIELDS
+
+    read = {f for f, archs in READ_BY.items() if "course" in archs}
+    assert read == {"l1", "topk_frac"} and read <= set(SAE_FIELDS)
+    assert not (set(READ_BY) - read) & set(SAE_FIELDS)

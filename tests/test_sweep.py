@@ -304,24 +304,37 @@ def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> No
     assert Sweep(grid={"sae-arch": ["course", "topk"]}).grid == {"sae_arch": ["course", "topk"]}
 
 
-def test_a_course_point_leaves_out_the_recipe_settings_it_does_not_read() -> None:
-    """The course's SAE reads no --k: its combinations that differ only in k are one run, so
-    one point, labelled without k, and the command says so; topk's points keep their k."""
+def test_a_point_leaves_out_the_settings_its_sae_does_not_read() -> None:
+    """Neither the course's SAE nor the standard one reads --k: their combinations that differ
+    only in k are one run, so one point, labelled without k and with k at its default, and the
+    command says so; topk's points keep their k. The standard SAE reads --l1, topk does not."""
     from tasks.sweep import count
 
-    grid = {"sae_arch": ["course", "topk"], "k": ["8", "16"]}
+    grid = {"sae_arch": ["course", "standard", "topk"], "k": ["8", "16"]}
     plan = points(Config(models=["gpt2"]), grid)
     labels = [label for label, *_ in plan]
-    assert labels == ["sae_arch=course", "sae_arch=topk k=8", "sae_arch=topk k=16"]
-    assert plan[0][1] == {"sae_arch": "course"} and [c.k for *_, c in plan[1:]] == [8, 16]
+    assert labels == [
+        "sae_arch=course",
+        "sae_arch=standard",
+        "sae_arch=topk k=8",
+        "sae_arch=topk k=16",
+    ]
+    assert plan[0][1] == {"sae_arch": "course"} and plan[1][1] == {"sae_arch": "standard"}
+    assert [c.k for *_, c in plan] == [100, 100, 8, 16]
     assert count(grid, plan) == (
-        "3 points (2 sae_arch × 2 k; 1 of the 4 combinations repeats another in settings "
-        "the course's SAE does not read)"
+        "4 points (3 sae_arch × 2 k; 2 of the 6 combinations repeat another in settings "
+        "its SAE does not read)"
     )
     alone = {"k": ["8", "16", "32"]}  # over the course's base: one run
     assert [label for label, *_ in points(Config(models=["gpt2"]), alone)] == ["base"]
     assert count(alone, points(Config(models=["gpt2"]), alone)).startswith("1 point (3 k; 2 of")
     assert count({"epochs": ["2", "3"]}, [("a", {}, Config())] * 2) == "2 points (2 epochs)"
+    l1 = points(Config(models=["gpt2"]), {"sae_arch": ["standard", "topk"], "l1": ["1", "2"]})
+    assert [label for label, *_ in l1] == [
+        "sae_arch=standard l1=1",
+        "sae_arch=standard l1=2",
+        "sae_arch=topk",
+    ]
 
 
 def test_a_grid_of_published_saes_says_it_trains_nothing() -> None:
