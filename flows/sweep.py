@@ -150,6 +150,16 @@ class PointFailedError(Exception):
     """Some points of a sweep failed; the matrix holds the others and names these."""
 
 
+def failure_sentence(failed: list[str], n_points: int, md: Path) -> str:
+    """The failed points by label, where they are explained, and how to retry them."""
+    others = "" if len(failed) == n_points else " and holds the others"
+    return (
+        f"{len(failed)} of {n_points} point{'s' if n_points > 1 else ''} failed "
+        f"({', '.join(failed)}); {md} says why{others}. Run the same sweep again to retry only "
+        "what is missing."
+    )
+
+
 @flow(name="sweep", log_prints=True, persist_result=True, result_serializer="json")
 def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Run laminar at every point of the grid; the verdict matrix of the claims. A failed point
@@ -162,9 +172,5 @@ def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect read
     # sweep.png embedded: the UI cannot read the folder
     create_markdown_artifact(key="laminar-sweep", markdown=for_the_ui(md, folder, {"sweep.png"}))
     if failed:
-        raise PointFailedError(
-            f"{len(failed)} of {len(done)} points failed ({', '.join(failed)}); "
-            f"{folder / 'sweep.md'} says why and holds the others. Run the same sweep again to "
-            "retry only what is missing."
-        )
+        raise PointFailedError(failure_sentence(list(failed), len(done), folder / "sweep.md"))
     return {"folder": str(folder), "points": done}

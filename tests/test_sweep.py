@@ -288,6 +288,21 @@ def test_a_failed_point_is_named_in_the_matrix_and_fails_the_sweep(
     assert run.state.is_failed() and "1 of 2 points failed" in run.state.message
 
 
+def test_the_failure_sentence_says_what_the_matrix_holds() -> None:
+    """With some points done, sweep.md holds them; with none, it only says why."""
+    from flows.sweep import failure_sentence
+
+    md = Path("/a/sweep.md")
+    assert failure_sentence(["k=8"], 2, md) == (
+        "1 of 2 points failed (k=8); /a/sweep.md says why and holds the others. Run the same "
+        "sweep again to retry only what is missing."
+    )
+    assert failure_sentence(["k=8", "k=9"], 2, md).startswith(
+        "2 of 2 points failed (k=8, k=9); /a/sweep.md says why. Run"
+    )
+    assert failure_sentence(["base"], 1, md).startswith("1 of 1 point failed (base); ")
+
+
 def test_a_grid_given_in_the_deployments_form_is_checked_as_the_commands() -> None:
     """The Sweep model (the sweep/recipes form) refuses what `laminar-sweep --grid` refuses,
     with the same sentence, and keeps flag spellings as field names."""
