@@ -9,6 +9,25 @@ from pydantic import BaseModel, Field
 
 from tasks.settings import role
 
+# The SAEs (--sae-arch values) that read each SAE setting not all of them read; every other SAE
+# setting they all read. A run's settings its SAE does not read are no part of what it computes,
+# so Config.canonical puts them at their defaults. tests/test_recipes.py checks this against the
+# code: each SAE trained with a setting it does not read changed is bit-identical.
+READ_BY: dict[str, tuple[str, ...]] = {
+    "l1": ("course", "standard"),
+    "topk_frac": ("course",),
+    "k": ("topk", "batchtopk"),
+    "l1_warm_up_steps": ("standard",),
+    "aux_coefficient": ("topk", "batchtopk"),
+    "dead_steps": ("topk", "batchtopk"),
+}
+
+
+def read_by(field: str, text: str) -> str:
+    """A setting's description, ending with the SAEs that read it (READ_BY): --help, the
+    deployment form and docs/options.md say it as the runs do."""
+    return f"{text} Read only by --sae-arch {', '.join(READ_BY[field])}."
+
 
 class SAESettings(BaseModel):
     """How each layer's SAE is trained (fields of Config, in the order the CLI and the form
@@ -33,7 +52,11 @@ class SAESettings(BaseModel):
         allow_inf_nan=False,
         default=1.0,
         ge=0,
-        description="Weight of mean|z| in the loss.",
+        description=read_by(
+            "l1",
+            "Weight of the L1 term in the loss: mean|z| (the course's, and the published SAEs' "
+            "of --saes), z·‖W_dec‖ (standard).",
+        ),
     )
     expansion: int = Field(
         json_schema_extra=role("sae"),
@@ -48,7 +71,9 @@ class SAESettings(BaseModel):
         default=1 / 3,
         ge=0,
         le=1,
-        description="Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k.",
+        description=read_by(
+            "topk_frac", "Per-token top-k with k = floor(latent * topk_frac); 0 disables top-k."
+        ),
     )
     sae_arch: Literal["course", "standard", "topk", "batchtopk"] = Field(
         json_schema_extra=role("recipe"),
@@ -65,33 +90,43 @@ class SAESettings(BaseModel):
         default=100,
         gt=0,
         le=1_000_000,
-        description="topk: latents per token; batchtopk: their mean over a batch (SAELens's "
-        "default 100). At most the latent width.",
+        description=read_by(
+            "k",
+            "topk: latents per token; batchtopk: their mean over a batch (SAELens's default "
+            "100). At most the latent width.",
+        ),
     )
     l1_warm_up_steps: int = Field(
         json_schema_extra=role("recipe"),
         default=0,
         ge=0,
         le=10_000_000,
-        description="standard: steps over which --l1 rises linearly from 0 (SAELens's "
-        "l1_warm_up_steps; default 0).",
+        description=read_by(
+            "l1_warm_up_steps",
+            "Steps over which --l1 rises linearly from 0 (SAELens's l1_warm_up_steps; default 0).",
+        ),
     )
     aux_coefficient: float = Field(
         json_schema_extra=role("recipe"),
         allow_inf_nan=False,
         default=1.0,
         ge=0,
-        description="topk, batchtopk: weight of the auxiliary loss in which the top d/2 dead "
-        "latents reconstruct the residual (SAELens's aux_loss_coefficient; default 1).",
+        description=read_by(
+            "aux_coefficient",
+            "Weight of the auxiliary loss in which the top d/2 dead latents reconstruct the "
+            "residual (SAELens's aux_loss_coefficient; default 1).",
+        ),
     )
     dead_steps: int = Field(
         json_schema_extra=role("recipe"),
         default=1000,
         gt=0,
         le=10_000_000,
-        description="topk, batchtopk: a latent is dead for the auxiliary loss once it has not "
-        "fired for this many steps (SAELens's dead_feature_window; default 1000, so a "
-        "75-step training never uses it).",
+        description=read_by(
+            "dead_steps",
+            "A latent is dead for the auxiliary loss once it has not fired for this many steps "
+            "(SAELens's dead_feature_window; default 1000, so a 75-step training never uses it).",
+        ),
     )
     batch_tokens: int = Field(
         json_schema_extra=role("training"),
@@ -110,17 +145,3 @@ class SAESettings(BaseModel):
         "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
         "small measured differences: docs/performance.md, bf16).",
     )
-
-
-# The SAEs (--sae-arch values) that read each SAE setting not all of them read; every other SAE
-# setting they all read. A run's settings its SAE does not read are no part of what it computes,
-# so Config.canonical puts them at their defaults. tests/test_recipes.py checks this against the
-# code: each SAE trained with a setting it does not read changed is bit-identical.
-READ_BY: dict[str, tuple[str, ...]] = {
-    "l1": ("course", "standard"),
-    "topk_frac": ("course",),
-    "k": ("topk", "batchtopk"),
-    "l1_warm_up_steps": ("standard",),
-    "aux_coefficient": ("topk", "batchtopk"),
-    "dead_steps": ("topk", "batchtopk"),
-}

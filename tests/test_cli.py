@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.cli import build_parser, config_from_args, to_args
-from tasks.config import Config
+from tasks.config import READ_BY, Config
 from tasks.settings import LaminarError
 
 
@@ -16,6 +16,9 @@ def test_every_field_is_a_flag_with_its_default_in_help() -> None:
         assert "--" + name.replace("_", "-") in text
         assert " ".join(field.description.split()[:3]) in " ".join(text.split())
     assert "gpt2-large" in text and "mlp.hook_pre" in text
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    for name, archs in READ_BY.items():  # which SAEs read it, as Config.canonical has it
+        assert f"Read only by --sae-arch {', '.join(archs)}." in helps[name], name
 
 
 def test_flags_parse_into_typed_fields() -> None:
