@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from tasks import store
 from tasks.cli import describe_validation_error
-from tasks.config import Config
+from tasks.config import READ_BY, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
 from tasks.settings import LaminarError, resolve_device, stable_hash
@@ -126,6 +126,19 @@ def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str
             seen.add(label)
             out.append((label, values, cfg))
     return out
+
+
+def unread_in_base(
+    base: Config, grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Config]]
+) -> list[str]:
+    """A sentence per SAE of the plan that does not read a setting the base gives (Config.
+    unread_given; the grid's own settings are left to the points' labels)."""
+    notes: list[str] = []
+    for arch in dict.fromkeys(cfg.sae_arch for *_, cfg in plan):
+        reset = {f: Config.model_fields[f].default for f in grid if f in READ_BY}
+        note = base.model_copy(update={"sae_arch": arch, **reset}).unread_given()
+        notes += [note] if note and note not in notes else []
+    return notes
 
 
 def count(grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Config]]) -> str:

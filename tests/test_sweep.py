@@ -216,8 +216,8 @@ def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
 def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     tmp_path: Path, four_layers: Path, article_server: ArticleServer
 ) -> None:
-    base = quick_config(four_layers, article_server, tmp_path / "art", epochs=2)
-    args = [*to_args(base), "--grid", "sae_arch=course,standard"]
+    base = quick_config(four_layers, article_server, tmp_path / "art", epochs=2, k=8)
+    args = [*to_args(base), "--grid", "sae_arch=course,standard"]  # neither reads --k
     proc = run_sweep(*args, cwd=tmp_path, wait=False)
     reports = tmp_path / "art" / "reports"
     deadline = time.monotonic() + 240
@@ -233,7 +233,12 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     # Its cost, said first: one extraction shared; 4 layers x 2 architectures trained, each
     # 10 N d m FLOPs an epoch (N = 4 x 31 tokens, d = 256 at mlp.hook_pre, m = 512), 2 epochs.
     assert 8 * 10 * (4 * 31) * 256 * 512 * 2 == 2_600_468_480
-    [cost] = [line for line in out.stderr.splitlines() if line.startswith("laminar-sweep: ")]
+    cost, *unread = [x for x in out.stderr.splitlines() if x.startswith("laminar-sweep: ")]
+    assert unread == [
+        f"laminar-sweep: --sae-arch {arch} does not read --k 8, so the run records it at its "
+        "default (100)."
+        for arch in ("course", "standard")
+    ]
     assert re.fullmatch(
         r"laminar-sweep: 2 points \(2 sae_arch\), each a laminar run sharing its cached tasks "
         r"with the others: 1 extraction and 8 SAEs to train, 2\.6 GFLOP; about \d+ s here "
@@ -323,7 +328,7 @@ def test_a_point_leaves_out_the_settings_its_sae_does_not_read() -> None:
     """Neither the course's SAE nor the standard one reads --k: their combinations that differ
     only in k are one run, so one point, labelled without k and with k at its default, and the
     command says so; topk's points keep their k. The standard SAE reads --l1, topk does not."""
-    from tasks.sweep import count
+    from tasks.sweep import count, unread_in_base
 
     grid = {"sae_arch": ["course", "standard", "topk"], "k": ["8", "16"]}
     plan = points(Config(models=["gpt2"]), grid)
@@ -344,6 +349,10 @@ def test_a_point_leaves_out_the_settings_its_sae_does_not_read() -> None:
     assert [label for label, *_ in points(Config(models=["gpt2"]), alone)] == ["base"]
     assert count(alone, points(Config(models=["gpt2"]), alone)).startswith("1 point (3 k; 2 of")
     assert count({"epochs": ["2", "3"]}, [("a", {}, Config())] * 2) == "2 points (2 epochs)"
+    base = Config(models=["gpt2"], k=8, l1=2.0)  # k is the grid's below: its labels show it
+    assert unread_in_base(base, grid, plan) == [
+        "--sae-arch topk does not read --l1 2, so the run records it at its default (1)."
+    ]
     l1 = points(Config(models=["gpt2"]), {"sae_arch": ["standard", "topk"], "l1": ["1", "2"]})
     assert [label for label, *_ in l1] == [
         "sae_arch=standard l1=1",
