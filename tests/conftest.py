@@ -304,23 +304,25 @@ def prefect_api() -> Iterator[str]:
 
 
 # The test files that take longest, longest first (each file's summed test time in one run of
-# the whole suite, `-n 2 --dist loadfile --junitxml`, on the 2-core AMX Xeon; the rest keep
-# pytest's order after them). Under `-n 2
-# --dist loadfile` each worker takes whole files as it frees up; xdist's own order (most tests
-# first) started the few-but-slow files last, leaving one worker alone for minutes at the end.
+# the whole suite, `make test ARGS=--junitxml=...` in a fresh clone, on a 2-core Xeon whose flags
+# show avx512f but no AMX; the rest keep pytest's order after them). Under `-n 2 --dist
+# loadfile` each worker takes whole files as it frees up; xdist's own order (most tests first)
+# started the few-but-slow files last, leaving one worker alone for minutes at the end.
 LONGEST_FIRST = (
-    "test_faults.py",  # 525 s
-    "test_cluster.py",  # 290 s
-    "test_laminar.py",  # 262 s
-    "test_deployments.py",  # 238 s
-    "test_published.py",  # 181 s
-    "test_browser.py",  # 134 s
-    "test_interop.py",  # 133 s
-    "test_offline.py",  # 132 s
-    "test_progress.py",  # 86 s
-    "test_laminar_ui.py",  # 85 s
-    "test_splice.py",  # 61 s
-    "test_sweep.py",  # 55 s
+    "test_faults.py",  # 435 s
+    "test_cluster.py",  # 272 s
+    "test_browser.py",  # 236 s
+    "test_deployments.py",  # 232 s
+    "test_interop.py",  # 156 s
+    "test_laminar.py",  # 145 s
+    "test_offline.py",  # 138 s
+    "test_published.py",  # 108 s
+    "test_sweep.py",  # 105 s
+    "test_progress.py",  # 96 s
+    "test_laminar_ui.py",  # 71 s
+    "test_splice.py",  # 65 s
+    "test_recipes.py",  # 47 s
+    "test_bench.py",  # 45 s
 )
 
 
