@@ -171,15 +171,19 @@ class Config(RunSettings, SAESettings, InputSettings):
             return ()
         return tuple(f for f, archs in READ_BY.items() if self.sae_arch not in archs)
 
+    def unread_defaults(self) -> dict[str, Any]:
+        """The settings this run's SAE does not read (unread), each with its default."""
+        return {f: Config.model_fields[f].default for f in self.unread()}
+
     def canonical(self) -> Config:
         """This config with the settings its SAE does not read at their defaults: configs that
         differ only in those are one run, with one set of keys, files and report."""
-        unread = {f: Config.model_fields[f].default for f in self.unread()}
+        unread = self.unread_defaults()
         return self.model_copy(update=unread) if unread else self
 
     def unread_given(self) -> str | None:
         """One sentence naming the settings given that this run's SAE does not read, or None."""
-        default = {f: Config.model_fields[f].default for f in self.unread()}
+        default = self.unread_defaults()
         given = [f for f, v in default.items() if getattr(self, f) != v]
         if not given:
             return None

@@ -39,10 +39,14 @@ def refuse(sentence: str) -> NoReturn:
     raise PydanticCustomError("laminar", sentence)
 
 
+def first_twice(values: list[Any]) -> Any:
+    """The first value a list names twice, or None."""
+    return next((v for v in values if values.count(v) > 1), None)
+
+
 def once(values: list[Any], name: str, what: str) -> None:
     """Refuse a list that names the same value twice (it would be counted twice)."""
-    twice = next((v for v in values if values.count(v) > 1), None)
-    if twice is not None:
+    if (twice := first_twice(values)) is not None:
         refuse(f"{name} lists '{twice}' twice: name each {what} once.")
 
 

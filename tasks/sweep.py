@@ -18,7 +18,7 @@ from tasks.cli import describe_validation_error
 from tasks.config import READ_BY, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
-from tasks.settings import LaminarError, resolve_device, stable_hash
+from tasks.settings import LaminarError, first_twice, resolve_device, stable_hash
 
 # (claims.json key, the claim's name in the matrix, its statistic shown beside the verdict)
 CLAIMS = [
@@ -64,7 +64,7 @@ def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -
         )
     if field in grid:
         raise LaminarError(f"{where} names '{field}' twice: give its values once.")
-    if (twice := next((v for i, v in enumerate(values) if v in values[:i]), None)) is not None:
+    if (twice := first_twice(values)) is not None:
         raise LaminarError(f"{where} gives '{field}' the value '{twice}' twice: give it once.")
     grid[field] = values
 
@@ -119,7 +119,8 @@ def points(base: Config, grid: dict[str, list[str]]) -> list[tuple[str, dict[str
             raise LaminarError(
                 f"--grid point {entry}: {describe_validation_error(exc).splitlines()[0]}"
             ) from None
-        values = {f: v for f, v in values.items() if f not in cfg.unread()}
+        unread = cfg.unread()
+        values = {f: v for f, v in values.items() if f not in unread}
         cfg = cfg.canonical()
         label = " ".join(f"{f}={v}" for f, v in values.items()) or "base"
         if label not in seen:
@@ -134,8 +135,8 @@ def unread_in_base(
     """A sentence per SAE of the plan that does not read a setting the base gives (Config.
     unread_given; the grid's own settings are left to the points' labels)."""
     notes: list[str] = []
+    reset = {f: Config.model_fields[f].default for f in grid if f in READ_BY}
     for arch in dict.fromkeys(cfg.sae_arch for *_, cfg in plan):
-        reset = {f: Config.model_fields[f].default for f in grid if f in READ_BY}
         note = base.model_copy(update={"sae_arch": arch, **reset}).unread_given()
         notes += [note] if note and note not in notes else []
     return notes
