@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 from flows.compare import read_run
 from flows.laminar import laminar
 from tasks import sweep as grid
+from tasks import sweep_matrix as matrix
 from tasks.cluster import shared_cluster
 from tasks.config import Config
 from tasks.figures import DRAWING, for_the_ui, save_png, subplots
@@ -103,7 +104,7 @@ def run_points(sweep: Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         if isinstance(outcome, Exception):
             done.append({"point": label, "failed": why_failed(outcome)})
             continue
-        rows += grid.verdict_rows(label, values, grid.read_claims(outcome["report"]))
+        rows += matrix.verdict_rows(label, values, matrix.read_claims(outcome["report"]))
         run = {k: outcome[k] for k in ("report", "tasks", "flow_run_id")}
         done.append({"point": label, **run})
     return rows, done
@@ -168,7 +169,7 @@ def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect read
     folder = sweep_folder(sweep)
     failed = {p["point"]: p["failed"] for p in done if "failed" in p}
     small_multiples(done, folder / "sweep.png")
-    md = grid.write_matrix(rows, sweep.grid, failed, folder)
+    md = matrix.write_matrix(rows, sweep.grid, failed, folder)
     # sweep.png embedded: the UI cannot read the folder
     create_markdown_artifact(key="laminar-sweep", markdown=for_the_ui(md, folder, {"sweep.png"}))
     if failed:

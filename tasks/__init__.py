@@ -5,7 +5,7 @@ and may import any of them; tests/test_layers.py walks every import to hold this
     preflight                                  the checks before any heavy work
     runs                                       the run machinery the flow drives
     cluster                                    where per-layer work runs (threads, Dask)
-    sweep                                      a sweep's grid, points, cost and verdict matrix
+    sweep  sweep_matrix                        a sweep's grid, points and cost; its verdict matrix
     published  recipes                         --saes: a published family measured, or
                                                --sae-arch: the field's SAEs trained, not train's
     family                                     --saes: the family's cfg.json files, checked
@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("scrape", "tokens", "extract", "train", "latents", "report", "splice", "stability", "costs"),
     ("family",),
     ("published", "recipes"),
-    ("sweep",),
+    ("sweep", "sweep_matrix"),
     ("cluster",),
     ("runs",),
     ("preflight",),
