@@ -27,7 +27,7 @@ from tasks import sweep_matrix as matrix
 from tasks.cluster import shared_cluster
 from tasks.config import Config
 from tasks.figures import DRAWING, for_the_ui, save_png, subplots
-from tasks.settings import LaminarError, refuse, stable_hash
+from tasks.settings import LaminarError, plural, refuse, stable_hash
 
 
 class Sweep(BaseModel):
@@ -155,7 +155,7 @@ def failure_sentence(failed: list[str], n_points: int, md: Path) -> str:
     """The failed points by label, where they are explained, and how to retry them."""
     others = "" if len(failed) == n_points else " and holds the others"
     return (
-        f"{len(failed)} of {n_points} point{'s' if n_points > 1 else ''} failed "
+        f"{len(failed)} of {plural(n_points, 'point')} failed "
         f"({', '.join(failed)}); {md} says why{others}. Run the same sweep again to retry only "
         "what is missing."
     )

@@ -106,6 +106,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def plural(n: int, word: str) -> str:
+    """'1 point', '2 points', '0 points'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def short_name(model: str) -> str:
     """'gpt2-large' for a hub id, the folder's name for a local folder."""
     return Path(model.rstrip("/")).name if Path(model).exists() else model.split("/")[-1]

@@ -15,7 +15,7 @@ from tasks.cli import describe_validation_error
 from tasks.config import READ_BY, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
-from tasks.settings import LaminarError, first_twice, resolve_device, stable_hash
+from tasks.settings import LaminarError, first_twice, plural, resolve_device, stable_hash
 
 
 def parse_grid(
@@ -132,7 +132,7 @@ def unread_in_base(
 
 def count(grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Config]]) -> str:
     """The points of `grid`, and how many of its combinations repeat another (points())."""
-    said = f"{len(plan)} point{'' if len(plan) == 1 else 's'} ("
+    said = f"{plural(len(plan), 'point')} ("
     said += " × ".join(f"{len(v)} {f}" for f, v in grid.items())
     if (repeats := math.prod(len(v) for v in grid.values()) - len(plan)) > 0:
         said += (
@@ -141,10 +141,6 @@ def count(grid: dict[str, list[str]], plan: list[tuple[str, dict[str, str], Conf
             "read"
         )
     return said + ")"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("s" if n != 1 else "")
 
 
 def _device(cfg: Config) -> str:
@@ -193,7 +189,7 @@ def cost(configs: list[Config]) -> str:
         shape: costs.calibrated_rate(root, *shape) if shape[0] else 0.0
         for root, shape, _ in trainings.values()
     }
-    said = f"{_plural(len(extractions), 'extraction')} and {_plural(len(trainings), 'SAE')} "
+    said = f"{plural(len(extractions), 'extraction')} and {plural(len(trainings), 'SAE')} "
     said += f"to train, {costs.human_flops(sum(f for *_, f in trainings.values()))}"
     if not all(rates.values()):  # a device this machine lacks, or a matmul too fast to time
         return f"{said}; time here unknown (no SAE matmul rate measured for its device)"

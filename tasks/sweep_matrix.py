@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import store
+from tasks.settings import plural
 
 # (claims.json key, the claim's name in the matrix, its statistic shown beside the verdict)
 CLAIMS = [
@@ -62,7 +63,7 @@ def matrix_markdown(
     lines = [
         "# laminar sweep",
         "",
-        f"{len({r['point'] for r in rows} | set(failed))} points over "
+        f"{plural(len({r['point'] for r in rows} | set(failed)), 'point')} over "
         + ", ".join(f"`{f}` ∈ {{{', '.join(v)}}}" for f, v in grid.items())
         + ". Each cell: the verdict and its statistic (Spearman ρ with p for density, the U "
         "fit's vertex for the U rules); docs/experiment.md gives the rules.",

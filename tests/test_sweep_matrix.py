@@ -69,6 +69,7 @@ def test_the_markdown_gives_each_cell_and_each_failed_point() -> None:
 def test_a_sweep_whose_every_point_failed_has_no_table_rows_and_no_figure() -> None:
     md = matrix_markdown([], {"epochs": ["2"]}, {"epochs=2": "a layer failed"})
     assert "| epochs=" not in md and "sweep.png" not in md
+    assert md.splitlines()[2].startswith("1 point over `epochs` ∈ {2}.")
     assert md.splitlines()[-1] == "- **epochs=2**: a layer failed"
 
 
