@@ -19,7 +19,7 @@ from tasks.host import available_memory, describe_device, native_bf16
 from tasks.precision import matmul_precision
 from tasks.progress import human_time
 from tasks.records import Batch, EvalBatch, ModelFacts
-from tasks.settings import LaminarError, resolve_device
+from tasks.settings import LaminarError, plural, resolve_device
 from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
@@ -111,8 +111,9 @@ def estimate(
     else:  # a matmul too fast for the clock, or none timed: no rate, so no time
         when = f"time here unknown ({precision}, no matmul rate measured)"
     return (
-        f"{name}: {layers} layers × {epochs} epochs, {n_tokens:,} tokens, d {d} → "
-        f"{human_flops(per_layer * layers)}; {when}; cached: {cached} of {layers} layers"
+        f"{name}: {plural(layers, 'layer')} × {plural(epochs, 'epoch')}, {n_tokens:,} tokens, "
+        f"d {d} → {human_flops(per_layer * layers)}; {when}; cached: {cached} of "
+        f"{plural(layers, 'layer')}"
     )
 
 

@@ -27,7 +27,7 @@ from tasks.config import Config
 from tasks.locks import ProcessLockManager
 from tasks.prefect_api import dask_future
 from tasks.progress import overall, read_epochs
-from tasks.settings import LaminarError
+from tasks.settings import LaminarError, plural
 
 P, R = ParamSpec("P"), TypeVar("R")  # a task's parameters and its result (record) type
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
@@ -184,6 +184,18 @@ def why_failed(future: Any, state: Any) -> str:
     )
 
 
+def failed_runs(task: str, n_runs: int, why: list[str]) -> str:
+    """One sentence for the runs of `task` that failed (`why`: each one's reason), saying
+    whether any others are cached."""
+    kept = n_runs - len(why)
+    cached = {0: "", 1: "; the other is cached"}.get(kept, "; the others are cached")
+    fix = "fix it" if len(why) == 1 else "fix these"
+    reasons = "; ".join(w.rstrip(".") for w in why)
+    return (
+        f"{len(why)} of {plural(n_runs, task + ' run')} failed: {reasons}{cached}: {fix} and rerun."
+    )
+
+
 class Runner:
     """Calls tasks with the run's cache settings and tallies their final states."""
 
@@ -232,11 +244,7 @@ class Runner:
             raise failed[0][1]  # its sentence already names the input
         if failed:  # a LaminarError names its input; anything else is named by its run
             why = [str(e) if isinstance(e, LaminarError) else f"{name}: {e}" for name, e in failed]
-            raise LaminarError(
-                f"{len(failed)} of {len(argsets)} {task.name} runs failed: "
-                + "; ".join(w.rstrip(".") for w in why)
-                + "; the others are cached: fix these and rerun."
-            )
+            raise LaminarError(failed_runs(task.name, len(argsets), why))
         return results
 
     def on(self, pool: Pool, task: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

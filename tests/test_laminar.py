@@ -175,8 +175,8 @@ def test_several_articles_each_a_task_one_failing_by_name(
         laminar(quick_config(tiny_model, article_server, tmp_path, urls=[missing, led, gone]))
     assert str(two.value) == (
         f"2 of 3 fetch runs failed: --urls '{missing}' answered HTTP 404: check the article's "
-        f"address; --urls '{gone}' answered HTTP 404: check the article's address; the others "
-        "are cached: fix these and rerun."
+        f"address; --urls '{gone}' answered HTTP 404: check the article's address; the other "
+        "is cached: fix these and rerun."
     )
     # The failing page stopped no other fetch: the page after it was fetched, and is cached.
     cfg = quick_config(tiny_model, article_server, tmp_path, urls=[led, lamp], n_seqs=12)

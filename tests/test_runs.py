@@ -10,7 +10,7 @@ import pytest
 
 from tasks import cluster, costs, progress
 from tasks.config import Config
-from tasks.runs import left_phrase, time_left
+from tasks.runs import failed_runs, left_phrase, time_left
 
 
 def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:
@@ -54,6 +54,9 @@ def test_estimate_with_no_measured_rate_says_so() -> None:
         "m: 3 layers × 75 epochs, 100 tokens, d 8 → 2.88e+07 FLOP; "
         "time here unknown (fp32, no matmul rate measured); cached: 1 of 3 layers"
     )
+    one = costs.estimate("m", 1, 0, 1, 100, 8, 16, 0.0, "fp32")  # one layer, one epoch
+    assert one.startswith("m: 1 layer × 1 epoch, 100 tokens, d 8 → ")
+    assert one.endswith("; cached: 0 of 1 layer")
     assert progress.overall(0, 0, 0, 75) == 100.0  # no jobs: done
     assert progress.overall(0, 0, 3, 0) == 100.0  # no epochs: nothing to wait for
 
@@ -85,3 +88,21 @@ def test_slots_come_from_the_scheduler_while_the_client_refreshes_its_view(
         client.wait_for_workers(2, timeout=60)
         counted = [cluster.check_workers(client, cfg, "") for _ in range(40)]
     assert counted == [2] * 40
+
+
+def test_failed_runs_say_whether_any_other_is_cached() -> None:
+    assert failed_runs("sae", 3, ["sae L0: boom", "sae L1: bang."]) == (
+        "2 of 3 sae runs failed: sae L0: boom; sae L1: bang; the other is cached: fix these and "
+        "rerun."
+    )
+    assert failed_runs("fetch", 4, ["a."]) == (
+        "1 of 4 fetch runs failed: a; the others are cached: fix it and rerun."
+    )
+    assert (
+        failed_runs("sae", 1, ["sae L0: boom"])
+        == "1 of 1 sae run failed: sae L0: boom: fix it and rerun."
+    )
+    assert (
+        failed_runs("fetch", 2, ["a", "b"])
+        == "2 of 2 fetch runs failed: a; b: fix these and rerun."
+    )
