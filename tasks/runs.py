@@ -276,6 +276,8 @@ class Runner:
         by_future = {j.future: j for j in jobs}
         results: dict[Any, Any] = {}
         failed = []
+        for job in jobs:  # the run's summary lists them as submitted, whatever order they end in
+            self.states.setdefault(job.name, "Pending")
         try:
             for future in as_completed(list(by_future)):
                 future.wait()

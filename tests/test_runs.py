@@ -4,7 +4,9 @@ never from the client's cached cluster view (which a periodic refresh empties of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +108,41 @@ def test_failed_runs_say_whether_any_other_is_cached() -> None:
         failed_runs("fetch", 2, ["a", "b"])
         == "2 of 2 fetch runs failed: a; b: fix these and rerun."
     )
+
+
+def test_gather_lists_the_jobs_as_submitted_whatever_order_they_end_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers that end before the flow starts waiting (a tiny model's, while the flow creates
+    its progress artifact) came out of Prefect's `as_completed` in a set's order, and the run's
+    summary listed them so. Here they end last to first."""
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+
+    from tasks import runs
+    from tasks.cluster import Pool
+
+    def last_first(futures: list[Any]) -> Iterator[Any]:
+        for future in futures:
+            future.wait()
+        return reversed(futures)
+
+    monkeypatch.setattr(runs, "as_completed", last_first)
+
+    @task(name="square", task_run_name="square {x}")
+    def square(x: int) -> dict[str, int]:
+        return {"x": x * x}
+
+    @flow
+    def three() -> tuple[list[dict[str, int]], dict[str, str]]:
+        runner = runs.Runner(Config(artifacts_dir=str(tmp_path)))
+        pool = Pool(FlowRunContext.get().task_runner, slots=1, remote=False)  # type: ignore[union-attr]
+        jobs = [runs.Job(*runner.submit(pool, square, x), "m", None) for x in (1, 2, 3)]
+        results, failed = runner.gather(jobs, slots=1)
+        assert failed == []
+        return results, runner.states
+
+    results, states = three()
+    assert results == [{"x": 1}, {"x": 4}, {"x": 9}]
+    assert list(states) == ["square 1", "square 2", "square 3"]
+    assert set(states.values()) == {"Completed"}
