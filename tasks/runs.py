@@ -191,9 +191,8 @@ def failed_runs(task: str, n_runs: int, why: list[str]) -> str:
     cached = {0: "", 1: "; the other is cached"}.get(kept, "; the others are cached")
     fix = "fix it" if len(why) == 1 else "fix these"
     reasons = "; ".join(w.rstrip(".") for w in why)
-    return (
-        f"{len(why)} of {plural(n_runs, task + ' run')} failed: {reasons}{cached}: {fix} and rerun."
-    )
+    runs = plural(n_runs, f"{task} run")
+    return f"{len(why)} of {runs} failed: {reasons}{cached}: {fix} and rerun."
 
 
 class Runner:
@@ -269,13 +268,13 @@ class Runner:
         self, jobs: list[Job], slots: int, what: str = "SAE epochs done"
     ) -> tuple[list[Any], list[str]]:
         """Wait for every job as each finishes (a failure must not stop the others), reporting
-        progress (`what` names the Prefect progress artifact); returns results in submission
-        order, and the errors."""
+        progress (`what` names the Prefect progress artifact); returns the results and the
+        errors, each in submission order."""
         bar = sys.stdout.isatty() and not self.cfg.quiet
         progress = Progress(jobs, slots, self.cfg.epochs, bar, what)
         by_future = {j.future: j for j in jobs}
         results: dict[Any, Any] = {}
-        failed = []
+        failed: dict[str, str] = {}  # job name -> why
         for job in jobs:  # the run's summary lists them as submitted, whatever order they end in
             self.states.setdefault(job.name, "Pending")
         try:
@@ -290,11 +289,12 @@ class Runner:
                     took = results[future].get(job.seconds_key)
                     seconds = None if state.name == "Cached" else took
                 else:
-                    failed.append(f"{job.name}: {why_failed(future, state)}")
+                    failed[job.name] = f"{job.name}: {why_failed(future, state)}"
                 progress.update(job, state.name, seconds)
         finally:
             progress.close()
-        return [results[j.future] for j in jobs if j.future in results], failed
+        ended = [results[j.future] for j in jobs if j.future in results]
+        return ended, [failed[j.name] for j in jobs if j.name in failed]
 
     def tally(self) -> dict[str, int]:
         return dict(Counter(self.states.values()))

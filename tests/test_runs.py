@@ -115,7 +115,7 @@ def test_gather_lists_the_jobs_as_submitted_whatever_order_they_end_in(
 ) -> None:
     """Layers that end before the flow starts waiting (a tiny model's, while the flow creates
     its progress artifact) came out of Prefect's `as_completed` in a set's order, and the run's
-    summary listed them so. Here they end last to first."""
+    summary and its failure sentence listed them so. Here they end last to first."""
     from prefect import flow, task
     from prefect.context import FlowRunContext
 
@@ -131,18 +131,25 @@ def test_gather_lists_the_jobs_as_submitted_whatever_order_they_end_in(
 
     @task(name="square", task_run_name="square {x}")
     def square(x: int) -> dict[str, int]:
+        if x % 2:
+            raise ValueError(f"{x} is odd")
         return {"x": x * x}
 
     @flow
-    def three() -> tuple[list[dict[str, int]], dict[str, str]]:
+    def four() -> tuple[list[dict[str, int]], list[str], dict[str, str]]:
         runner = runs.Runner(Config(artifacts_dir=str(tmp_path)))
         pool = Pool(FlowRunContext.get().task_runner, slots=1, remote=False)  # type: ignore[union-attr]
-        jobs = [runs.Job(*runner.submit(pool, square, x), "m", None) for x in (1, 2, 3)]
+        jobs = [runs.Job(*runner.submit(pool, square, x), "m", None) for x in (1, 2, 3, 4)]
         results, failed = runner.gather(jobs, slots=1)
-        assert failed == []
-        return results, runner.states
+        return results, failed, runner.states
 
-    results, states = three()
-    assert results == [{"x": 1}, {"x": 4}, {"x": 9}]
-    assert list(states) == ["square 1", "square 2", "square 3"]
-    assert set(states.values()) == {"Completed"}
+    results, failed, states = four()
+    assert results == [{"x": 4}, {"x": 16}]
+    assert [f.split(":")[0] for f in failed] == ["square 1", "square 3"]
+    assert "1 is odd" in failed[0] and "3 is odd" in failed[1]
+    assert list(states.items()) == [
+        ("square 1", "Failed"),
+        ("square 2", "Completed"),
+        ("square 3", "Failed"),
+        ("square 4", "Completed"),
+    ]
