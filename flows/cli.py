@@ -93,8 +93,6 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
             f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",
             file=sys.stderr,
         )
-        for note in grid.unread_in_base(base, entries, points):
-            print(f"laminar-sweep: {note}", file=sys.stderr)
     except LaminarError as exc:
         for sentence in str(exc).splitlines():
             print(f"laminar-sweep: {sentence}", file=sys.stderr)

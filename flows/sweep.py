@@ -96,10 +96,11 @@ def run_all(plan: list[tuple[str, dict[str, str], Config]]) -> list[dict[str, An
         return [f.result() for f in futures]
 
 
-def run_points(sweep: Sweep) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_points(
+    plan: list[tuple[str, dict[str, str], Config]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each point as a laminar subflow run: (the matrix rows, each point's summary)."""
     rows, done = [], []
-    plan = grid.points(sweep.base, sweep.grid)
     for (label, values, _), outcome in zip(plan, run_all(plan), strict=True):
         if isinstance(outcome, Exception):
             done.append({"point": label, "failed": why_failed(outcome)})
@@ -164,8 +165,13 @@ def failure_sentence(failed: list[str], n_points: int, md: Path) -> str:
 @flow(name="sweep", log_prints=True, persist_result=True, result_serializer="json")
 def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Run laminar at every point of the grid; the verdict matrix of the claims. A failed point
-    is named in the matrix, and fails the sweep's run once the matrix is published."""
-    rows, done = run_points(sweep)
+    is named in the matrix, and fails the sweep's run once the matrix is published. A base
+    setting some point's SAE does not read is said first, once for that SAE (its points run
+    without it, as a single run would)."""
+    plan = grid.points(sweep.base, sweep.grid)
+    for note in grid.unread_in_base(sweep.base, sweep.grid, plan):
+        print(f"laminar-sweep: {note}")
+    rows, done = run_points(plan)
     folder = sweep_folder(sweep)
     failed = {p["point"]: p["failed"] for p in done if "failed" in p}
     small_multiples(done, folder / "sweep.png")

@@ -238,6 +238,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
 
     base = run_config(tiny_model, article_server, tmp_path) | {"layers": "0", "epochs": 2}
     base |= {"task_runner": "dask", "dask_workers": 1}  # the points at once, each a thread
+    base |= {"aux_coefficient": 0.5}  # read by topk's SAE, not the course's: the run says so
     grid = {"sae_arch": ["course", "topk"], "k": ["8"]}
     page = custom_run(
         browser,
@@ -271,6 +272,11 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     [md] = (tmp_path / "sweeps").glob("*/sweep.md")
     table, figure = md.read_text().split("![")  # the figure: sweep.png beside it, embedded here
     assert table in artifact.data and figure.endswith("(sweep.png)\n")
+    unread = (  # on the sweep's own page, in its log (the single run's notice, for the sweep)
+        "laminar-sweep: --sae-arch course does not read --aux-coefficient 0.5, so the run "
+        "records it at its default (1)."
+    )
+    page.get_by_text(unread).first.wait_for()
     page.goto(f"{ui.url}/artifacts/artifact/{artifact.id}")  # the matrix as the UI shows it
     page.get_by_text("laminar sweep").first.wait_for()
     page.get_by_text("sae_arch=topk k=8").first.wait_for()

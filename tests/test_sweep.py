@@ -233,12 +233,17 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     # Its cost, said first: one extraction shared; 4 layers x 2 architectures trained, each
     # 10 N d m FLOPs an epoch (N = 4 x 31 tokens, d = 256 at mlp.hook_pre, m = 512), 2 epochs.
     assert 8 * 10 * (4 * 31) * 256 * 512 * 2 == 2_600_468_480
-    cost, *unread = [x for x in out.stderr.splitlines() if x.startswith("laminar-sweep: ")]
-    assert unread == [
+    [cost] = [x for x in out.stderr.splitlines() if x.startswith("laminar-sweep: ")]
+    # the base's --k, which neither SAE reads: said by the sweep's flow run (so in the UI's log
+    # too), once per SAE, before any point's task runs
+    lines = out.stderr.splitlines()
+    said_by_flow = [i for i, x in enumerate(lines) if "does not read" in x]
+    assert [re.sub(r".*Flow run '[^']+' - ", "", lines[i]) for i in said_by_flow] == [
         f"laminar-sweep: --sae-arch {arch} does not read --k 8, so the run records it at its "
         "default (100)."
         for arch in ("course", "standard")
     ]
+    assert max(said_by_flow) < min(i for i, x in enumerate(lines) if "Task run '" in x)
     assert re.fullmatch(
         r"laminar-sweep: 2 points \(2 sae_arch\), each a laminar run sharing its cached tasks "
         r"with the others: 1 extraction and 8 SAEs to train, 2\.6 GFLOP; about \d+ s here "
