@@ -35,6 +35,7 @@ from tasks.records import EvalBatch, LayerFile, LayerResult, ModelFacts, Splice
 from tasks.report import publish, write_report
 from tasks.runs import Job, Runner
 from tasks.scrape import fetch_page, parse_page, publish_text
+from tasks.settings import plural
 from tasks.splice import release_splicers, splice_sae
 from tasks.stability import pairs, seed_stability, with_stability
 from tasks.tokens import holdout, tokenize
@@ -106,12 +107,8 @@ def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect
     args = (cfg, pages, texts, batches, extractions, results, failed, cards, started_at)
     report = run(write_report, *args, list(holdouts.values()))
     publish(report)
-    summary = {
-        "report": report["dir"],
-        "failed": failed,
-        "tasks": run.states,
-        "flow_run_id": str(flow_run.id),
-    }
+    summary = {"report": report["dir"], "failed": failed, "tasks": run.states}
+    summary["flow_run_id"] = str(flow_run.id)
     print(f"laminar: report in {report['dir']}; tasks {run.tally()}")
     if failed:
         raise LayerFailedError(failure_sentence(failed, report["dir"]))
@@ -124,14 +121,16 @@ def failure_sentence(failed: list[str], where: str) -> str:
     spliced = [f for f in failed if f.startswith("splice ")]
     trained = [f for f in failed if not f.startswith("splice ")]
     parts = []
-    if trained:
-        parts.append(f"{len(trained)} layer(s) failed and are missing from the report in {where}")
-    if spliced:
+    if n := len(trained):
+        are = "is" if n == 1 else "are"
+        parts.append(f"{plural(n, 'layer')} failed and {are} missing from the report")
+    if n := len(spliced):
+        have = "has" if n == 1 else "have"
         parts.append(
-            f"{len(spliced)} layer(s) could not be spliced into the model and have no "
-            f"downstream measures in {where}"
+            f"{plural(n, 'layer')} could not be spliced into the model and {have} no downstream "
+            "measures"
         )
-    what = ", and ".join(parts)
+    what = ", and ".join(parts) + f" in {where}"
     return f"{what}: {'; '.join(failed)}. Rerun the same command to retry only those."
 
 

@@ -232,7 +232,7 @@ def test_unmeasurable_layers_fail_by_name_and_the_run_exits_1(
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     [sentence] = said(out.stderr)
-    assert sentence.startswith("laminar: 3 layer(s) failed and are missing from the report")
+    assert sentence.startswith("laminar: 3 layers failed and are missing from the report in ")
     assert "poisoned-gpt2 L1: its activations do not vary (the same vector for every token" in (
         sentence
     )
@@ -579,7 +579,7 @@ def test_a_full_disk_is_one_sentence_and_the_rerun_computes_only_what_is_missing
     assert rc[1] == 1, err[1][-2000:]
     assert "Traceback" not in err[1] and "Errno 28" not in err[1]
     [sentence] = said(err[1])
-    assert "layer(s) failed and are missing from the report" in sentence
+    assert "2 layers failed and are missing from the report in " in sentence
     assert f"the disk holding '{art}/sae/" in sentence and "is full (" in sentence
     # W_enc and W_dec, 256 x 512 fp32 each, and the biases: 1,051,944 bytes with the header
     assert "writing 'sae_weights.safetensors' needs about 1,051,944 bytes; free space" in sentence

@@ -151,6 +151,7 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     cfg = quick_config(tiny_model, article_server, tmp_path)
     with pytest.raises(LayerFailedError, match="sae tiny-gpt2 L2") as err:
         laminar(cfg)
+    assert str(err.value).startswith("1 layer failed and is missing from the report in ")
     assert "Rerun the same command" in str(err.value)
     [report] = [p for p in (tmp_path / "reports").iterdir() if p.name == cfg.digest()[:12]]
     assert [r["layer"] for r in read_metrics(str(report))] == ["0", "1"]
@@ -161,6 +162,25 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     executed = sorted(n for n, s in rerun["tasks"].items() if s != "Cached")
     assert executed == ["latents tiny-gpt2", "report", "sae tiny-gpt2 L2"], rerun["tasks"]
     assert [r["layer"] for r in read_metrics(rerun["report"])] == ["0", "1", "2"]
+
+
+def test_the_failure_sentence_counts_its_layers() -> None:
+    """The run's closing sentence agrees with its counts: trainings and splices apart."""
+    from flows.laminar import failure_sentence
+
+    rerun = ". Rerun the same command to retry only those."
+    assert failure_sentence(["sae m L2: disk full"], "r") == (
+        "1 layer failed and is missing from the report in r: sae m L2: disk full" + rerun
+    )
+    assert failure_sentence(["splice m L1: x", "splice m L2: y"], "r") == (
+        "2 layers could not be spliced into the model and have no downstream measures in r: "
+        "splice m L1: x; splice m L2: y" + rerun
+    )
+    assert failure_sentence(["sae m L0: a", "sae m L1: b", "splice m L2: c"], "r") == (
+        "2 layers failed and are missing from the report, and 1 layer could not be spliced "
+        "into the model and has no downstream measures in r: sae m L0: a; sae m L1: b; "
+        "splice m L2: c" + rerun
+    )
 
 
 def test_several_articles_each_a_task_one_failing_by_name(
