@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.provenance import differences
-from tasks.settings import LaminarError
+from tasks.settings import LaminarError, plural
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
@@ -108,7 +108,8 @@ def provenance_lines(folders: list[Path], labels: list[str]) -> list[str]:
     lines = []
     for lab, other in others:
         diff = differences(base, other)
-        lines.append(f"provenance: {len(diff)} field(s) differ between {first} and {lab}")
+        differ = "differs" if len(diff) == 1 else "differ"
+        lines.append(f"provenance: {plural(len(diff), 'field')} {differ} between {first} and {lab}")
         lines += [f"  {field}: {a!r} -> {b!r}" for field, a, b in diff]
     return lines
 

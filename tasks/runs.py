@@ -179,7 +179,7 @@ def why_failed(future: Any, state: Any) -> str:
     worker = getattr(getattr(error, "last_worker", None), "address", "?")
     tries = getattr(error, "allowed_failures", -1) + 1
     return (
-        f"the Dask worker process running it died, {tries} time(s), last on {worker}, and "
+        f"the Dask worker process running it died {plural(tries, 'time')}, last on {worker}, and "
         f"Dask gave up on it ({type(error).__name__}): check that worker's memory and log"
     )
 

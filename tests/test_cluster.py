@@ -266,7 +266,7 @@ def test_worker_death_dask_gives_up_on_is_named_and_resumed(
             pytest.raises(LayerFailedError) as err,
         ):
             laminar(cfg)
-        assert "the Dask worker process running it died, 1 time(s), last on tcp://127.0.0.1:" in (
+        assert "the Dask worker process running it died 1 time, last on tcp://127.0.0.1:" in (
             str(err.value)
         )
         assert "Dask gave up on it (KilledWorker): check that worker's memory" in str(err.value)

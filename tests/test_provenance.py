@@ -91,9 +91,13 @@ def test_compare_prints_the_fields_that_differ(
     (other / "provenance.json").write_text(json.dumps(changed))
     assert compare([str(report), str(other), "--labels", "a", "b", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "provenance: 2 field(s) differ between a and b" in out
+    assert "provenance: 2 fields differ between a and b" in out
     assert f"  software.torch: {prov['software']['torch']!r} -> '9.9.9'" in out
     assert "  models.0.hub_revision: None -> 'abc123'" in out
+    changed["models"][0]["hub_revision"] = prov["models"][0]["hub_revision"]
+    (other / "provenance.json").write_text(json.dumps(changed))
+    assert compare([str(report), str(other), "--labels", "a", "b", "--out", str(tmp_path)]) == 0
+    assert "provenance: 1 field differs between a and b\n" in capsys.readouterr().out
 
 
 def test_the_dirty_flag_is_the_checkouts(tmp_path: Path) -> None:
