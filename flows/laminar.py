@@ -123,14 +123,14 @@ def failure_sentence(failed: list[str], where: str) -> str:
     parts = []
     if n := len(trained):
         are = "is" if n == 1 else "are"
-        parts.append(f"{plural(n, 'layer')} failed and {are} missing from the report")
+        parts.append(f"{plural(n, 'layer')} failed and {are} missing from the report in {where}")
     if n := len(spliced):
         have = "has" if n == 1 else "have"
         parts.append(
             f"{plural(n, 'layer')} could not be spliced into the model and {have} no downstream "
-            "measures"
+            f"measures in {where}"
         )
-    what = ", and ".join(parts) + f" in {where}"
+    what = ", and ".join(parts)
     return f"{what}: {'; '.join(failed)}. Rerun the same command to retry only those."
 
 

@@ -177,8 +177,8 @@ def test_the_failure_sentence_counts_its_layers() -> None:
         "splice m L1: x; splice m L2: y" + rerun
     )
     assert failure_sentence(["sae m L0: a", "sae m L1: b", "splice m L2: c"], "r") == (
-        "2 layers failed and are missing from the report, and 1 layer could not be spliced "
-        "into the model and has no downstream measures in r: sae m L0: a; sae m L1: b; "
+        "2 layers failed and are missing from the report in r, and 1 layer could not be "
+        "spliced into the model and has no downstream measures in r: sae m L0: a; sae m L1: b; "
         "splice m L2: c" + rerun
     )
 
