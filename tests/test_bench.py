@@ -121,6 +121,11 @@ def test_the_benchmark_needs_no_prefect(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["sae"] and report["profile"]
     assert "threads, flags" in report["machine"]  # the CPU named with its matmul flags
+    block = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block)}
+    if "cpu family" in fields:  # x86 Linux: two EPYCs that rate bf16 2x and 4x are told apart
+        family = f"(family {fields['cpu family']}, model {fields['model']}), "
+        assert family in report["machine"], report["machine"]
 
 
 def test_sweeps_time_training_only_against_their_own_precision(monkeypatch) -> None:
