@@ -4,7 +4,8 @@ and may import any of them; tests/test_layers.py walks every import to hold this
 
     preflight                                  the checks before any heavy work
     runs                                       the run machinery the flow drives
-    cluster                                    where per-layer work runs (threads, Dask)
+    cluster  failures                          where per-layer work runs (threads, Dask); how
+                                               a failed task is told, in one sentence
     sweep  sweep_matrix                        a sweep's grid, points and cost; its verdict matrix
     published  recipes                         --saes: a published family measured, or
                                                --sae-arch: the field's SAEs trained, not train's
@@ -46,7 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom first
     ("family",),
     ("published", "recipes"),
     ("sweep", "sweep_matrix"),
-    ("cluster",),
+    ("cluster", "failures"),
     ("runs",),
     ("preflight",),
 )

@@ -24,10 +24,10 @@ from tasks import paths
 from tasks.cache import sweep_failures
 from tasks.cluster import Pool
 from tasks.config import Config
+from tasks.failures import failed_runs, why_failed
 from tasks.locks import ProcessLockManager
-from tasks.prefect_api import dask_future
 from tasks.progress import overall, read_epochs
-from tasks.settings import LaminarError, plural
+from tasks.settings import LaminarError
 
 P, R = ParamSpec("P"), TypeVar("R")  # a task's parameters and its result (record) type
 POLL_S = 0.5  # how often the flow reads the trainings' epochs-done files (for the bar)
@@ -165,34 +165,6 @@ class Progress:
         if self.bars is not None:
             for bar in self.bars:
                 bar.close()
-
-
-def why_failed(future: Any, state: Any) -> str:
-    """A failed task's message; for one whose process died (its state never became final, and
-    Dask gave up after its retries: KilledWorker), say so and where to look."""
-    if state.is_final():  # Prefect's 'Task run encountered an exception LaminarError: <sentence>'
-        message = str(state.message)
-        prefix = "Task run encountered an exception LaminarError: "
-        return message.removeprefix(prefix).rstrip(".")
-    inner = dask_future(future)
-    error = inner.exception() if inner is not None else None
-    worker = getattr(getattr(error, "last_worker", None), "address", "?")
-    tries = getattr(error, "allowed_failures", -1) + 1
-    return (
-        f"the Dask worker process running it died {plural(tries, 'time')}, last on {worker}, and "
-        f"Dask gave up on it ({type(error).__name__}): check that worker's memory and log"
-    )
-
-
-def failed_runs(task: str, n_runs: int, why: list[str]) -> str:
-    """One sentence for the runs of `task` that failed (`why`: each one's reason), saying
-    whether any others are cached."""
-    kept = n_runs - len(why)
-    cached = {0: "", 1: "; the other is cached"}.get(kept, "; the others are cached")
-    fix = "fix it" if len(why) == 1 else "fix these"
-    reasons = "; ".join(w.rstrip(".") for w in why)
-    runs = plural(n_runs, f"{task} run")
-    return f"{len(why)} of {runs} failed: {reasons}{cached}: {fix} and rerun."
 
 
 class Runner:

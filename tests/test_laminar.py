@@ -152,7 +152,10 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     with pytest.raises(LayerFailedError, match="sae tiny-gpt2 L2") as err:
         laminar(cfg)
     assert str(err.value).startswith("1 layer failed and is missing from the report in ")
-    assert "Rerun the same command" in str(err.value)
+    assert str(err.value).endswith(  # what stands where, and what to do: not Prefect's words
+        f": sae tiny-gpt2 L2: file exists at '{blocker}' (FileExistsError): something that is not "
+        "laminar's stands there: move it away. Rerun the same command to retry only those."
+    ), str(err.value)
     [report] = [p for p in (tmp_path / "reports").iterdir() if p.name == cfg.digest()[:12]]
     assert [r["layer"] for r in read_metrics(str(report))] == ["0", "1"]
     assert "sae tiny-gpt2 L2" in (report / "report.md").read_text()

@@ -12,7 +12,7 @@ import pytest
 
 from tasks import cluster, costs, progress
 from tasks.config import Config
-from tasks.runs import failed_runs, left_phrase, time_left
+from tasks.runs import left_phrase, time_left
 
 
 def test_time_left_is_mean_time_per_layer_over_the_slots() -> None:
@@ -90,24 +90,6 @@ def test_slots_come_from_the_scheduler_while_the_client_refreshes_its_view(
         client.wait_for_workers(2, timeout=60)
         counted = [cluster.check_workers(client, cfg, "") for _ in range(40)]
     assert counted == [2] * 40
-
-
-def test_failed_runs_say_whether_any_other_is_cached() -> None:
-    assert failed_runs("sae", 3, ["sae L0: boom", "sae L1: bang."]) == (
-        "2 of 3 sae runs failed: sae L0: boom; sae L1: bang; the other is cached: fix these and "
-        "rerun."
-    )
-    assert failed_runs("fetch", 4, ["a."]) == (
-        "1 of 4 fetch runs failed: a; the others are cached: fix it and rerun."
-    )
-    assert (
-        failed_runs("sae", 1, ["sae L0: boom"])
-        == "1 of 1 sae run failed: sae L0: boom: fix it and rerun."
-    )
-    assert (
-        failed_runs("fetch", 2, ["a", "b"])
-        == "2 of 2 fetch runs failed: a; b: fix these and rerun."
-    )
 
 
 def test_gather_lists_the_jobs_as_submitted_whatever_order_they_end_in(
