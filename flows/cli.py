@@ -11,16 +11,20 @@ import sys
 
 class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs every task/flow exception with its traceback; for a LaminarError (bad input,
-    a fixable condition), failed layers or failed points the one-sentence message is the whole
-    story."""
+    a fixable condition), failed layers or failed points, and a path in the way (the file-system
+    refusals tasks/failures.py words as what stands where), the one-sentence message is the
+    whole story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info:
             from flows.laminar import LayerFailedError
             from flows.sweep import PointFailedError
+            from tasks.failures import OS_FIX
             from tasks.settings import LaminarError
 
-            if isinstance(record.exc_info[1], LaminarError | LayerFailedError | PointFailedError):
+            exc = record.exc_info[1]
+            told = isinstance(exc, OSError) and type(exc).__name__ in OS_FIX
+            if told or isinstance(exc, LaminarError | LayerFailedError | PointFailedError):
                 record.exc_info, record.exc_text = None, None
         return True
 

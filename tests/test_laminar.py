@@ -23,7 +23,7 @@ from conftest import (
     said,
 )
 
-from flows.laminar import LayerFailedError, laminar
+from flows.laminar import laminar
 from tasks.cli import to_args
 from tasks.config import Config
 from tasks.settings import LaminarError
@@ -149,13 +149,14 @@ def test_failed_layer_is_reported_and_alone_recomputed(
     blocker.write_text("a file where layer 2's output folder belongs")  # a real disk fault
 
     cfg = quick_config(tiny_model, article_server, tmp_path)
-    with pytest.raises(LayerFailedError, match="sae tiny-gpt2 L2") as err:
-        laminar(cfg)
-    assert str(err.value).startswith("1 layer failed and is missing from the report in ")
-    assert str(err.value).endswith(  # what stands where, and what to do: not Prefect's words
+    out = run_cli(*to_args(cfg), cwd=tmp_path)  # as a user meets it: exit 1, one sentence
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    [sentence] = said(out.stderr)
+    assert sentence.startswith("laminar: 1 layer failed and is missing from the report in ")
+    assert sentence.endswith(  # what stands where, and what to do: not Python's words
         f": sae tiny-gpt2 L2: file exists at '{blocker}' (FileExistsError): something that is not "
         "laminar's stands there: move it away. Rerun the same command to retry only those."
-    ), str(err.value)
+    ), sentence
     [report] = [p for p in (tmp_path / "reports").iterdir() if p.name == cfg.digest()[:12]]
     assert [r["layer"] for r in read_metrics(str(report))] == ["0", "1"]
     assert "sae tiny-gpt2 L2" in (report / "report.md").read_text()
