@@ -350,11 +350,18 @@ def main() -> None:
         default=",".join(SECTIONS),
         help="comma-separated subset; results merge into --out",
     )
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help=f"rows of the SAE's batch (default {N_TOKENS:,}): fewer where bf16 is emulated, whose "
+        "matmuls run ~100x below fp32's and would take hours at the real batch",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / ".models")
     args = parser.parse_args()
     torch.manual_seed(0)
-    n = 512 if args.quick else N_TOKENS
+    n = args.tokens or (512 if args.quick else N_TOKENS)
     out = args.out or ROOT / "benchmarks" / (
         f"results-{args.device}{'-quick' if args.quick else ''}.json"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks import paths
@@ -23,6 +24,10 @@ from tasks.settings import LaminarError, plural, resolve_device
 from tasks.store import write_json
 
 CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
+
+CALIBRATION_MAX_SECONDS = 5.0  # one timed matmul at most about this long: fewer rows if slower
+
+PROBE_SECONDS = 0.25  # the probe's rows grow fourfold until one matmul takes this long
 
 CALIBRATION_REPEATS = 20  # or this many times, whichever comes first (small shapes)
 
@@ -49,22 +54,45 @@ def human_flops(flops: float) -> str:
 
 
 def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> float:
-    """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats."""
+    """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats, on
+    fewer than n rows where one call of n would take longer than CALIBRATION_MAX_SECONDS
+    (`rows_to_time`): bf16 that a CPU emulates runs about 100x below fp32, so one call at a GPT-2
+    shape would take minutes."""
     import torch
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(n, d, device=device, dtype=dtype)
     b = torch.randn(d, latent, device=device, dtype=dtype)
+
+    def call(rows: int) -> float:
+        start = time.perf_counter()
+        torch.mm(a[:rows], b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     with matmul_precision(precision):
-        torch.mm(a[:64], b)  # warm-up
+        call(1)  # warm-up: the first call also sets up the kernels
+        rows = rows_to_time(call, n)
         done, start = 0, time.perf_counter()
         while done < CALIBRATION_REPEATS and time.perf_counter() - start < CALIBRATION_SECONDS:
-            torch.mm(a, b)
+            call(rows)
             done += 1
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return 2.0 * n * d * latent * done / seconds / 1e9 if seconds > 0 else 0.0
+    return 2.0 * rows * d * latent * done / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def rows_to_time(call: Callable[[int], float], n: int) -> int:
+    """The rows to time the matmul on: n, unless at the rate of a probe (1 row, then 4x as many
+    until a call takes PROBE_SECONDS) one call of n would take longer than
+    CALIBRATION_MAX_SECONDS; then as many as take about that long. `call(rows)`: its seconds."""
+    rows = 1
+    while (seconds := call(rows)) < PROBE_SECONDS and rows < n:
+        rows = min(n, 4 * rows)
+    whole = seconds * n / rows
+    if whole <= CALIBRATION_MAX_SECONDS:
+        return n
+    return max(rows, int(n * CALIBRATION_MAX_SECONDS / whole))
 
 
 def calibrated_rate(
@@ -107,7 +135,7 @@ def estimate(
     per_layer = sae_flops(n_tokens, d, latent) * epochs
     if gflops > 0:
         left = per_layer * (layers - cached) / (gflops * 1e9)
-        when = f"about {human_time(left)} here ({precision}, measured {gflops:.0f} GFLOP/s)"
+        when = f"about {human_time(left)} here ({precision}, measured {rate_text(gflops)} GFLOP/s)"
     else:  # a matmul too fast for the clock, or none timed: no rate, so no time
         when = f"time here unknown ({precision}, no matmul rate measured)"
     return (
@@ -117,29 +145,46 @@ def estimate(
     )
 
 
+def rate_text(gflops: float) -> str:
+    """A measured rate for a sentence: '210', or two significant digits below 10 ('1.1')."""
+    return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2g}"
+
+
+EMULATED = "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
+
+
 def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
-    """On a CPU, one line about bf16: that a bf16 run here is emulated (no native bf16, so it is
-    slower than fp32; it goes on), or that an fp32 run could use native bf16, and how much faster
-    the SAE's matmul measured here in bf16 (cached with the fp32 calibration)."""
+    """On a CPU, one line about bf16, from the SAE's matmul measured here in both precisions
+    (cached with the run's calibration): for a bf16 run on a CPU without native bf16, how much
+    slower PyTorch's emulation ran than fp32 (it goes on); for an fp32 run on a CPU with it,
+    how much faster bf16 ran."""
     if device != "cpu" or cfg.precision == "tf32":
         return []
     native = native_bf16()
-    if cfg.precision == "bf16" and native is None:
-        return [
-            "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
-            "PyTorch emulates it, more slowly than fp32; the run goes on, but --precision fp32 "
-            "is faster here"
-        ]
-    if cfg.precision == "fp32" and native is not None:
-        latent = cfg.expansion * d
-        fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
-        bf16 = calibrated_rate(cfg.root, device, "bf16", n_tokens, d, latent)
+    if (cfg.precision, native is None) not in (("bf16", True), ("fp32", False)):
+        return []
+    latent = cfg.expansion * d
+    fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
+    bf16 = calibrated_rate(cfg.root, device, "bf16", n_tokens, d, latent)
+    if fp32 <= 0 or bf16 <= 0:  # a matmul too fast for the clock: no ratio to give
+        if native is not None:
+            return []
+        return [EMULATED + "PyTorch emulates it, more slowly than fp32; the run goes on"]
+    measured = f"({rate_text(bf16)} against {rate_text(fp32)} GFLOP/s)"
+    if native is not None:
         return [
             f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
-            f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
-            "accuracy cost measured in docs/performance.md (bf16)"
+            f"{bf16 / fp32:.1f}x as fast here {measured}, at the accuracy cost measured in "
+            "docs/performance.md (bf16)"
         ]
-    return []
+    if bf16 >= fp32:
+        return [
+            EMULATED + f"the SAE's matmul ran {bf16 / fp32:.1f}x as fast here as fp32 {measured}"
+        ]
+    return [
+        EMULATED + f"PyTorch emulates it, and the SAE's matmul ran {fp32 / bf16:.0f}x slower "
+        f"here than in fp32 {measured}; the run goes on, but --precision fp32 is faster here"
+    ]
 
 
 def splice_passes(layers: int, seeds: int) -> int:

@@ -77,6 +77,32 @@ def test_measured_rate_is_a_real_measurement() -> None:
     assert 0.01 < rate < 1e5  # GFLOP/s of a real matmul on this machine, not a constant
 
 
+@pytest.mark.parametrize(
+    ("per_row_s", "n", "probed", "rows"),
+    [
+        (1e-7, 4096, [1, 4, 16, 64, 256, 1024, 4096], 4096),  # fast: the run's rows, whole
+        (1e-6, 3000, [1, 4, 16, 64, 256, 1024, 3000], 3000),  # the last step capped at n
+        # 256 rows took 0.256 s: n = 4096 would take 4.096 s, under 5 s, so all of them
+        (1e-3, 4096, [1, 4, 16, 64, 256], 4096),
+        # 64 rows took 0.64 s: n = 4096 would take 40.96 s, so 4096 x 5 / 40.96 rows (5 s)
+        (1e-2, 4096, [1, 4, 16, 64], 500),
+        (0.1, 4096, [1, 4], 50),  # emulated bf16's rate: 409.6 s for n, so 50 rows
+        (10.0, 4096, [1], 1),  # never fewer rows than the probe's
+    ],
+)
+def test_a_slow_matmul_is_timed_on_fewer_rows(
+    per_row_s: float, n: int, probed: list[int], rows: int
+) -> None:
+    calls: list[int] = []
+
+    def call(r: int) -> float:
+        calls.append(r)
+        return r * per_row_s
+
+    assert costs.rows_to_time(call, n) == rows
+    assert calls == probed
+
+
 def test_epoch_lines_are_throttled_and_read_the_loss_only_when_due(tmp_path: Path) -> None:
     clock, lines = Clock(), []
     path = tmp_path / "L00.progress.json"
@@ -264,21 +290,39 @@ def test_terminal_bar_in_a_terminal_and_never_with_quiet(
 def test_bf16_advice_on_cpus_with_and_without_native_bf16(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The line gives the matmul's two measured rates (here stood in for, each at its own
+    artifacts dir so none is read from another's calibration) and their ratio."""
     from tasks.config import Config
 
     cfg = Config(artifacts_dir=str(tmp_path))
-    monkeypatch.setattr(costs, "native_bf16", lambda: None)
-    [emulated] = costs.bf16_advice(cfg.model_copy(update={"precision": "bf16"}), "cpu", 64, 500)
-    assert emulated.startswith("--precision bf16 on a CPU without native bf16 (no amx_bf16")
-    assert costs.bf16_advice(cfg, "cpu", 64, 500) == []  # fp32 here: nothing to offer
-    monkeypatch.setattr(costs, "native_bf16", lambda: "avx512_bf16")
-    [offer] = costs.bf16_advice(cfg, "cpu", 64, 500)
-    known = json.loads((tmp_path / ".cache" / "calibration.json").read_text())
-    fp32, bf16 = (next(v for k, v in known.items() if f"| {p} |" in k) for p in ("fp32", "bf16"))
-    assert offer == (
-        f"this CPU has native bf16 (avx512_bf16): --precision bf16 ran the SAE's matmul "
-        f"{bf16 / fp32:.1f}x as fast here ({bf16:.0f} against {fp32:.0f} GFLOP/s), at the "
-        "accuracy cost measured in docs/performance.md (bf16)"
-    )
+    rates = {"fp32": 102.0}  # an AVX2-only EPYC's fp32 rate at GPT-2 small's shape
+
+    def advice(precision: str, native: str | None, bf16: float, root: str) -> list[str]:
+        rates["bf16"] = bf16
+        monkeypatch.setattr(costs, "native_bf16", lambda: native)
+        monkeypatch.setattr(costs, "measure_rate", lambda device, p, *shape: rates[p])
+        run = cfg.model_copy(update={"precision": precision, "artifacts_dir": str(tmp_path / root)})
+        return costs.bf16_advice(run, "cpu", 64, 500)
+
+    emulated = "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
+    assert advice("bf16", None, 1.1, "slow") == [
+        emulated + "PyTorch emulates it, and the SAE's matmul ran 93x slower here than in fp32 "
+        "(1.1 against 102 GFLOP/s); the run goes on, but --precision fp32 is faster here"
+    ]
+    assert advice("bf16", None, 255.0, "fast") == [
+        emulated + "the SAE's matmul ran 2.5x as fast here as fp32 (255 against 102 GFLOP/s)"
+    ]
+    assert advice("bf16", None, 0.0, "untimed") == [
+        emulated + "PyTorch emulates it, more slowly than fp32; the run goes on"
+    ]
+    assert advice("fp32", None, 1.1, "fp32") == []  # nothing to offer
+    assert advice("fp32", "avx512_bf16", 408.0, "native") == [
+        "this CPU has native bf16 (avx512_bf16): --precision bf16 ran the SAE's matmul 4.0x as "
+        "fast here (408 against 102 GFLOP/s), at the accuracy cost measured in "
+        "docs/performance.md (bf16)"
+    ]
+    assert advice("bf16", "avx512_bf16", 408.0, "native") == []
+    known = json.loads((tmp_path / "native" / ".cache" / "calibration.json").read_text())
+    assert sorted(known.values()) == [102.0, 408.0]  # both rates kept for the next run
     assert costs.bf16_advice(cfg, "cuda", 64, 500) == []
     assert costs.bf16_advice(cfg.model_copy(update={"precision": "tf32"}), "cpu", 64, 500) == []
