@@ -56,8 +56,8 @@ def human_flops(flops: float) -> str:
 def measure_rate(device: str, precision: str, n: int, d: int, latent: int) -> float:
     """GFLOP/s of the SAE's (n, d) x (d, m) matmul on `device`, timed over a few repeats, on
     fewer than n rows where one call of n would take longer than CALIBRATION_MAX_SECONDS
-    (`rows_to_time`): bf16 that a CPU emulates runs about 100x below fp32, so one call at a GPT-2
-    shape would take minutes."""
+    (`rows_to_time`): bf16 that a CPU emulates can run hundreds of times below fp32
+    (docs/performance.md, "Without native bf16"), so one call at a GPT-2 shape took minutes."""
     import torch
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -161,7 +161,9 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
     if device != "cpu" or cfg.precision == "tf32":
         return []
     native = native_bf16()
-    if (cfg.precision, native is None) not in (("bf16", True), ("fp32", False)):
+    emulated_run = cfg.precision == "bf16" and native is None
+    could_use_it = cfg.precision == "fp32" and native is not None
+    if not (emulated_run or could_use_it):
         return []
     latent = cfg.expansion * d
     fp32 = calibrated_rate(cfg.root, device, "fp32", n_tokens, d, latent)
@@ -169,7 +171,7 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
     if fp32 <= 0 or bf16 <= 0:  # a matmul too fast for the clock: no ratio to give
         if native is not None:
             return []
-        return [EMULATED + "PyTorch emulates it, more slowly than fp32; the run goes on"]
+        return [EMULATED + "PyTorch emulates it (too quick here to time); the run goes on"]
     measured = f"({rate_text(bf16)} against {rate_text(fp32)} GFLOP/s)"
     if native is not None:
         return [
