@@ -355,7 +355,7 @@ def main() -> None:
         type=int,
         default=None,
         help=f"rows of the SAE's batch (default {N_TOKENS:,}): fewer where bf16 is emulated, whose "
-        "matmuls run ~100x below fp32's and would take hours at the real batch",
+        "epochs ran about 100x slower than fp32's (docs/performance.md)",
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / ".models")
