@@ -23,7 +23,7 @@ from tasks.records import Batch, EvalBatch, ModelFacts
 from tasks.settings import LaminarError, plural, resolve_device
 from tasks.store import write_json
 
-CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (at GPT-2 shapes, 1-3 s)
+CALIBRATION_SECONDS = 0.5  # time the matmul for at least this long (GPT-2 shapes: 2-7 s in all)
 
 CALIBRATION_MAX_SECONDS = 5.0  # one timed matmul at most about this long: fewer rows if slower
 
