@@ -247,7 +247,7 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     assert re.fullmatch(
         r"laminar-sweep: 2 points \(2 sae_arch\), each a laminar run sharing its cached tasks "
         r"with the others: 1 extraction and 8 SAEs to train, 2\.6 GFLOP; about \d+ s here "
-        r"\(measured \d+ GFLOP/s in fp32\)\.",
+        r"\(measured \d+(\.\d)? GFLOP/s in fp32\)\.",  # two digits below 10 (costs.rate_text)
         cost,
     ), cost
     states = [line for line in out.stderr.splitlines() if "Finished in state" in line]
@@ -375,4 +375,27 @@ def test_a_grid_of_published_saes_says_it_trains_nothing() -> None:
     points = [Config(models=["gpt2"], saes=f"org/family-{i}") for i in range(2)]
     assert sweep.cost(points) == (
         "no SAE to train: each point measures the published SAEs of its --saes"
+    )
+
+
+def test_a_slow_rate_is_said_to_two_digits(
+    four_layers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rate under 10 GFLOP/s (bf16 that a CPU emulates ran at 0.26) is not rounded to 0."""
+    from tasks import costs, sweep
+    from tasks.progress import human_time
+
+    monkeypatch.setattr(costs, "calibrated_rate", lambda root, *shape: 0.26)
+    cfg = Config(
+        models=[str(four_layers)],
+        precision="bf16",
+        device="cpu",
+        n_seqs=4,
+        seq_len=32,
+        artifacts_dir=str(tmp_path),
+    )
+    flops = 4 * 75 * 10 * (4 * 31) * 256 * 512  # 4 layers x 75 epochs, five N d m matmuls
+    assert sweep.cost([cfg]) == (
+        f"1 extraction and 4 SAEs to train, {costs.human_flops(flops)}; about "
+        f"{human_time(flops / 0.26e9)} here (measured 0.26 GFLOP/s in bf16)"
     )
