@@ -141,7 +141,8 @@ class SAESettings(BaseModel):
         json_schema_extra=role("training"),
         default="fp32",
         description="SAE matmuls: 'fp32' exact (default); 'tf32' lets CUDA use TF32 tensor "
-        "cores; 'bf16' multiplies bf16 operands with fp32 accumulation on CPU (native with "
-        "avx512_bf16/AMX) and CUDA, weights, gradients, loss and metrics staying fp32 (faster, "
-        "small measured differences: docs/performance.md, bf16).",
+        "cores; 'bf16' multiplies bf16 operands with fp32 accumulation on CPU and CUDA, "
+        "weights, gradients, loss and metrics staying fp32 (faster with avx512_bf16/AMX or CUDA, "
+        "small measured differences; a CPU without them emulates bf16, which trained about 100x "
+        "slower than fp32: docs/performance.md, bf16).",
     )
