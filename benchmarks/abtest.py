@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import N_TOKENS, SHAPES, timed_once, train_sae
-from benchmarks.precision import spread
+from benchmarks.common import N_TOKENS, SHAPES, spread, timed_once, train_sae
 from tasks.sae import fit
 from tasks.store import write_json
 

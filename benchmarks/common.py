@@ -1,7 +1,9 @@
-"""What every benchmark shares: the GPT-2 shapes, timing with device sync, the matmul limit."""
+"""What every benchmark shares: the GPT-2 shapes, timing with device sync, a median with its
+min-max, and laminar's SAE training at the course's settings."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -43,6 +45,11 @@ def timed_once(fn: Any, device: str) -> tuple[float, Any]:
     out = fn()
     sync(device)
     return time.perf_counter() - start, out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """The median of repeated timings with their min and max, as every figure is reported."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def train_sae(

@@ -5,12 +5,11 @@ min-max over the rounds."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import torch
 
-from benchmarks.common import COURSE, timed_once, train_sae
+from benchmarks.common import COURSE, spread, timed_once, train_sae
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -28,10 +27,6 @@ def epoch_seconds(x: torch.Tensor, precision: str, epochs: int) -> float:
     """Seconds per epoch of laminar's training (the course's settings) in `precision`."""
     seconds, _ = timed_once(lambda: train_sae(x, epochs, precision=precision), x.device.type)
     return seconds / epochs
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def compare(n: int, d: int, device: str, rounds: int = 3, epochs: int = 2) -> dict[str, Any]:

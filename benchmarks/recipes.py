@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import COURSE, timed_once
-from benchmarks.precision import limit, spread
+from benchmarks.common import COURSE, spread, timed_once
+from benchmarks.precision import limit
 from tasks.config import Config
 from tasks.recipes import recipe_of
 from tasks.sae import recipes

@@ -20,7 +20,7 @@ from types import ModuleType
 
 import torch
 
-from benchmarks.bench import machine
+from benchmarks.machine import machine
 from benchmarks.precision import limit
 from tasks.config import Config
 from tasks.recipes import recipe_of

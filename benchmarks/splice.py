@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench import machine
+from benchmarks.common import spread
+from benchmarks.machine import machine
 from benchmarks.models import build_model
 from tasks import splice
 from tasks.config import EVAL_TOKENS
@@ -45,10 +45,6 @@ def with_tokenizer(folder: Path) -> Path:
 
         gpt2_tokenizer(root / "tests" / "data" / "gpt2-tokenizer").save_pretrained(folder)
     return folder
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def peak_rss(folder: Path, n_seqs: int) -> dict[str, float]:

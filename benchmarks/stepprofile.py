@@ -11,8 +11,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import COURSE, timed_once
-from benchmarks.precision import spread
+from benchmarks.common import COURSE, spread, timed_once
 from tasks.sae import course
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul"}
