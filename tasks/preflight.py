@@ -32,12 +32,15 @@ def preflight(cfg: Config) -> Checked:
     cfg = cfg.canonical()
     check_deployment_targets(cfg)
     check_writable(cfg.root)
+    # The device before any model is read: a missing GPU is said at once, not after the models'
+    # configs and TransformerLens have loaded. Dask workers check their own device.
+    device = resolve_device(cfg.device) if cfg.task_runner == "thread" else None
     family: dict[int, Entry] = {}
     if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
         cfg, family = families.prepare(cfg)
     described = [models.describe(cfg, m) for m in cfg.models]
-    if cfg.task_runner == "thread":  # Dask workers check their own device
-        check_splice_memory(cfg, described, resolve_device(cfg.device))
+    if device is not None:
+        check_splice_memory(cfg, described, device)
     if family:
         families.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     check_k(cfg, described)

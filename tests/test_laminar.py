@@ -380,6 +380,11 @@ BAD_INPUT = [
         True,
     ),
     (["--device", "cuda"], "--device cuda was asked for but torch sees no CUDA GPU", True),
+    (  # the device is checked before any model is read: said first, and at once
+        ["--device", "cuda", "--models", "{empty}"],
+        "--device cuda was asked for but torch sees no CUDA GPU",
+        True,
+    ),
     (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)", True),
     (["--urls", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
     (["--urls", "nope"], "--urls 'nope' is not a web address: give http(s)://", True),
