@@ -49,9 +49,9 @@ def browser():  # type: ignore[no-untyped-def]
         b.close()
 
 
-def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: dict):  # type: ignore[no-untyped-def]
+def custom_run(browser, ui: UI, deployment: str, field_texts: tuple[str, ...], parameters: dict):  # type: ignore[no-untyped-def]
     """A deployment's custom run as a user starts it: open the deployment, Run, Custom run; the
-    typed form shows (`field_text`, one of its descriptions); the parameters typed as JSON,
+    typed form shows (`field_texts`, words of its descriptions); the parameters typed as JSON,
     submitted, and the new run opened from the "scheduled" toast. Returns the run's page."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
@@ -59,7 +59,8 @@ def custom_run(browser, ui: UI, deployment: str, field_text: str, parameters: di
     page.get_by_text(deployment, exact=True).click()
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Custom run", exact=True).click()
-    page.get_by_text(field_text).first.wait_for()  # the typed form, with descriptions
+    for text in field_texts:  # the typed form, with descriptions
+        page.get_by_text(text).first.wait_for()
     page.get_by_text("Parameters", exact=True).locator("xpath=..").get_by_role("button").click()
     page.get_by_text("Use JSON input", exact=True).click()
     page.locator("textarea").fill(json.dumps(parameters, indent=2))
@@ -146,7 +147,9 @@ def test_custom_run_from_the_ui_completes(
         "device": "cpu",
         "artifacts_dir": str(tmp_path),
     }
-    page = custom_run(browser, ui, "quick", "Sequences per batch.", {"config": config})
+    # --precision's description warns where bf16 is emulated (tasks/config_sae.py)
+    texts = ("Sequences per batch.", "a CPU without them emulates bf16, which trained about 100x")
+    page = custom_run(browser, ui, "quick", texts, {"config": config})
     # a task run shows Completed on this page before the flow run does
     assert wait_final(ui, run_id_of(page)).state.is_completed()
     page.reload()
@@ -244,7 +247,7 @@ def test_a_sweep_from_the_ui_form_publishes_its_matrix(
         browser,
         ui,
         "recipes",
-        "The settings of every point.",
+        ("The settings of every point.",),
         {"sweep": {"base": base, "grid": grid}},
     )
     run_id = run_id_of(page)
