@@ -135,7 +135,8 @@ def estimate(
     per_layer = sae_flops(n_tokens, d, latent) * epochs
     if gflops > 0:
         left = per_layer * (layers - cached) / (gflops * 1e9)
-        when = f"about {human_time(left)} here ({precision}, measured {rate_text(gflops)} GFLOP/s)"
+        rate = figure_text(gflops)
+        when = f"about {human_time(left)} here ({precision}, measured {rate} GFLOP/s)"
     else:  # a matmul too fast for the clock, or none timed: no rate, so no time
         when = f"time here unknown ({precision}, no matmul rate measured)"
     return (
@@ -145,9 +146,10 @@ def estimate(
     )
 
 
-def rate_text(gflops: float) -> str:
-    """A measured rate for a sentence: '210', or two significant digits below 10 ('1.1')."""
-    return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2g}"
+def figure_text(value: float) -> str:
+    """A measured rate or ratio for a sentence: '210', or two significant digits below 10
+    ('1.1', '0.26'), where rounding to a whole number would say 1 or 0."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 EMULATED = "--precision bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16 flag): "
@@ -172,7 +174,7 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
         if native is not None:
             return []
         return [EMULATED + "PyTorch emulates it (too quick here to time); the run goes on"]
-    measured = f"({rate_text(bf16)} against {rate_text(fp32)} GFLOP/s)"
+    measured = f"({figure_text(bf16)} against {figure_text(fp32)} GFLOP/s)"
     if native is not None:
         return [
             f"this CPU has native bf16 ({native}): --precision bf16 ran the SAE's matmul "
@@ -183,9 +185,10 @@ def bf16_advice(cfg: Config, device: str, d: int, n_tokens: int) -> list[str]:
         return [
             EMULATED + f"the SAE's matmul ran {bf16 / fp32:.1f}x as fast here as fp32 {measured}"
         ]
+    slower = figure_text(fp32 / bf16)
     return [
-        EMULATED + f"PyTorch emulates it, and the SAE's matmul ran {fp32 / bf16:.0f}x slower "
-        f"here than in fp32 {measured}; the run goes on, but --precision fp32 is faster here"
+        EMULATED + f"PyTorch emulates it, and the SAE's matmul ran {slower}x slower here than in "
+        f"fp32 {measured}; the run goes on, but --precision fp32 is faster here"
     ]
 
 

@@ -194,5 +194,7 @@ def cost(configs: list[Config]) -> str:
     if not all(rates.values()):  # a device this machine lacks, or a matmul too fast to time
         return f"{said}; time here unknown (no SAE matmul rate measured for its device)"
     seconds = sum(f / (rates[shape] * 1e9) for _, shape, f in trainings.values())
-    shown = ", ".join(sorted({f"{costs.rate_text(r)} GFLOP/s in {s[1]}" for s, r in rates.items()}))
+    shown = ", ".join(
+        sorted({f"{costs.figure_text(r)} GFLOP/s in {s[1]}" for s, r in rates.items()})
+    )
     return f"{said}; about {human_time(seconds)} here (measured {shown})"

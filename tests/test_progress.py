@@ -309,6 +309,14 @@ def test_bf16_advice_on_cpus_with_and_without_native_bf16(
         emulated + "PyTorch emulates it, and the SAE's matmul ran 93x slower here than in fp32 "
         "(1.1 against 102 GFLOP/s); the run goes on, but --precision fp32 is faster here"
     ]
+    assert (
+        advice("bf16", None, 78.0, "close")
+        == [  # 1.3x: not rounded to '1x slower'
+            emulated
+            + "PyTorch emulates it, and the SAE's matmul ran 1.3x slower here than in fp32 "
+            "(78 against 102 GFLOP/s); the run goes on, but --precision fp32 is faster here"
+        ]
+    )
     assert advice("bf16", None, 255.0, "fast") == [
         emulated + "the SAE's matmul ran 2.5x as fast here as fp32 (255 against 102 GFLOP/s)"
     ]

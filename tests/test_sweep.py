@@ -247,7 +247,7 @@ def test_a_killed_sweep_resumes_computing_only_what_is_missing(
     assert re.fullmatch(
         r"laminar-sweep: 2 points \(2 sae_arch\), each a laminar run sharing its cached tasks "
         r"with the others: 1 extraction and 8 SAEs to train, 2\.6 GFLOP; about \d+ s here "
-        r"\(measured \d+(\.\d)? GFLOP/s in fp32\)\.",  # two digits below 10 (costs.rate_text)
+        r"\(measured \d+(\.\d+)? GFLOP/s in fp32\)\.",  # two digits below 10 (costs.figure_text)
         cost,
     ), cost
     states = [line for line in out.stderr.splitlines() if "Finished in state" in line]
