@@ -151,8 +151,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / ".models")
     args = parser.parse_args()
+    if args.tokens is not None and args.tokens < 1:
+        parser.error(f"--tokens {args.tokens} is not a row count: give 1 or more")
     torch.manual_seed(0)
-    n = args.tokens or (512 if args.quick else N_TOKENS)
+    n = args.tokens if args.tokens is not None else (512 if args.quick else N_TOKENS)
     out = args.out or ROOT / "benchmarks" / (
         f"results-{args.device}{'-quick' if args.quick else ''}.json"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from types import ModuleType
 
 import torch
 
+from benchmarks.common import spread
 from benchmarks.machine import machine
 from benchmarks.precision import limit
 from tasks.config import Config
@@ -61,9 +61,10 @@ def epoch_seconds(module: ModuleType, arch: str, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    low, mid, high = min(values), statistics.median(values), max(values)
-    return f"{mid:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+def spread_text(values: list[float], digits: int = 2) -> str:
+    """common.spread as printed: 'median (min–max)'."""
+    s = spread(values)
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
 def main() -> None:
@@ -88,14 +89,16 @@ def main() -> None:
             for arch in archs:
                 for name, module in (("base", base), ("this", recipes)):
                     times.setdefault((arch, name), []).append(epoch_seconds(module, arch, x))
-    print(f"cpu: {machine('cpu')}; N {n}, d {d}, m {m}; fp32 limit {spread(limits, 0)} GFLOP/s")
+    print(
+        f"cpu: {machine('cpu')}; N {n}, d {d}, m {m}; fp32 limit {spread_text(limits, 0)} GFLOP/s"
+    )
     for arch in archs:
         old, new = times[(arch, "base")], times[(arch, "this")]
         ratio = [a / b for a, b in zip(old, new, strict=True)]
         pct = [100 * 10 * n * d * m / s / 1e9 / r for s, r in zip(new, limits, strict=True)]
         print(
-            f"{arch}: {args.base} {spread(old)} s, this {spread(new)} s, "
-            f"{spread(ratio, 3)}x; this at {spread(pct, 0)}% of the limit"
+            f"{arch}: {args.base} {spread_text(old)} s, this {spread_text(new)} s, "
+            f"{spread_text(ratio, 3)}x; this at {spread_text(pct, 0)}% of the limit"
         )
 
 

@@ -174,3 +174,17 @@ def test_gpu_check_refuses_in_one_sentence(tmp_path: Path) -> None:
     none = subprocess.run(["bash", script, "epochs"], capture_output=True, text=True, env=env)
     assert none.returncode == 2 and "torch sees no CUDA device here" in none.stdout
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_a_row_count_below_one_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    """--tokens 0 once fell back to the default batch unsaid (and below 0 failed in torch)."""
+    out = tmp_path / "bench.json"
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py")]
+    done = subprocess.run(
+        [*bench, "--tokens", "0", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "bench.py: error: --tokens 0 is not a row count: give 1 or more"
+    )
+    assert not out.exists()
