@@ -4,13 +4,16 @@ tasks.config_sae's and tasks.config_run's into the one Config."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from tasks.settings import role
 
 LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
+# An SAE seed's range: NumPy's generators (the minibatch shuffle) take no negative seed, and the
+# report's sae_seed column is a 64-bit signed integer (torch's generator would take up to 2**64-1).
+SAE_SEED_MAX = 2**63 - 1
 
 
 class InputSettings(BaseModel):
@@ -105,10 +108,10 @@ class InputSettings(BaseModel):
         ge=0,
         description="Seed for sampling the token windows.",
     )
-    sae_seeds: list[int] = Field(
+    sae_seeds: list[Annotated[int, Field(ge=0, le=SAE_SEED_MAX)]] = Field(
         json_schema_extra=role("result"),
         default=[0],
         min_length=1,
-        description="SAE initialisation seeds: each layer's SAE is trained once per seed and "
-        "the report shows mean ± sd.",
+        description="SAE initialisation seeds, each from 0 to 2^63 - 1: each layer's SAE is "
+        "trained once per seed and the report shows mean ± sd.",
     )

@@ -405,6 +405,14 @@ BAD_INPUT = [
     (["--dask-workers", "1000"], "--dask-workers 1000 is invalid: input should be less", True),
     (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
     (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
+    # NumPy's shuffle takes no negative seed, the report's seed column no more than 2**63 - 1
+    (["--sae-seeds", "0", "-1"], "--sae-seeds -1 is invalid: input should be greater", True),
+    (
+        ["--sae-seeds", "9223372036854775808"],
+        "--sae-seeds 9223372036854775808 is invalid: input should be less than or equal to "
+        "9223372036854775807.",
+        True,
+    ),
     (
         ["--sae-arch", "topk", "--k", "5000"],
         "--k 5000 is more than the 512 latents of tiny-gpt2's SAEs (its width 256 at --hook",
@@ -481,7 +489,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 37 fresh CLI processes, three at a time
+@pytest.mark.slow  # 39 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
@@ -514,6 +522,22 @@ def test_several_bad_values_are_each_one_sentence(tmp_path: Path) -> None:
         "laminar: --epochs 0 is invalid: input should be greater than 0.",
         "laminar: --lr inf is invalid: input should be a finite number.",
     ]
+
+
+def test_the_largest_sae_seed_trains_in_minibatches_and_is_reported(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """2**63 - 1 seeds torch's generator and NumPy's shuffle, and fits the seed column."""
+    from tasks.config_input import SAE_SEED_MAX
+
+    cfg = quick_config(
+        tiny_model, article_server, tmp_path, layers="1", sae_seeds=[SAE_SEED_MAX], batch_tokens=48
+    )
+    summary = laminar(cfg)
+    assert summary["tasks"]["sae tiny-gpt2 L1"] == "Completed"
+    with open(Path(summary["report"]) / "metrics_by_seed.csv") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["sae_seed"] == str(2**63 - 1) and float(row["final_loss"]) > 0
 
 
 def test_sae_seeds_are_cached_task_runs_reported_as_mean_and_sd(
