@@ -155,9 +155,10 @@ def _device(cfg: Config) -> str:
 def cost(configs: list[Config]) -> str:
     """What the grid computes once its points share their cached tasks, before any run: the
     distinct extractions and SAE trainings (told apart by the settings their tasks' cache keys
-    name), their FLOPs (tasks.costs.sae_flops) and their time at the SAE matmul's rate measured
-    here (calibrated once per shape, in the calibration cache the runs then reuse). Not less
-    what earlier runs cached: each point says that as it starts."""
+    name and by the artifacts dir whose cache holds them), their FLOPs (tasks.costs.sae_flops)
+    and their time at the SAE matmul's rate measured here (calibrated once per shape, in the
+    calibration cache the runs then reuse). Not less what earlier runs cached: each point says
+    that as it starts."""
     from tasks import costs, models
     from tasks.extract import extract_activations
     from tasks.recipes import train_recipe
@@ -176,7 +177,7 @@ def cost(configs: list[Config]) -> str:
             if at not in facts:
                 facts[at] = models.describe(cfg, model)
             d, layers = facts[at]["d"], facts[at]["layers"]
-            source = stable_hash([model, cfg.subset(*upstream)])
+            source = stable_hash([model, str(cfg.root), cfg.subset(*upstream)])
             extractions.add(source)
             shape = (_device(cfg), cfg.precision, n_tokens, d, cfg.expansion * d)
             flops = costs.sae_flops(*shape[2:]) * cfg.epochs

@@ -399,3 +399,16 @@ def test_a_slow_rate_is_said_to_two_digits(
         f"1 extraction and 4 SAEs to train, {costs.human_flops(flops)}; about "
         f"{human_time(flops / 0.26e9)} here (measured 0.26 GFLOP/s in bf16)"
     )
+
+
+def test_points_in_other_artifacts_dirs_share_no_cached_task(
+    four_layers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each artifacts dir holds its own cache: a grid over it extracts and trains in each."""
+    from tasks import costs, sweep
+
+    monkeypatch.setattr(costs, "calibrated_rate", lambda root, *shape: 100.0)
+    base = Config(models=[str(four_layers)], device="cpu", n_seqs=4, seq_len=32)
+    plan = points(base, {"artifacts_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
+    assert sweep.cost([cfg for *_, cfg in plan]).startswith("2 extractions and 8 SAEs to train")
+    assert sweep.cost([plan[0][2]] * 2).startswith("1 extraction and 4 SAEs to train")
