@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.provenance import differences
-from tasks.settings import LaminarError, plural
+from tasks.settings import LaminarError, first_twice, plural
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
@@ -27,21 +27,52 @@ METRICS = ["density_pct", "final_loss", "fvu"]
 FIELD_METRICS = ["explained_variance", "ce_loss_score", "ce_delta", "kl_div_score"]
 
 
+MAX_FILE = 16 << 20  # bytes: a report's metrics.csv or provenance.json is a few kB per layer
+COLUMNS = ["model", "layer", "rel_depth", *METRICS]  # what every laminar metrics.csv has
+
+
+def read_bounded(path: Path) -> str:
+    """A file a user handed in, read within MAX_FILE bytes, as text."""
+    with path.open("rb") as f:
+        raw = f.read(MAX_FILE + 1)
+    if len(raw) > MAX_FILE:
+        raise LaminarError(f"'{path}' is over {MAX_FILE:,} bytes: not a laminar report's file.")
+    return raw.decode("utf-8", errors="replace")
+
+
 def read_run(folder: Path) -> list[dict[str, Any]]:
+    """A report's metrics.csv, every value the comparison uses checked: a missing column or a
+    value that is no number is one sentence naming the file, its row and its column."""
     path = folder / "metrics.csv"
     if not path.is_file():
         raise LaminarError(f"'{folder}' holds no metrics.csv: pass a laminar report folder.")
-    with open(path) as f:
-        return [
-            {
-                **r,
-                "layer": int(r["layer"]),
-                "rel_depth": float(r["rel_depth"]),
-                **{m: float(r[m]) for m in METRICS},
-                **{m: float(r[m]) for m in FIELD_METRICS if r.get(m)},
-            }
-            for r in csv.DictReader(f)
-        ]
+    reader = csv.DictReader(read_bounded(path).splitlines())
+    if missing := [c for c in COLUMNS if c not in (reader.fieldnames or [])]:
+        raise LaminarError(
+            f"'{path}' has no {missing[0]} column: pass the folder of a finished laminar report."
+        )
+    return [parsed(r, path, i) for i, r in enumerate(reader, start=2)]  # line 1: the header
+
+
+def parsed(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
+    """One metrics.csv row with its numbers as numbers (the field measures where present)."""
+    out: dict[str, Any] = dict(row)
+    for col, kind in [("layer", int), ("rel_depth", float), *((m, float) for m in METRICS)]:
+        out[col] = number(row[col], kind, path, line, col)
+    for m in FIELD_METRICS:
+        if row.get(m):
+            out[m] = number(row[m], float, path, line, m)
+    return out
+
+
+def number(text: str | None, kind: type, path: Path, line: int, col: str) -> Any:
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise LaminarError(
+            f"'{path}' line {line}: {col} '{text}' is not a number: pass the folder of a "
+            "finished laminar report."
+        ) from None
 
 
 def metrics_of(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -95,13 +126,25 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         save_png(fig, path)
 
 
-def provenance_lines(folders: list[Path], labels: list[str]) -> list[str]:
-    """Each field of provenance.json where a run differs from the first, one line each."""
+def read_provenance(folders: list[Path], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Each run's provenance.json (label -> record), for the runs that have one."""
     records = {}
     for lab, folder in zip(labels, folders, strict=True):
         path = folder / "provenance.json"
         if path.is_file():
-            records[lab] = json.loads(path.read_text())
+            try:
+                records[lab] = json.loads(read_bounded(path))
+            except json.JSONDecodeError:
+                raise LaminarError(
+                    f"'{path}' is not JSON: pass the folder of a finished laminar report."
+                ) from None
+            if not isinstance(records[lab], dict):
+                raise LaminarError(f"'{path}' is not a provenance record (a JSON object).")
+    return records
+
+
+def provenance_lines(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Each field of provenance.json where a run differs from the first, one line each."""
     if len(records) < 2:
         return ["provenance: fewer than two runs have a provenance.json; nothing compared"]
     (first, base), *others = records.items()
@@ -124,19 +167,25 @@ def main(argv: list[str] | None = None) -> int:
         labels = args.labels or [p.name for p in args.reports]
         if len(args.reports) < 2 or len(labels) != len(args.reports):
             raise LaminarError("give at least two report folders and one --labels per folder.")
+        if (twice := first_twice(labels)) is not None:
+            raise LaminarError(
+                f"two runs are named '{twice}' (by --labels, or else by their folders' names): "
+                "give --labels with a name of its own for each folder."
+            )
         runs = {lab: read_run(p) for lab, p in zip(labels, args.reports, strict=True)}
         rows = side_by_side(runs)
         if not rows:
             raise LaminarError("the runs share no (model, layer): compare runs of one model.")
+        records = read_provenance(args.reports, labels)
     except LaminarError as exc:
-        print(f"compare: {exc}", file=sys.stderr)
+        print(f"laminar-compare: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "compare.png")
     lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
     write_bytes(args.out / "compare.csv", ("\n".join(lines) + "\n").encode())
     print(f"compare: {args.out / 'compare.png'} and {args.out / 'compare.csv'}")
-    print("\n".join(provenance_lines(args.reports, labels)))
+    print("\n".join(provenance_lines(records)))
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,71 @@ def test_not_a_report_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     a = write_run(tmp_path / "a", [1.0, 2.0])
     assert main([str(a), str(tmp_path)]) == 2
     assert "holds no metrics.csv: pass a laminar report folder." in capsys.readouterr().err
+
+
+def compare_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`laminar-compare ARGS` as a user runs it."""
+    command = [str(Path(sys.executable).parent / "laminar-compare"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_runs_it_cannot_tell_apart_or_read_are_one_sentence_and_exit_2(tmp_path: Path) -> None:
+    """Two folders of one name (a report's folder is its settings' hash, so the same run made
+    in two artifacts dirs) were one run in the table; a malformed metrics.csv or provenance.json
+    was a traceback. Each is now one sentence, exit 2, and nothing is written."""
+    a = write_run(tmp_path / "x" / "3dc3179b2ec6", [10.0, 20.0])
+    b = write_run(tmp_path / "y" / "3dc3179b2ec6", [12.0, 19.0])
+    (tmp_path / "no-layer").mkdir()
+    (tmp_path / "no-layer" / "metrics.csv").write_text("model,rel_depth\ngpt2,0\n")
+    text = write_run(tmp_path / "text", [1.0, 2.0])
+    csv_text = (text / "metrics.csv").read_text().replace("2.0,", "many,")
+    (text / "metrics.csv").write_text(csv_text)
+    torn = write_run(tmp_path / "torn", [1.0, 2.0])
+    (torn / "provenance.json").write_text('{"software": {')
+    (a / "provenance.json").write_text("{}")
+    cases = [
+        (
+            [a, b],
+            "two runs are named '3dc3179b2ec6' (by --labels, or else by their folders' "
+            "names): give --labels with a name of its own for each folder.",
+        ),
+        ([a, b, "--labels", "pre", "pre"], "two runs are named 'pre'"),
+        (
+            [a, tmp_path / "no-layer"],
+            f"'{tmp_path / 'no-layer' / 'metrics.csv'}' has no layer "
+            "column: pass the folder of a finished laminar report.",
+        ),
+        (
+            [a, text],
+            f"'{text / 'metrics.csv'}' line 3: density_pct 'many' is not a number: "
+            "pass the folder of a finished laminar report.",
+        ),
+        (
+            [a, torn],
+            f"'{torn / 'provenance.json'}' is not JSON: pass the folder of a finished "
+            "laminar report.",
+        ),
+    ]
+    for args, sentence in cases:
+        out = compare_cli(*args, "--out", tmp_path / "cmp", cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        [line] = out.stderr.splitlines()
+        assert line.startswith(f"laminar-compare: {sentence}"), line
+        assert not (tmp_path / "cmp").exists()
+    ok = compare_cli(a, b, "--labels", "x", "y", "--out", tmp_path / "cmp", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    with open(tmp_path / "cmp" / "compare.csv") as f:
+        assert float(next(csv.DictReader(f))["density_pct Δ"]) == 2.0  # two runs, not one
+
+
+def test_a_file_over_its_bound_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import flows.compare
+
+    a = write_run(tmp_path / "a", [1.0, 2.0])
+    b = write_run(tmp_path / "b", [1.0, 2.0])
+    monkeypatch.setattr(flows.compare, "MAX_FILE", (a / "metrics.csv").stat().st_size - 1)
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    assert "metrics.csv' is over " in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
