@@ -33,8 +33,11 @@ COLUMNS = ["model", "layer", "rel_depth", *METRICS]  # what every laminar metric
 
 def read_bounded(path: Path) -> str:
     """A file a user handed in, read within MAX_FILE bytes, as text."""
-    with path.open("rb") as f:
-        raw = f.read(MAX_FILE + 1)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise LaminarError(f"'{path}' cannot be read ({exc.strerror}).") from None
     if len(raw) > MAX_FILE:
         raise LaminarError(f"'{path}' is over {MAX_FILE:,} bytes: not a laminar report's file.")
     return raw.decode("utf-8", errors="replace")
@@ -42,7 +45,7 @@ def read_bounded(path: Path) -> str:
 
 def read_run(folder: Path) -> list[dict[str, Any]]:
     """A report's metrics.csv, every value the comparison uses checked: a missing column or a
-    value that is no number is one sentence naming the file, its row and its column."""
+    value that is no number is one sentence naming the file, its line and its column."""
     path = folder / "metrics.csv"
     if not path.is_file():
         raise LaminarError(f"'{folder}' holds no metrics.csv: pass a laminar report folder.")
@@ -139,7 +142,10 @@ def read_provenance(folders: list[Path], labels: list[str]) -> dict[str, dict[st
                     f"'{path}' is not JSON: pass the folder of a finished laminar report."
                 ) from None
             if not isinstance(records[lab], dict):
-                raise LaminarError(f"'{path}' is not a provenance record (a JSON object).")
+                raise LaminarError(
+                    f"'{path}' is not a provenance record (a JSON object): pass the folder of a "
+                    "finished laminar report."
+                )
     return records
 
 

@@ -105,14 +105,25 @@ def test_runs_it_cannot_tell_apart_or_read_are_one_sentence_and_exit_2(tmp_path:
         assert float(next(csv.DictReader(f))["density_pct Δ"]) == 2.0  # two runs, not one
 
 
-def test_a_file_over_its_bound_is_refused_unread(
+def test_a_file_over_its_bound_or_unreadable_is_one_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import flows.compare
 
     a = write_run(tmp_path / "a", [1.0, 2.0])
     b = write_run(tmp_path / "b", [1.0, 2.0])
-    monkeypatch.setattr(flows.compare, "MAX_FILE", (a / "metrics.csv").stat().st_size - 1)
-    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    args = [str(a), str(b), "--out", str(tmp_path / "cmp")]
+    with monkeypatch.context() as m:
+        m.setattr(flows.compare, "MAX_FILE", (a / "metrics.csv").stat().st_size - 1)
+        assert main(args) == 2
     assert "metrics.csv' is over " in capsys.readouterr().err
+
+    def denied(path: Path, *args: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied")  # root reads any file: stood in for
+
+    monkeypatch.setattr(Path, "open", denied)
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"laminar-compare: '{a / 'metrics.csv'}' cannot be read (Permission denied).\n"
+    )
     assert not (tmp_path / "cmp").exists()
