@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.config_input import InputSettings
+from tasks.config_input import NOT_PER_TOKEN_HOOKS, OFF_HOOKS, InputSettings, not_per_token
 from tasks.config_run import RunSettings
 from tasks.config_sae import READ_BY, SAESettings
 from tasks.settings import (
@@ -93,6 +93,19 @@ class Config(RunSettings, SAESettings, InputSettings):
     @classmethod
     def _check_seeds(cls, value: list[int]) -> list[int]:
         once(value, "--sae-seeds", "seed")
+        return value
+
+    @field_validator("hook")
+    @classmethod
+    def _check_hook(cls, value: str) -> str:
+        if value in NOT_PER_TOKEN_HOOKS:
+            fix = "pick a hook such as mlp.hook_pre, mlp.hook_post or hook_resid_post"
+            refuse(not_per_token(f"--hook {value}", fix))
+        if value in OFF_HOOKS:
+            refuse(
+                f"--hook {value} is a hook TransformerLens's bridge leaves off, and laminar does "
+                "not switch it on: use ln2.hook_in, the input of the LayerNorm before the MLP."
+            )
         return value
 
     @field_validator("urls")

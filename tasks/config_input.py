@@ -14,6 +14,37 @@ LED_URL = "https://en.wikipedia.org/wiki/Light-emitting_diode"
 # An SAE seed's range: NumPy's generators (the minibatch shuffle) take no negative seed, and the
 # report's sae_seed column is a 64-bit signed integer (torch's generator would take up to 2**64-1).
 SAE_SEED_MAX = 2**63 - 1
+# Hooks whose activation is not one vector per token, in TransformerLens 4's names (with the
+# block-level aliases): per attention head (batch, pos, head, d), per pair of positions (batch,
+# head, pos, pos), a rotary table (batch, pos, rotary dim) or a norm's scale (batch, pos, 1).
+# laminar's SAEs, its own and published ones, read one d-vector per token.
+NOT_PER_TOKEN_HOOKS = frozenset(
+    {
+        *(f"attn.hook_{x}" for x in ("q", "k", "v", "z", "rot_q", "rot_k", "result")),
+        *(f"attn.{x}.hook_out" for x in ("q", "k", "v")),
+        *(f"{at}hook_{x}_input" for at in ("", "attn.") for x in ("q", "k", "v")),
+        *(f"{at}hook_attn_in" for at in ("", "attn.")),
+        "attn.o.hook_in",
+        "attn.hook_attn_scores",
+        "attn.hook_pattern",
+        "attn.hook_cos",
+        "attn.hook_sin",
+        "ln1.hook_scale",
+        "ln2.hook_scale",
+    }
+)
+
+# A hook of one vector per token that the bridge leaves off unless switched on (extraction does
+# not switch it on): the MLP's input, which ln2.hook_in gives before the LayerNorm.
+OFF_HOOKS = frozenset({"hook_mlp_in"})
+
+
+def not_per_token(what: str, fix: str) -> str:
+    """The sentence for a hook of NOT_PER_TOKEN_HOOKS: `what` names it, `fix` says what to do."""
+    return (
+        f"{what} is not one vector per token (it is per attention head, per pair of positions, a "
+        f"rotary table or a norm's scale), and laminar's SAEs read one vector per token: {fix}."
+    )
 
 
 class InputSettings(BaseModel):

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from tasks import family as families
 from tasks import models
 from tasks.config import Config
+from tasks.config_input import NOT_PER_TOKEN_HOOKS, not_per_token
 from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
@@ -38,6 +39,9 @@ def preflight(cfg: Config) -> Checked:
     family: dict[int, Entry] = {}
     if cfg.saes:  # the family read (its cfg.json files) and checked: its hook is the run's
         cfg, family = families.prepare(cfg)
+        if cfg.hook in NOT_PER_TOKEN_HOOKS:
+            fix = "pick a family trained on an MLP or residual-stream hook"
+            raise LaminarError(not_per_token(f"--saes '{cfg.saes}' reads {cfg.hook}, which", fix))
     described = [models.describe(cfg, m) for m in cfg.models]
     if device is not None:
         check_splice_memory(cfg, described, device)

@@ -405,6 +405,8 @@ BAD_INPUT = [
     (["--dask-workers", "1000"], "--dask-workers 1000 is invalid: input should be less", True),
     (["--models", "{empty}", "{empty}"], "' twice: name each model once.", True),
     (["--sae-seeds", "0", "0"], "--sae-seeds lists '0' twice: name each seed once.", True),
+    (["--hook", "attn.hook_z"], "--hook attn.hook_z is not one vector per token (it is", True),
+    (["--hook", "hook_mlp_in"], "--hook hook_mlp_in is a hook TransformerLens's bridge", True),
     # NumPy's shuffle takes no negative seed, the report's seed column no more than 2**63 - 1
     (["--sae-seeds", "0", "-1"], "--sae-seeds -1 is invalid: input should be greater", True),
     (
@@ -489,7 +491,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 39 fresh CLI processes, three at a time
+@pytest.mark.slow  # 41 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],

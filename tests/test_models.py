@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_family_model, make_model
@@ -136,3 +137,68 @@ def test_threads_that_describe_models_at_once_each_get_the_facts(tiny_model: Pat
         json.dumps(models.describe(Config(models=[str(tiny_model)], seq_len=32), str(tiny_model)))
     )
     assert got["facts"] == [alone] * 8
+
+
+# TransformerLens's bridge leaves these hooks off until switched on; each pair is run on its own
+# (use_attn_in and use_split_qkv_input exclude each other).
+SWITCHES = [
+    ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"),
+    ("set_use_attn_in",),
+]
+
+
+def block_shapes(
+    bridge: Any, switches: tuple[str, ...], off: set[str]
+) -> dict[str, tuple[int, ...]]:
+    """Each hook name of block 0 (aliases included) that runs with `switches` on: its shape.
+    The names that cannot be hooked go into `off`."""
+    import torch
+
+    for switch in switches:
+        getattr(bridge, switch)(True)
+    seen: dict[str, tuple[int, ...]] = {}
+    for name in (n for n in bridge.hook_dict if n.startswith("blocks.0.")):
+        short = name.removeprefix("blocks.0.")
+        try:
+            bridge.add_hook(name, lambda act, hook, short=short: seen.__setitem__(short, act.shape))
+        except ValueError:  # off: run under the other switches
+            off.add(short)
+            continue
+    with torch.no_grad():
+        bridge(torch.tensor([[1, 2, 3, 4, 5]]))
+    bridge.reset_hooks()
+    for switch in switches:
+        getattr(bridge, switch)(False)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
+def test_the_hooks_config_refuses_are_those_not_one_vector_per_token(
+    family: str, tiny_model: Path, family_models: dict[str, Path]
+) -> None:
+    """Every hook of a block, each run for real: the ones Config refuses (NOT_PER_TOKEN_HOOKS)
+    are exactly those whose activation is not (batch, pos, d) at the residual or MLP width, and
+    of those the bridge leaves off, only OFF_HOOKS are per token."""
+    import torch
+
+    from tasks.config_input import NOT_PER_TOKEN_HOOKS, OFF_HOOKS
+
+    folder = tiny_model if family == "gpt2" else family_models[family]
+    bridge = models.load_model(str(folder), "cpu")
+    off: set[str] = set()
+    assert block_shapes(bridge, (), off) and off  # as laminar's extraction hooks the bridge
+    assert off - NOT_PER_TOKEN_HOOKS == OFF_HOOKS  # the rest of what is off is refused anyway
+    shapes = {k: v for sw in SWITCHES for k, v in block_shapes(bridge, sw, set()).items()}
+    assert len(shapes) > 30 and "mlp.hook_pre" in shapes  # (some hooks never fire here)
+    widths = {bridge.cfg.d_model, bridge.cfg.d_mlp}
+    for name, shape in shapes.items():
+        per_token = len(shape) == 3 and tuple(shape[:2]) == (1, 5) and shape[2] in widths
+        assert (name not in NOT_PER_TOKEN_HOOKS) == per_token, (name, shape)
+    # The refusal of hook_mlp_in points to ln2.hook_in: the same values, switched on here
+    bridge.set_use_hook_mlp_in(True)
+    got: dict[str, torch.Tensor] = {}
+    for name in ("blocks.1.hook_mlp_in", "blocks.1.ln2.hook_in"):
+        bridge.add_hook(name, lambda act, hook, name=name: got.__setitem__(name, act.clone()))
+    with torch.no_grad():
+        bridge(torch.tensor([[1, 2, 3, 4, 5]]))
+    assert torch.equal(got["blocks.1.hook_mlp_in"], got["blocks.1.ln2.hook_in"])

@@ -33,10 +33,12 @@ def write_sae(folder: Path, cfg: dict, d: int, m: int, seed: int = 0) -> dict[st
     return state
 
 
-def legacy_family(root: Path, layers: range, d: int = 64, **cfg: object) -> Path:
+def legacy_family(
+    root: Path, layers: range, d: int = 64, at: str = "hook_resid_pre", **cfg: object
+) -> Path:
     """Standard SAEs in the older cfg.json layout (top-level hook_name and hook_layer)."""
     for layer in layers:
-        hook = {"hook_name": f"blocks.{layer}.hook_resid_pre", "hook_layer": layer}
+        hook = {"hook_name": f"blocks.{layer}.{at}", "hook_layer": layer}
         write_sae(root / f"L{layer}", {"apply_b_dec_to_input": True, **hook, **cfg}, d, 2 * d)
     return root
 
@@ -81,11 +83,16 @@ def bad_families(root: Path) -> dict[str, tuple[list[str], str]]:
     legacy_family(root / "gated", range(3), architecture="gated")
     legacy_family(root / "wide", range(3), d=80)
     legacy_family(root / "short", range(2))
+    legacy_family(root / "per-head", range(3), at="attn.hook_z")  # (batch, pos, head, d_head)
     return {
         "no SAE in it": (["--saes", str(root / "empty")], "holds no SAE (no cfg.json"),
         "unknown architecture": (["--saes", str(root / "gated")], "is a 'gated' SAE"),
         "d_in not the hook's": (["--saes", str(root / "wide")], "reads d_in 80 but"),
         "a layer missing": (["--saes", str(root / "short")], "has no SAE for layer(s) 2 of"),
+        "a hook per attention head": (
+            ["--saes", str(root / "per-head")],
+            "reads attn.hook_z, which is not one vector per token (it is per attention head",
+        ),
         "hub repo not reachable": (
             ["--saes", "someone/saes-never-downloaded:blocks.0"],
             "the hub cannot be reached and its SAEs are not in the local cache",
