@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.provenance import differences
-from tasks.settings import LaminarError, first_twice, plural
+from tasks.settings import LaminarError, first_twice, plural, read_at_most
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
@@ -33,13 +33,7 @@ COLUMNS = ["model", "layer", "rel_depth", *METRICS]  # what every laminar metric
 
 def read_bounded(path: Path) -> str:
     """A file a user handed in, read within MAX_FILE bytes, as text."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE + 1)
-    except OSError as exc:
-        raise LaminarError(f"'{path}' cannot be read ({exc.strerror}).") from None
-    if len(raw) > MAX_FILE:
-        raise LaminarError(f"'{path}' is over {MAX_FILE:,} bytes: not a laminar report's file.")
+    raw = read_at_most(path, MAX_FILE, f"'{path}'", "a laminar report's file")
     return raw.decode("utf-8", errors="replace")
 
 

@@ -39,6 +39,20 @@ def refuse(sentence: str) -> NoReturn:
     raise PydanticCustomError("laminar", sentence)
 
 
+def read_at_most(path: Path, limit: int, name: str, what: str) -> bytes:
+    """A file a user handed in, read within `limit` bytes (one byte past it tells a file over
+    the bound from one at it). `name` is how the sentence names the input ("--grid-file 'g.yaml'")
+    and `what` what a file over the bound cannot be ("a grid")."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise LaminarError(f"{name} cannot be read ({exc.strerror}).") from None
+    if len(raw) > limit:
+        raise LaminarError(f"{name} is over {limit:,} bytes: not {what}.")
+    return raw
+
+
 def first_twice(values: list[Any]) -> Any:
     """The first value a list names twice, or None."""
     return next((v for v in values if values.count(v) > 1), None)

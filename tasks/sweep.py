@@ -15,7 +15,14 @@ from tasks.cli import describe_validation_error
 from tasks.config import READ_BY, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
-from tasks.settings import LaminarError, first_twice, plural, resolve_device, stable_hash
+from tasks.settings import (
+    LaminarError,
+    first_twice,
+    plural,
+    read_at_most,
+    resolve_device,
+    stable_hash,
+)
 
 
 def parse_grid(
@@ -64,13 +71,7 @@ def read_grid_file(path: Path) -> dict[str, list[str]]:
     """A YAML mapping of setting -> a value or a list of values, read within its size bound."""
     import yaml
 
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_GRID_FILE + 1)
-    except OSError as exc:
-        raise LaminarError(f"--grid-file '{path}' cannot be read ({exc.strerror}).") from None
-    if len(raw) > MAX_GRID_FILE:
-        raise LaminarError(f"--grid-file '{path}' is over {MAX_GRID_FILE:,} bytes: not a grid.")
+    raw = read_at_most(path, MAX_GRID_FILE, f"--grid-file '{path}'", "a grid")
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -193,6 +193,14 @@ def run_sweep(
             "laminar-sweep: --grid-file '{list.yaml}' is not a YAML mapping of settings to "
             "values: e.g. 'sae_arch: [course, topk]'.",
         ),
+        (  # read within its bound: one byte over is refused before YAML parses it
+            ["--grid-file", "{big.yaml}"],
+            "laminar-sweep: --grid-file '{big.yaml}' is over 1,048,576 bytes: not a grid.",
+        ),
+        (
+            ["--grid-file", "{folder}"],
+            "laminar-sweep: --grid-file '{folder}' cannot be read (Is a directory).",
+        ),
     ],
 )
 def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
@@ -200,7 +208,11 @@ def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
 ) -> None:
     (tmp_path / "grid.yaml").write_text("epochs: [2, 3]\nsae_arch: topk\n")
     (tmp_path / "list.yaml").write_text("- epochs\n")
-    names = {f"{{{n}}}": str(tmp_path / n) for n in ("grid.yaml", "list.yaml")}
+    (tmp_path / "big.yaml").write_text("epochs: [2]\n" + "#" * (1 << 20))  # a valid mapping
+    (tmp_path / "folder").mkdir()
+    names = {
+        f"{{{n}}}": str(tmp_path / n) for n in ("grid.yaml", "list.yaml", "big.yaml", "folder")
+    }
     for key, path in names.items():
         grid = [a.replace(key, path) for a in grid]
         sentence = sentence.replace(key, path)
