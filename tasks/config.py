@@ -15,7 +15,14 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.config_input import NOT_PER_TOKEN_HOOKS, OFF_HOOKS, InputSettings, not_per_token
+from tasks.config_input import (
+    MLP_INPUT,
+    NOT_PER_TOKEN_HOOKS,
+    OFF_HOOKS,
+    InputSettings,
+    not_per_token,
+    off_hook,
+)
 from tasks.config_run import RunSettings
 from tasks.config_sae import READ_BY, SAESettings
 from tasks.settings import (
@@ -102,10 +109,8 @@ class Config(RunSettings, SAESettings, InputSettings):
             fix = "pick a hook such as mlp.hook_pre, mlp.hook_post or hook_resid_post"
             refuse(not_per_token(f"--hook {value}", fix))
         if value in OFF_HOOKS:
-            refuse(
-                f"--hook {value} is a hook TransformerLens's bridge leaves off, and laminar does "
-                "not switch it on: use ln2.hook_in, the input of the LayerNorm before the MLP."
-            )
+            fix = f"use {MLP_INPUT}, the input of the LayerNorm before the MLP"
+            refuse(off_hook(f"--hook {value}", fix))
         return value
 
     @field_validator("urls")

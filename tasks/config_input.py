@@ -37,6 +37,7 @@ NOT_PER_TOKEN_HOOKS = frozenset(
 # A hook of one vector per token that the bridge leaves off unless switched on (extraction does
 # not switch it on): the MLP's input, which ln2.hook_in gives before the LayerNorm.
 OFF_HOOKS = frozenset({"hook_mlp_in"})
+MLP_INPUT = "ln2.hook_in"  # the input of the LayerNorm before the MLP: hook_mlp_in's values
 
 
 def not_per_token(what: str, fix: str) -> str:
@@ -44,6 +45,14 @@ def not_per_token(what: str, fix: str) -> str:
     return (
         f"{what} is not one vector per token (it is per attention head, per pair of positions, a "
         f"rotary table or a norm's scale), and laminar's SAEs read one vector per token: {fix}."
+    )
+
+
+def off_hook(what: str, fix: str) -> str:
+    """The sentence for a hook of OFF_HOOKS: `what` names it, `fix` says what to do."""
+    return (
+        f"{what} is a hook TransformerLens's bridge leaves off, and laminar does not switch it "
+        f"on: {fix}."
     )
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from tasks import family as families
 from tasks import models
 from tasks.config import Config
-from tasks.config_input import NOT_PER_TOKEN_HOOKS, not_per_token
+from tasks.config_input import MLP_INPUT, NOT_PER_TOKEN_HOOKS, OFF_HOOKS, not_per_token, off_hook
 from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
@@ -42,6 +42,9 @@ def preflight(cfg: Config) -> Checked:
         if cfg.hook in NOT_PER_TOKEN_HOOKS:
             fix = "pick a family trained on an MLP or residual-stream hook"
             raise LaminarError(not_per_token(f"--saes '{cfg.saes}' reads {cfg.hook}, which", fix))
+        if cfg.hook in OFF_HOOKS:  # its values are at another hook's name: the fix renames
+            fix = f"set hook_name in each cfg.json to blocks.<layer>.{MLP_INPUT}, the same values"
+            raise LaminarError(off_hook(f"--saes '{cfg.saes}' reads {cfg.hook}, which", fix))
     described = [models.describe(cfg, m) for m in cfg.models]
     if device is not None:
         check_splice_memory(cfg, described, device)

@@ -84,6 +84,7 @@ def bad_families(root: Path) -> dict[str, tuple[list[str], str]]:
     legacy_family(root / "wide", range(3), d=80)
     legacy_family(root / "short", range(2))
     legacy_family(root / "per-head", range(3), at="attn.hook_z")  # (batch, pos, head, d_head)
+    legacy_family(root / "mlp-in", range(3), at="hook_mlp_in")  # the bridge leaves it off
     return {
         "no SAE in it": (["--saes", str(root / "empty")], "holds no SAE (no cfg.json"),
         "unknown architecture": (["--saes", str(root / "gated")], "is a 'gated' SAE"),
@@ -92,6 +93,12 @@ def bad_families(root: Path) -> dict[str, tuple[list[str], str]]:
         "a hook per attention head": (
             ["--saes", str(root / "per-head")],
             "reads attn.hook_z, which is not one vector per token (it is per attention head",
+        ),
+        "a hook the bridge leaves off": (
+            ["--saes", str(root / "mlp-in")],
+            "reads hook_mlp_in, which is a hook TransformerLens's bridge leaves off, and laminar "
+            "does not switch it on: set hook_name in each cfg.json to "
+            "blocks.<layer>.ln2.hook_in, the same values.",
         ),
         "hub repo not reachable": (
             ["--saes", "someone/saes-never-downloaded:blocks.0"],
@@ -117,6 +124,18 @@ def test_bad_saes_are_one_sentence_and_nothing_is_computed(
         lines = said(result.stderr)
         assert len(lines) == 1 and sentence in lines[0], (name, lines)
         assert not (art / "activations").exists() and not (art / "pages").exists(), name
+
+
+def test_a_family_renamed_as_the_mlp_in_sentence_says_passes_preflight(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """The fix the hook_mlp_in sentence gives works: the family at ln2.hook_in is read at it."""
+    from tasks.preflight import preflight
+
+    family = legacy_family(tmp_path / "family", range(3), at="ln2.hook_in")
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art", saes=str(family))
+    checked = preflight(cfg)
+    assert checked.cfg.hook == "ln2.hook_in" and sorted(checked.family) == [0, 1, 2]
 
 
 def test_a_hub_family_runs_from_a_warm_cache_with_the_hub_down(
