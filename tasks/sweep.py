@@ -34,8 +34,6 @@ def parse_grid(
     sentence."""
     grid: dict[str, list[str]] = {}
     for name, values in (given or {}).items():
-        if not values:
-            raise LaminarError(f"the grid gives '{name}' no values: give at least one.")
         _add(grid, name, [str(v) for v in values], "the grid")
     for entry in entries:
         name, sep, values = entry.partition("=")
@@ -57,6 +55,8 @@ def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -
             f"{where}: '{name}' is not a laminar setting: give one of `laminar --help`'s "
             "options (e.g. sae_arch, epochs, hook)."
         )
+    if not values:  # a form's or a grid file's empty list: the sweep would have no point
+        raise LaminarError(f"{where} gives '{field}' no values: give at least one.")
     if field in grid:
         raise LaminarError(f"{where} names '{field}' twice: give its values once.")
     if (twice := first_twice(values)) is not None:

@@ -193,6 +193,11 @@ def run_sweep(
             "laminar-sweep: --grid-file '{list.yaml}' is not a YAML mapping of settings to "
             "values: e.g. 'sae_arch: [course, topk]'.",
         ),
+        (
+            ["--grid-file", "{empty.yaml}"],
+            "laminar-sweep: --grid-file '{empty.yaml}' gives 'epochs' no values: give at least "
+            "one.",
+        ),
         (  # read within its bound: one byte over is refused before YAML parses it
             ["--grid-file", "{big.yaml}"],
             "laminar-sweep: --grid-file '{big.yaml}' is over 1,048,576 bytes: not a grid.",
@@ -210,8 +215,10 @@ def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
     (tmp_path / "list.yaml").write_text("- epochs\n")
     (tmp_path / "big.yaml").write_text("epochs: [2]\n" + "#" * (1 << 20))  # a valid mapping
     (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.yaml").write_text("epochs: []\n")
     names = {
-        f"{{{n}}}": str(tmp_path / n) for n in ("grid.yaml", "list.yaml", "big.yaml", "folder")
+        f"{{{n}}}": str(tmp_path / n)
+        for n in ("grid.yaml", "list.yaml", "big.yaml", "folder", "empty.yaml")
     }
     for key, path in names.items():
         grid = [a.replace(key, path) for a in grid]
