@@ -29,6 +29,15 @@ class _NoTracebackForUserErrors(logging.Filter):
         return True
 
 
+def no_telemetry() -> None:
+    """No telemetry from Prefect, the client's or the temporary server's, unless the user's
+    environment asks for it. pyproject.toml says so for the server too, but Prefect reads it only
+    when the command runs in the repository's root; elsewhere an offline server logged an ERROR
+    line for each failed send."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _no_tracebacks_for_user_errors() -> None:
     for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in handler.filters):
@@ -54,8 +63,7 @@ def laminar(argv: list[str] | None = None) -> int:
     except LaminarError as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2
-    # No telemetry from the ephemeral Prefect server (it would only time out on offline machines)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    no_telemetry()
     from flows.laminar import LayerFailedError
     from flows.laminar import laminar as flow
 
@@ -101,7 +109,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         for sentence in str(exc).splitlines():
             print(f"laminar-sweep: {sentence}", file=sys.stderr)
         return 2
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    no_telemetry()
     from flows.sweep import PointFailedError, Sweep, sweep
 
     _no_tracebacks_for_user_errors()

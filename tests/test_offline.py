@@ -173,8 +173,10 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     hub = DeadHub()
     env = {"HF_HOME": str(hf), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": None}
     try:
-        # as a user runs it: no Prefect server given, so the run starts its own on loopback
+        # as a user runs it: no Prefect server given, so the run starts its own on loopback,
+        # and none of the suite's telemetry switches (tests/conftest.py) in the environment
         alone = {**env, "PREFECT_API_URL": None}
+        alone |= {"DO_NOT_TRACK": None, "PREFECT_SERVER_ANALYTICS_ENABLED": None}
         first = run_cli(*to_args(cfg), "--layers", "0", cwd=tmp_path, env=alone, timeout=240)
     finally:
         server.close()  # and now the article server is gone too
@@ -183,6 +185,8 @@ def test_offline_with_a_warm_cache_runs(tmp_path: Path, tiny_model: Path) -> Non
     assert "SAE runs" not in first.stdout + first.stderr  # output piped, not a terminal: no bar
     assert "cannot be reached (ConnectionError): loading models from the local" in first.stderr
     assert "Starting temporary server on http://127.0.0.1:" in first.stderr
+    # no telemetry tried: an offline server logged "ERROR ... Failed to send telemetry"
+    assert not [x for x in first.stderr.splitlines() if "| ERROR" in x], first.stderr[-3000:]
     [report] = [
         line.split("report: ")[1] for line in first.stdout.splitlines() if "report: " in line
     ]
