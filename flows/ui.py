@@ -178,8 +178,32 @@ def prefect_home() -> Path:
     return home
 
 
-def refusal(host: str, port: int) -> str:
+USAGE = "usage: laminar-ui   (no arguments: the environment sets it)\n" + (__doc__ or "")
+
+
+def port_of(text: str) -> int | None:
+    """LAMINAR_UI_PORT as a port the server can listen on (1-65535), or None."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
+
+
+def refusal(host: str, port_text: str) -> str:
     """Why the launcher will not start, as one sentence; '' when it may."""
+    port = port_of(port_text)
+    if port is None:
+        return (
+            f"LAMINAR_UI_PORT='{port_text}' is not a port: give a number from 1 to 65535, e.g. "
+            "LAMINAR_UI_PORT=4201 make ui."
+        )
+    try:
+        socket.getaddrinfo(host, port)
+    except (socket.gaierror, UnicodeError):
+        return (
+            f"LAMINAR_UI_HOST={host} does not resolve (no such name): give one of this machine's "
+            "addresses (0.0.0.0 for all of them), or leave it unset for 127.0.0.1."
+        )
     if not is_loopback(host) and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
         return (
             f"LAMINAR_UI_HOST={host} would open the Prefect server (runs, logs, deployments) to "
@@ -194,12 +218,24 @@ def refusal(host: str, port: int) -> str:
     return ""
 
 
-def main() -> int:
-    host = os.environ.get("LAMINAR_UI_HOST", LOOPBACK)
-    port = int(os.environ.get("LAMINAR_UI_PORT", "4200"))
-    if problem := refusal(host, port):
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv:
+        say(
+            f"takes no arguments, but was given '{' '.join(argv)}': set LAMINAR_UI_PORT and "
+            "LAMINAR_UI_HOST in its environment instead (laminar-ui --help).",
+            err=True,
+        )
+        return 2
+    host = os.environ.get("LAMINAR_UI_HOST") or LOOPBACK  # set but empty: the default
+    port_text = os.environ.get("LAMINAR_UI_PORT") or "4200"
+    if problem := refusal(host, port_text):
         say(problem, err=True)
         return 2
+    port = int(port_text)
     home = prefect_home()
     launcher = Launcher(host, port, home)
 

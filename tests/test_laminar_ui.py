@@ -68,12 +68,12 @@ def test_server_and_worker_end_with_the_launcher(how: signal.Signals, tmp_path: 
         ui.stop()
 
 
-def refused(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def refused(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The launcher as `make ui` starts it, with a private Prefect home and `env` added."""
     full = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), **env}
     full.pop("PREFECT_SERVER_API_AUTH_STRING", None)
     out = subprocess.run(
-        [str(ROOT / "scripts" / "laminar-ui.sh")],
+        [str(ROOT / "scripts" / "laminar-ui.sh"), *args],
         env=full,
         capture_output=True,
         text=True,
@@ -104,3 +104,59 @@ def test_off_loopback_without_a_password_is_refused(tmp_path: Path) -> None:
         "PREFECT_SERVER_API_AUTH_STRING='user:password' as well, or keep the default 127.0.0.1 "
         "and reach it through an SSH tunnel."
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "sentence"),
+    [
+        (
+            [],
+            {"LAMINAR_UI_PORT": "42OO"},
+            "LAMINAR_UI_PORT='42OO' is not a port: give a number from 1 to 65535, e.g. "
+            "LAMINAR_UI_PORT=4201 make ui.",
+        ),
+        (  # 0 is no port to open a browser on: the server took a random one and never answered
+            [],
+            {"LAMINAR_UI_PORT": "0"},
+            "LAMINAR_UI_PORT='0' is not a port: give a number from 1 to 65535, e.g. "
+            "LAMINAR_UI_PORT=4201 make ui.",
+        ),
+        (
+            [],
+            {"LAMINAR_UI_PORT": "65536"},
+            "LAMINAR_UI_PORT='65536' is not a port: give a number from 1 to 65535, e.g. "
+            "LAMINAR_UI_PORT=4201 make ui.",
+        ),
+        (
+            [],
+            {"LAMINAR_UI_HOST": "ui.invalid"},  # before the password check: a name, not a place
+            "LAMINAR_UI_HOST=ui.invalid does not resolve (no such name): give one of this "
+            "machine's addresses (0.0.0.0 for all of them), or leave it unset for 127.0.0.1.",
+        ),
+        (  # the launcher reads no flags: one was silently ignored and the UI came up on 4200
+            ["--port", "5000"],
+            {},
+            "takes no arguments, but was given '--port 5000': set LAMINAR_UI_PORT and "
+            "LAMINAR_UI_HOST in its environment instead (laminar-ui --help).",
+        ),
+    ],
+    ids=["letters", "zero", "too-high", "unresolvable", "a-flag"],
+)
+def test_a_bad_port_host_or_argument_is_one_sentence(
+    tmp_path: Path, args: list[str], env: dict[str, str], sentence: str
+) -> None:
+    out = refused(tmp_path, *args, **env)
+    assert out.stderr.strip() == f"laminar-ui: {sentence}"
+
+
+def test_help_names_the_settings(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "laminar-ui.sh"), "--help"],
+        env={**os.environ, "PREFECT_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.startswith("usage: laminar-ui")
+    assert "LAMINAR_UI_PORT" in out.stdout and "LAMINAR_UI_HOST" in out.stdout
+    assert not (tmp_path / "home").exists()  # nothing was started
