@@ -5,6 +5,7 @@ process, a config changed since) checks for itself."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from tasks import family as families
@@ -45,13 +46,46 @@ def preflight(cfg: Config) -> Checked:
         if cfg.hook in OFF_HOOKS:  # its values are at another hook's name: the fix renames
             fix = f"set hook_name in each cfg.json to blocks.<layer>.{MLP_INPUT}, the same values"
             raise LaminarError(off_hook(f"--saes '{cfg.saes}' reads {cfg.hook}, which", fix))
-    described = [models.describe(cfg, m) for m in cfg.models]
+    described = [describe(cfg, m) for m in cfg.models]
     if device is not None:
         check_splice_memory(cfg, described, device)
     if family:
         families.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     check_k(cfg, described)
     return Checked(cfg, described, family)
+
+
+def describe(cfg: Config, model: str) -> ModelFacts:
+    """models.describe, and what it lets through that would fail later or silently: a config
+    value of the wrong type, and a local folder without tokenizer files."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        facts = models.describe(cfg, model)
+    except StrictDataclassError as exc:  # transformers checks config.json's fields by type
+        why = str(exc).strip().splitlines()[-1].strip()
+        raise LaminarError(
+            f"--models '{model}': its config.json has a value of the wrong type ({why}): fix "
+            "it, or save the model again with save_pretrained()."
+        ) from None
+    check_tokenizer_files(model)
+    return facts
+
+
+# What a saved tokenizer leaves in its folder, one of them at least (fast and slow tokenizers:
+# BPE, WordPiece, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+
+
+def check_tokenizer_files(model: str) -> None:
+    """A local folder with no tokenizer file: transformers builds an empty tokenizer from the
+    config alone, and every article became 0 tokens (refused then as too short a text)."""
+    folder = Path(model)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise LaminarError(
+            f"--models '{model}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save the "
+            f"model's tokenizer into it too, with tokenizer.save_pretrained('{model}')."
+        )
 
 
 def check_k(cfg: Config, described: list[ModelFacts]) -> None:

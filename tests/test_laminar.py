@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -433,6 +434,14 @@ BAD_INPUT = [
         False,
     ),
     (["--models", "{empty}", "{twin}"], "share the name 'empty' that laminar's reports", True),
+    # transformers 5 builds an empty tokenizer from config.json alone: every article was 0 tokens
+    (["--models", "{notok}"], "holds no tokenizer (tokenizer.json, vocab.json, vocab.txt,", True),
+    (  # a config field of the wrong type was huggingface_hub's traceback, exit 1
+        ["--models", "{badtype}"],
+        "its config.json has a value of the wrong type (TypeError: Field 'n_layer' expected int, "
+        "got str (value: '3')): fix it",
+        True,
+    ),
     (  # 10,000 x 128 x 50,257 fp32 clean log-probs: 257 GB, more than any test machine has
         ["--eval-seqs", "10000", "--seq-len", "128"],
         "would hold 257 GB of tiny-gpt2's next-token log-probs (vocabulary 50,257) on cpu, which",
@@ -459,6 +468,12 @@ def bad_input_runs(
     biogpt = make_family_model(
         tmp_path_factory.mktemp("bio") / "tiny-biogpt", tokenizer_dir, "biogpt"
     )
+    notok, badtype = tmp_path_factory.mktemp("notok"), tmp_path_factory.mktemp("badtype")
+    shutil.copytree(tiny_model, badtype, dirs_exist_ok=True)
+    config = json.loads((tiny_model / "config.json").read_text())
+    (badtype / "config.json").write_text(json.dumps({**config, "n_layer": "3"}))
+    for name in ("config.json", "model.safetensors"):  # the model without its tokenizer
+        shutil.copy(tiny_model / name, notok / name)
 
     def one(i: int, args: list[str], early: bool) -> tuple[subprocess.CompletedProcess[str], Path]:
         tmp = tmp_path_factory.mktemp(f"bad{i}")
@@ -469,6 +484,8 @@ def bad_input_runs(
             "{empty}": tmp / "empty",
             "{twin}": tmp / "twin" / "empty",
             "{biogpt}": biogpt,
+            "{notok}": notok,
+            "{badtype}": badtype,
             "{file}": tmp / "file",
             "{url}": article_server.url(""),
         }
