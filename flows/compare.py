@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,18 @@ def provenance_lines(records: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def make_out(out: Path) -> None:
+    """--out as a folder this process can write, made once every input has been checked."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise LaminarError(
+            f"--out '{out}' cannot be a folder to write in ({exc.strerror}): choose another."
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="report folders, 2 or more")
@@ -167,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         labels = args.labels or [p.name for p in args.reports]
         if len(args.reports) < 2 or len(labels) != len(args.reports):
             raise LaminarError("give at least two report folders and one --labels per folder.")
+        if "" in [label.strip() for label in labels]:
+            raise LaminarError(
+                "a run has no name (an empty --labels, or a folder such as '.' with none): give "
+                "--labels with a name for each folder."
+            )
         if (twice := first_twice(labels)) is not None:
             raise LaminarError(
                 f"two runs are named '{twice}' (by --labels, or else by their folders' names): "
@@ -177,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             raise LaminarError("the runs share no (model, layer): compare runs of one model.")
         records = read_provenance(args.reports, labels)
+        make_out(args.out)
     except LaminarError as exc:
         print(f"laminar-compare: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     plot(runs, args.out / "compare.png")
     lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
     write_bytes(args.out / "compare.csv", ("\n".join(lines) + "\n").encode())

@@ -77,6 +77,12 @@ def test_runs_it_cannot_tell_apart_or_read_are_one_sentence_and_exit_2(tmp_path:
             "names): give --labels with a name of its own for each folder.",
         ),
         ([a, b, "--labels", "pre", "pre"], "two runs are named 'pre'"),
+        (  # a run named '' was printed as "0 fields differ between  and b"
+            [a, b, "--labels", "", "post"],
+            "a run has no name (an empty --labels, or a folder such as '.' with none): give "
+            "--labels with a name for each folder.",
+        ),
+        ([a, "."], "a run has no name"),  # '.' is named by no folder name
         (
             [a, tmp_path / "no-layer"],
             f"'{tmp_path / 'no-layer' / 'metrics.csv'}' has no layer "
@@ -127,3 +133,18 @@ def test_a_file_over_its_bound_or_unreadable_is_one_sentence(
         f"laminar-compare: '{a / 'metrics.csv'}' cannot be read (Permission denied).\n"
     )
     assert not (tmp_path / "cmp").exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_sentence(tmp_path: Path) -> None:
+    """--out a file, or under one: one sentence, exit 2 (it was mkdir's traceback, exit 1)."""
+    a = write_run(tmp_path / "a", [1.0, 2.0])
+    b = write_run(tmp_path / "b", [1.0, 3.0])
+    (tmp_path / "file").write_text("mine\n")
+    for out, why in [("file", "File exists"), ("file/sub", "Not a directory")]:
+        result = compare_cli(a, b, "--out", tmp_path / out, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr == (
+            f"laminar-compare: --out '{tmp_path / out}' cannot be a folder to write in ({why}): "
+            "choose another.\n"
+        )
+    assert (tmp_path / "file").read_text() == "mine\n"
