@@ -508,7 +508,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 41 fresh CLI processes, three at a time
+@pytest.mark.slow  # 43 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
