@@ -105,6 +105,14 @@ class Config(RunSettings, SAESettings, InputSettings):
     @field_validator("hook")
     @classmethod
     def _check_hook(cls, value: str) -> str:
+        if not value.strip():
+            refuse("--hook is empty: give the hook inside each block to read, e.g. mlp.hook_pre.")
+        if value.startswith("blocks."):  # the full name of one block's hook, as in a hook_dict
+            inner = ([*value.split(".", 2)[2:], ""][0]) or "mlp.hook_pre"
+            refuse(
+                f"--hook {value} names a block: give the hook inside each block, such as "
+                f"{inner}, and pick the blocks with --layers."
+            )
         if value in NOT_PER_TOKEN_HOOKS:
             fix = "pick a hook such as mlp.hook_pre, mlp.hook_post or hook_resid_post"
             refuse(not_per_token(f"--hook {value}", fix))
@@ -117,6 +125,16 @@ class Config(RunSettings, SAESettings, InputSettings):
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
         return check_urls(value)
+
+    @field_validator("artifacts_dir")
+    @classmethod
+    def _check_artifacts_dir(cls, value: str) -> str:
+        if not value.strip():  # an unset shell variable or a cleared form field: not the cwd
+            refuse(
+                "--artifacts-dir is empty: give the folder every output is written in "
+                "(the default is artifacts)."
+            )
+        return value
 
     @field_validator("dask_address")
     @classmethod

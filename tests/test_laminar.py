@@ -370,6 +370,14 @@ BAD_INPUT = [
     (["--layers", "40"], "--layers '40' asks for layer 40 but the model has 3 layers", True),
     (["--layers", "x"], "--layers 'x' is malformed", True),
     (["--hook", "mlp.nope"], "--hook 'mlp.nope' is not a hook of this model's blocks: use", False),
+    # an empty hook, or a block's full hook name, reached extraction and its list of 50 hooks
+    (["--hook", ""], "--hook is empty: give the hook inside each block to read, e.g.", True),
+    (
+        ["--hook", "blocks.1.mlp.hook_post"],
+        "--hook blocks.1.mlp.hook_post names a block: give the hook inside each block, such as "
+        "mlp.hook_post, and pick the blocks with --layers.",
+        True,
+    ),
     (["--n-seqs", "1000"], "needs 32000: lower --n-seqs or --seq-len", False),
     (["--epochs", "0"], "--epochs 0 is invalid: input should be greater than 0.", True),
     (["--lr", "0"], "--lr 0 is invalid: input should be greater than 0.", True),
@@ -387,6 +395,8 @@ BAD_INPUT = [
         True,
     ),
     (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)", True),
+    # empty (an unset shell variable, a cleared form field): it ran in the working directory
+    (["--artifacts-dir", ""], "--artifacts-dir is empty: give the folder every output", True),
     (["--urls", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
     (["--urls", "nope"], "--urls 'nope' is not a web address: give http(s)://", True),
     (["--batch-tokens", "-1"], "--batch-tokens -1 is invalid: input should be greater than", True),
@@ -508,7 +518,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 43 fresh CLI processes, three at a time
+@pytest.mark.slow  # 46 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
