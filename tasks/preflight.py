@@ -15,7 +15,7 @@ from tasks.config_input import MLP_INPUT, NOT_PER_TOKEN_HOOKS, OFF_HOOKS, not_pe
 from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
-from tasks.security import check_deployment_targets
+from tasks.security import check_deployment_targets, dask_client
 from tasks.settings import LaminarError, resolve_device
 from tasks.store import check_writable
 
@@ -27,13 +27,16 @@ class Checked(NamedTuple):
 
 
 def preflight(cfg: Config) -> Checked:
-    """The artifacts dir is writable, the device exists (here, or on a Dask cluster's workers,
-    which check it themselves), every model and its layers resolve, the downstream measures'
-    memory fits, and a --saes family covers the layers at the hook's width. The config it
-    returns is canonical: the settings its SAE does not read at their defaults."""
+    """The artifacts dir is writable, a TLS scheduler's certificates are given, the device
+    exists (here, or on a Dask cluster's workers, which check it themselves), every model and
+    its layers resolve, the downstream measures' memory fits, and a --saes family covers the
+    layers at the hook's width. The config it returns is canonical: the settings its SAE does
+    not read at their defaults."""
     cfg = cfg.canonical()
     check_deployment_targets(cfg)
     check_writable(cfg.root)
+    if cfg.dask_address.startswith("tls://"):  # its certificates named and readable, before
+        dask_client(cfg)  # a server starts (a tcp:// one's warning is said once, by the flow)
     # The device before any model is read: a missing GPU is said at once, not after the models'
     # configs and TransformerLens have loaded. Dask workers check their own device.
     device = resolve_device(cfg.device) if cfg.task_runner == "thread" else None

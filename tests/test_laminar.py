@@ -395,6 +395,18 @@ BAD_INPUT = [
         True,
     ),
     (["--artifacts-dir", "{file}/sub"], "is not writable (Not a directory)", True),
+    (  # a TLS scheduler's missing certificate was found once Prefect's server had started
+        [
+            "--task-runner",
+            "dask",
+            "--dask-address",
+            "tls://127.0.0.1:9",
+            "--dask-tls-ca",
+            "{empty}/ca.pem",
+        ],
+        "ca.pem' is not a readable file: give the PEM file's path.",
+        True,
+    ),
     # empty (an unset shell variable, a cleared form field): it ran in the working directory
     (["--artifacts-dir", ""], "--artifacts-dir is empty: give the folder every output", True),
     (["--urls", "{url}/missing"], "answered HTTP 404: check the article's address.", False),
@@ -518,7 +530,7 @@ def bad_input_runs(
         return dict(zip(CASE_IDS, runs, strict=True))
 
 
-@pytest.mark.slow  # 46 fresh CLI processes, three at a time
+@pytest.mark.slow  # 47 fresh CLI processes, three at a time
 @pytest.mark.parametrize(("args", "words", "early"), BAD_INPUT, ids=CASE_IDS)
 def test_bad_input_is_one_sentence_and_exit_2(
     args: list[str],
