@@ -4,6 +4,7 @@ description as its help, and a value the model refuses is one sentence naming th
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any, Literal
 
@@ -95,7 +96,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             lines.append(err["msg"])
             continue
         field = str(err["loc"][0]) if err["loc"] else "config"
-        lines.append(f"{flag(field)} {err.get('input')} is invalid: {err['msg'].lower()}.")
+        given = err.get("input")  # quoted as a shell would need it: '' for an empty value
+        shown = shlex.quote(given) if isinstance(given, str) else given
+        lines.append(f"{flag(field)} {shown} is invalid: {err['msg'].lower()}.")
     return "\n".join(lines)
 
 

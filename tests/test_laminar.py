@@ -553,13 +553,15 @@ def test_bad_input_is_one_sentence_and_exit_2(
 
 
 def test_several_bad_values_are_each_one_sentence(tmp_path: Path) -> None:
-    """A command line with three bad values names all three, a line each, and exits 2 before
+    """A command line with four bad values names all four, a line each, and exits 2 before
     anything starts."""
-    out = run_cli("--epochs", "0", "--lr", "inf", "--urls", "nope", cwd=tmp_path)
+    out = run_cli("--epochs", "0", "--lr", "inf", "--urls", "nope", "--seq-len", "", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert said(out.stderr) == [
         "laminar: --urls 'nope' is not a web address: give http(s)://… addresses of Wikipedia "
         "articles.",
+        "laminar: --seq-len '' is invalid: input should be a valid integer, unable to parse "
+        "string as an integer.",  # an empty value shown as the shell writes it, not as nothing
         "laminar: --epochs 0 is invalid: input should be greater than 0.",
         "laminar: --lr inf is invalid: input should be a finite number.",
     ]
