@@ -4,9 +4,20 @@ malformed flag fails in a fraction of a second, before torch and Prefect load.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+# Ctrl-C and a closed terminal: each ends a run at once (ended_by_signals). SIGTERM stays
+# Prefect's: inside a flow run it is how a deployment's run is cancelled, and Prefect takes it over.
+INTERRUPTS = (signal.SIGINT, signal.SIGHUP)
+CHILD_GRACE_S = 3.0  # for the run's child processes to end on SIGTERM, before SIGKILL
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -44,6 +55,56 @@ def _no_tracebacks_for_user_errors() -> None:
             handler.addFilter(_NoTracebackForUserErrors())
 
 
+def end_children() -> None:
+    """End every process this one started (the temporary Prefect server, a local Dask cluster's
+    nannies and workers): SIGTERM, then SIGKILL for any still there after CHILD_GRACE_S."""
+    import psutil  # loaded by ended_by_signals before any signal can come
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=CHILD_GRACE_S)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+@contextlib.contextmanager
+def ended_by_signals(prog: str, root: Path) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or a closed terminal (SIGHUP) ends the run at once, as SIGKILL would,
+    which loses nothing finished: every write is atomic and every lock names its pid (the fault
+    tests kill runs so). Prefect's own handling waited for the training thread to end its layer
+    (minutes), then for its last calls to a temporary server that Ctrl-C had already stopped
+    with the terminal's process group. The run's children end first; the exit status is 128 +
+    the signal's number, as a shell reports a process a signal ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread: a caller's thread keeps Python's
+        return
+    import psutil  # noqa: F401 (loaded here, not in the handler once a signal came)
+
+    # a signal ignored from the start stays so (nohup's SIGHUP, a background job's SIGINT)
+    kept = [sig for sig in INTERRUPTS if signal.getsignal(sig) is not signal.SIG_IGN]
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in kept:  # a second Ctrl-C while the children end changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+        sentence = (
+            f"{prog}: interrupted ({signal.Signals(signum).name}): what finished is kept in "
+            f"{root}; run the same command again to compute only what is missing.\n"
+        )
+        os.write(2, sentence.encode())  # not print(): in a flow run, Prefect makes it a log line
+        end_children()
+        os._exit(128 + signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in kept}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def laminar(argv: list[str] | None = None) -> int:
     """`laminar ARGS` (and `python flows/laminar.py ARGS`): check the flags, then preflight
     before Prefect's server starts (bad input fails in seconds), then the flow, handed what
@@ -59,7 +120,8 @@ def laminar(argv: list[str] | None = None) -> int:
 
     try:  # before the flow's module (Prefect, transformers, the tasks) loads: seconds, not ten
         cfg = config_from_args(argv)
-        checked = preflight(cfg)
+        with ended_by_signals("laminar", cfg.root):
+            checked = preflight(cfg)
     except LaminarError as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +131,8 @@ def laminar(argv: list[str] | None = None) -> int:
 
     _no_tracebacks_for_user_errors()
     try:
-        summary = flow(hand_over(cfg, checked))
+        with ended_by_signals("laminar", cfg.root):
+            summary = flow(hand_over(cfg, checked))
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, LaminarError) else 1
@@ -114,7 +177,8 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
 
     _no_tracebacks_for_user_errors()
     try:
-        summary = sweep(Sweep(base=base, grid=entries))
+        with ended_by_signals("laminar-sweep", base.root):
+            summary = sweep(Sweep(base=base, grid=entries))
     except PointFailedError as exc:
         print(f"laminar-sweep: {exc}", file=sys.stderr)
         return 1
