@@ -108,7 +108,8 @@ class Config(RunSettings, SAESettings, InputSettings):
         if not value.strip():
             refuse("--hook is empty: give the hook inside each block to read, e.g. mlp.hook_pre.")
         if value.startswith("blocks."):  # the full name of one block's hook, as in a hook_dict
-            inner = ([*value.split(".", 2)[2:], ""][0]) or "mlp.hook_pre"
+            parts = value.split(".", 2)  # blocks, the layer, the hook inside the block
+            inner = parts[2] if len(parts) == 3 and parts[2] else "mlp.hook_pre"
             refuse(
                 f"--hook {value} names a block: give the hook inside each block, such as "
                 f"{inner}, and pick the blocks with --layers."
