@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-# Ctrl-C and a closed terminal: each ends a run at once (ended_by_signals). SIGTERM stays
-# Prefect's: inside a flow run it is how a deployment's run is cancelled, and Prefect takes it over.
-INTERRUPTS = (signal.SIGINT, signal.SIGHUP)
+# Ctrl-C, a closed terminal and `kill` (or `timeout`, a batch scheduler): each ends a run
+# (ended_by_signals). Inside a flow run Prefect takes SIGTERM over (a deployment's run is cancelled
+# with it): it lets the layer in training finish, marks the run Crashed, then hands the signal on.
+INTERRUPTS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
 CHILD_GRACE_S = 3.0  # for the run's child processes to end on SIGTERM, before SIGKILL
 
 
@@ -76,8 +77,10 @@ def ended_by_signals(prog: str, root: Path) -> Iterator[None]:
     which loses nothing finished: every write is atomic and every lock names its pid (the fault
     tests kill runs so). Prefect's own handling waited for the training thread to end its layer
     (minutes), then for its last calls to a temporary server that Ctrl-C had already stopped
-    with the terminal's process group. The run's children end first; the exit status is 128 +
-    the signal's number, as a shell reports a process a signal ended."""
+    with the terminal's process group. SIGTERM comes here once Prefect is done with it (see
+    INTERRUPTS); before, it left the temporary server running, orphaned. The run's children end
+    first; the exit status is 128 + the signal's number, as a shell reports a process a signal
+    ended."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread: a caller's thread keeps Python's
         return
