@@ -13,6 +13,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.config import Config
 
 # Ctrl-C, a closed terminal and `kill` (or `timeout`, a batch scheduler): each ends a run
 # (ended_by_signals). Inside a flow run Prefect takes SIGTERM over (a deployment's run is cancelled
@@ -118,13 +122,25 @@ def laminar(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     exit_on_bad_flags(argv)
     from tasks.cli import config_from_args
+    from tasks.settings import LaminarError
+
+    try:
+        cfg = config_from_args(argv)
+    except LaminarError as exc:
+        print(f"laminar: {exc}", file=sys.stderr)
+        return 2
+    with ended_by_signals("laminar", cfg.root):  # one handler from preflight to the report
+        return _profile(cfg)
+
+
+def _profile(cfg: Config) -> int:
+    """Preflight before the flow's module (Prefect, transformers, the tasks) loads: seconds,
+    not ten; then the flow, handed what preflight found."""
     from tasks.preflight import hand_over, preflight
     from tasks.settings import LaminarError
 
-    try:  # before the flow's module (Prefect, transformers, the tasks) loads: seconds, not ten
-        cfg = config_from_args(argv)
-        with ended_by_signals("laminar", cfg.root):
-            checked = preflight(cfg)
+    try:
+        checked = preflight(cfg)
     except LaminarError as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2
@@ -134,8 +150,7 @@ def laminar(argv: list[str] | None = None) -> int:
 
     _no_tracebacks_for_user_errors()
     try:
-        with ended_by_signals("laminar", cfg.root):
-            summary = flow(hand_over(cfg, checked))
+        summary = flow(hand_over(cfg, checked))
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, LaminarError) else 1
@@ -175,16 +190,16 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         for sentence in str(exc).splitlines():
             print(f"laminar-sweep: {sentence}", file=sys.stderr)
         return 2
-    no_telemetry()
-    from flows.sweep import PointFailedError, Sweep, sweep
+    with ended_by_signals("laminar-sweep", base.root):  # from the flow's import to the matrix
+        no_telemetry()
+        from flows.sweep import PointFailedError, Sweep, sweep
 
-    _no_tracebacks_for_user_errors()
-    try:
-        with ended_by_signals("laminar-sweep", base.root):
+        _no_tracebacks_for_user_errors()
+        try:
             summary = sweep(Sweep(base=base, grid=entries))
-    except PointFailedError as exc:
-        print(f"laminar-sweep: {exc}", file=sys.stderr)
-        return 1
+        except PointFailedError as exc:
+            print(f"laminar-sweep: {exc}", file=sys.stderr)
+            return 1
     print(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
     return 0
 
