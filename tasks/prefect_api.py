@@ -2,8 +2,9 @@
 
 laminar needs four things Prefect has no public API for: the lock files' paths and Prefect's
 per-process lock table (to release a lock whose holder died), the size of the flow's thread pool,
-the Dask future under Prefect's (to say why a worker died) and the address of the temporary API
-server this process started (to point Dask workers at it). Each is reached only through this
+the Dask future under Prefect's (to say why a worker died) and the temporary API server this
+process started (its address, to point Dask workers at it; whether one runs, to let it record the
+run before it stops). Each is reached only through this
 module, and `missing()` lists the names a Prefect release has taken away: tests/test_prefect_api.py
 fails with that list, so an upgrade breaks one test, loudly, instead of laminar quietly.
 
@@ -13,8 +14,10 @@ docs/development.md, "Moving the Prefect pin")."""
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect.locking.filesystem import FileSystemLockManager
 
@@ -54,6 +57,52 @@ def temporary_server_url() -> str:
 
     server = SubprocessASGIServer()  # a singleton: the one the flow already talks to
     return server.api_url if server.port is not None else ""
+
+
+def settle_temporary_server(flow_run_id: UUID, timeout_s: float = 10.0) -> None:
+    """Wait, at most timeout_s, until the temporary server this process started has recorded a
+    final state for every task run of the flow run and of its subflows. Prefect 3 sends task
+    runs' states as events, which the server's task-run recorder writes behind the run; Prefect
+    stops the server at exit, and with events still queued the recorder was cancelled mid-write:
+    an ERROR traceback (`Error flushing 1 events`, `Exception during reset or similar`) at the
+    end of a run that succeeded, and task runs left Running in the server's database. Does
+    nothing for a real server (it keeps running) and gives up quietly if the server is gone."""
+    if not temporary_server_url():
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        EventsWorker.drain_all(timeout=timeout_s)  # what the client has not sent yet
+        with get_client(sync_client=True) as client:
+            seen = None
+            while time.monotonic() < deadline:
+                now = task_run_states(client, flow_run_id)
+                # the recorder may not have created the last task runs yet: a snapshot that is
+                # all final and the same twice running
+                if now == seen and all(final for _, final in now):
+                    return
+                seen = now
+                time.sleep(0.1)
+    except Exception:  # a server that died has nothing left to record
+        return
+
+
+def task_run_states(client: Any, flow_run_id: UUID) -> frozenset[tuple[UUID, bool]]:
+    """(task run id, whether its state is final) for every task run the server has recorded
+    for the flow run and its subflows (a sweep's points)."""
+    from prefect.client.schemas import filters as f
+
+    under = f.FlowRunFilter(parent_flow_run_id=f.FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+    flow_runs = [flow_run_id] + [run.id for run in client.read_flow_runs(flow_run_filter=under)]
+    runs = f.FlowRunFilter(id=f.FlowRunFilterId(any_=flow_runs))
+    states, page = set(), 200
+    while True:
+        batch = client.read_task_runs(flow_run_filter=runs, limit=page, offset=len(states))
+        states |= {(run.id, bool(run.state and run.state.is_final())) for run in batch}
+        if len(batch) < page:
+            return frozenset(states)
 
 
 def missing() -> list[str]:
