@@ -192,17 +192,18 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         if not known.grid and not known.grid_file:
             raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
         base, entries = config_from_args(rest), grid.parse_grid(known.grid, known.grid_file)
-        points = grid.points(base, entries)
-        print(
-            f"laminar-sweep: {grid.count(entries, points)}, each a laminar run sharing its "
-            f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",
-            file=sys.stderr,
-        )
     except LaminarError as exc:
-        for sentence in str(exc).splitlines():
-            print(f"laminar-sweep: {sentence}", file=sys.stderr)
-        return 2
-    with ended_by_signals("laminar-sweep", base.root):  # from the flow's import to the matrix
+        return _refused(exc)
+    with ended_by_signals("laminar-sweep", base.root):  # from the points to the matrix
+        try:
+            points = grid.points(base, entries)
+            print(
+                f"laminar-sweep: {grid.count(entries, points)}, each a laminar run sharing its "
+                f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",
+                file=sys.stderr,
+            )
+        except LaminarError as exc:
+            return _refused(exc)
         no_telemetry()
         from flows.sweep import PointFailedError, Sweep, sweep
 
@@ -214,6 +215,13 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
             return 1
     print(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
     return 0
+
+
+def _refused(exc: Exception) -> int:
+    """A bad grid entry or flag: its sentences on stderr, exit 2."""
+    for sentence in str(exc).splitlines():
+        print(f"laminar-sweep: {sentence}", file=sys.stderr)
+    return 2
 
 
 SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...]

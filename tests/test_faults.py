@@ -270,6 +270,55 @@ def test_a_signal_ends_the_run_in_one_sentence_and_keeps_what_finished(
         assert executed(laminar(cfg)) == [LAT, "report"]
 
 
+# The first step each command takes once its flags are parsed, made to receive Ctrl-C: the
+# sweep's points (tasks.sweep.points) and laminar's preflight. Run in a process of its own.
+FIRST_STEP_INTERRUPTED = """
+import os, signal, sys, time
+import {module} as where
+
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)  # the handler ends the process long before
+
+where.{name} = interrupted
+from flows import cli
+sys.exit(getattr(cli, sys.argv[1])(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "step", "grid"),
+    [
+        ("laminar_sweep", "tasks.sweep.points", ["--grid", "epochs=2,3"]),
+        ("laminar", "tasks.preflight.preflight", []),
+    ],
+    ids=["laminar-sweep", "laminar"],
+)
+def test_ctrl_c_in_the_first_step_is_the_interrupted_sentence(
+    command: str, step: str, grid: list[str], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Ctrl-C while laminar-sweep works out its points (before, Python's KeyboardInterrupt and
+    its traceback: the handler came after them), or during laminar's preflight."""
+    module, name = step.rsplit(".", 1)
+    script = tmp_path / "first_step.py"
+    script.write_text(FIRST_STEP_INTERRUPTED.format(module=module, name=name))
+    root = tmp_path / "art"
+    args = [*grid, "--models", str(tiny_model), "--artifacts-dir", str(root)]
+    out = subprocess.run(
+        [sys.executable, str(script), command, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    prog = command.replace("_", "-")
+    assert out.returncode == 130, out.stderr[-3000:]
+    assert out.stderr.splitlines() == [
+        f"{prog}: interrupted (SIGINT): what finished is kept in {root}; run the same command "
+        "again to compute only what is missing."
+    ]
+
+
 # ------------------------------------------------------------- layers that cannot be measured
 
 
