@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, UI, ArticleServer
+from conftest import ROOT, UI, ArticleServer, prefect_home
 from test_deployments import wait_final
 
 pytestmark = pytest.mark.ui
@@ -333,7 +333,7 @@ def test_password_protected_server(
     from test_deployments import run_config, run_deployment
 
     auth = "laminar:correct-horse-battery"
-    ui = UI(tmp_path / "home", auth=auth)
+    ui = UI(prefect_home(tmp_path / "home"), auth=auth)
     try:
         request = urllib.request.Request(f"{ui.url}/api/flows/filter", data=b"{}", method="POST")
         request.add_header("Content-Type", "application/json")

@@ -6,16 +6,25 @@ layer is computed again."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import UI, ArticleServer, free_port, quick_config
+from conftest import UI, ArticleServer, free_port, prefect_home, quick_config, running_ui
 
 from tasks.config import RESULT_FIELDS
 from tasks.settings import stable_hash
 
 pytestmark = pytest.mark.ui
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    """conftest's `ui` with its database migrated already: test_browser's starts as a user's
+    first `make ui` does."""
+    with running_ui(prefect_home(tmp_path_factory.mktemp("prefect-home"))) as server:
+        yield server
 
 
 def run_deployment(ui: UI, name: str, config: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from conftest import (
     SECOND_ARTICLE,
     ArticleServer,
     make_model,
+    prefect_home,
     quick_config,
     run_cli,
     said,
@@ -235,7 +236,7 @@ def test_a_signal_ends_the_run_in_one_sentence_and_keeps_what_finished(
     with open(tmp_path / "stderr", "w+") as err:
         proc = subprocess.Popen(
             cli_args(cfg),
-            env={**env, "PREFECT_HOME": str(tmp_path / "home")},
+            env={**env, "PREFECT_HOME": str(prefect_home(tmp_path / "home"))},
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,  # its own process group, as a terminal's foreground job

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, UI, free_port
+from conftest import ROOT, UI, free_port, prefect_home
 
 pytestmark = pytest.mark.ui
 
@@ -48,7 +48,7 @@ def port_free(port: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["kill -9", "hangup"])
 def test_server_and_worker_end_with_the_launcher(how: signal.Signals, tmp_path: Path) -> None:
-    ui = UI(tmp_path / "home")
+    ui = UI(prefect_home(tmp_path / "home"))
     try:
         children = [int(p) for p in (tmp_path / "home" / "laminar-ui.pids").read_text().split()]
         assert all(alive(p) for p in children) and not port_free(ui.port)  # the premise

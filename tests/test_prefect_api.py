@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, prefect_home
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import prefect_api
@@ -71,7 +71,7 @@ def test_the_temporary_server_records_the_run_before_it_stops(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     out = subprocess.run(
         [sys.executable, str(script), "60"],
-        env={**env, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)},
+        env={**env, "PREFECT_HOME": str(prefect_home(tmp_path / "home")), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=240,
