@@ -192,6 +192,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         if not known.grid and not known.grid_file:
             raise LaminarError("no --grid given: e.g. --grid sae_arch=course,topk.")
         base, entries = config_from_args(rest), grid.parse_grid(known.grid, known.grid_file)
+        grid.check_flags_not_swept(base, entries)
     except LaminarError as exc:
         return _refused(exc)
     with ended_by_signals("laminar-sweep", base.root):  # from the points to the matrix

@@ -18,6 +18,7 @@ from tasks.records import ModelFacts
 from tasks.settings import (
     LaminarError,
     first_twice,
+    flag,
     plural,
     read_at_most,
     resolve_device,
@@ -48,6 +49,19 @@ def parse_grid(
     return grid
 
 
+def check_flags_not_swept(base: Config, grid: dict[str, list[str]]) -> None:
+    """A setting given as a flag and swept too: every point would take the grid's values and
+    drop the flag's without a word. (A flag counts as given when it differs from its default:
+    Config.model_fields_set, as tasks.cli.config_from_args builds it.)"""
+    if both := [field for field in grid if field in base.model_fields_set]:
+        field = both[0]
+        raise LaminarError(
+            f"{flag(field)} is given ({getattr(base, field)}) and swept by the grid "
+            f"({field}={','.join(grid[field])}): give {field} in one place, as a flag for "
+            "every point or in the grid."
+        )
+
+
 def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -> None:
     field = name.strip().lstrip("-").replace("-", "_")
     if field not in Config.model_fields:
@@ -73,9 +87,19 @@ def read_grid_file(path: Path) -> dict[str, list[str]]:
 
     raw = read_at_most(path, MAX_GRID_FILE, f"--grid-file '{path}'", "a grid")
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        data = None
+        data = yaml.load(raw, Loader=_grid_loader())  # a SafeLoader (below)
+    except _KeyTwiceError as twice:
+        raise LaminarError(
+            f"--grid-file '{path}' names '{twice.key}' twice (lines {twice.lines}): give its "
+            "values once."
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}: {getattr(exc, 'problem', '')})" if mark else ""
+        raise LaminarError(
+            f"--grid-file '{path}' is not valid YAML{where}: write a mapping of settings to "
+            "values, e.g. 'sae_arch: [course, topk]'."
+        ) from None
     if not isinstance(data, dict) or not data:
         raise LaminarError(
             f"--grid-file '{path}' is not a YAML mapping of settings to values: e.g. "
@@ -83,6 +107,32 @@ def read_grid_file(path: Path) -> dict[str, list[str]]:
         )
     values = {str(k): v if isinstance(v, list) else [v] for k, v in data.items()}
     return {k: [str(x) for x in v] for k, v in values.items()}
+
+
+class _KeyTwiceError(Exception):
+    def __init__(self, key: str, lines: str) -> None:
+        self.key, self.lines = key, lines
+
+
+def _grid_loader() -> type:
+    """YAML's safe loader, refusing a key given twice: plain YAML keeps the last and drops the
+    rest without a word (`epochs: [2, 3]` then `epochs: [4]` swept 4 alone)."""
+    import yaml
+
+    class GridLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str | int | float | bool):
+                    continue  # SafeLoader refuses an unhashable key itself
+                if key in first:
+                    raise _KeyTwiceError(str(key), f"{first[key]} and {line}")
+                first.setdefault(key, line)
+            return super().construct_mapping(node, deep=deep)
+
+    return GridLoader
 
 
 def _value(field: str, value: str) -> Any:

@@ -206,6 +206,22 @@ def run_sweep(
             ["--grid-file", "{folder}"],
             "laminar-sweep: --grid-file '{folder}' cannot be read (Is a directory).",
         ),
+        (  # YAML keeps a key's last values: epochs 4 alone was swept
+            ["--grid-file", "{twice.yaml}"],
+            "laminar-sweep: --grid-file '{twice.yaml}' names 'epochs' twice (lines 1 and 3): "
+            "give its values once.",
+        ),
+        (  # was "not a YAML mapping", nothing on where
+            ["--grid-file", "{broken.yaml}"],
+            "laminar-sweep: --grid-file '{broken.yaml}' is not valid YAML (line 2: expected ',' "
+            "or ']', but got '<stream end>'): write a mapping of settings to values, e.g. "
+            "'sae_arch: [course, topk]'.",
+        ),
+        (  # every point took the grid's epochs and dropped the flag's
+            ["--grid", "epochs=2,3", "--epochs", "5"],
+            "laminar-sweep: --epochs is given (5) and swept by the grid (epochs=2,3): give "
+            "epochs in one place, as a flag for every point or in the grid.",
+        ),
     ],
 )
 def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
@@ -216,10 +232,10 @@ def test_a_bad_grid_entry_is_one_sentence_and_exit_2(
     (tmp_path / "big.yaml").write_text("epochs: [2]\n" + "#" * (1 << 20))  # a valid mapping
     (tmp_path / "folder").mkdir()
     (tmp_path / "empty.yaml").write_text("epochs: []\n")
-    names = {
-        f"{{{n}}}": str(tmp_path / n)
-        for n in ("grid.yaml", "list.yaml", "big.yaml", "folder", "empty.yaml")
-    }
+    (tmp_path / "twice.yaml").write_text("epochs: [2, 3]\nsae_arch: topk\nepochs: [4]\n")
+    (tmp_path / "broken.yaml").write_text("epochs: [2, 3\n")
+    files = ("grid.yaml", "list.yaml", "big.yaml", "folder", "empty.yaml", "twice.yaml")
+    names = {f"{{{n}}}": str(tmp_path / n) for n in (*files, "broken.yaml")}
     for key, path in names.items():
         grid = [a.replace(key, path) for a in grid]
         sentence = sentence.replace(key, path)
