@@ -306,7 +306,8 @@ def test_a_failed_point_is_named_in_the_matrix_and_fails_the_sweep(
     base = quick_config(four_layers, article_server, tmp_path / "art", epochs=2)
     gone = article_server.url(f"/wiki/Gone_{tmp_path.name}")
     grid = f"urls={base.urls[0]},{gone}"
-    out = run_sweep(*to_args(base), "--grid", grid, cwd=tmp_path)
+    flags = to_args(base.model_copy(update={"urls": Config.model_fields["urls"].default}))
+    out = run_sweep(*flags, "--grid", grid, cwd=tmp_path)  # the URLs in the grid alone
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     [folder] = (tmp_path / "art" / "sweeps").iterdir()
     assert out.stderr.splitlines()[-1] == (
