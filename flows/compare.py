@@ -49,7 +49,12 @@ def read_run(folder: Path) -> list[dict[str, Any]]:
         raise LaminarError(
             f"'{path}' has no {missing[0]} column: pass the folder of a finished laminar report."
         )
-    return [parsed(r, path, i) for i, r in enumerate(reader, start=2)]  # line 1: the header
+    rows = [parsed(r, path, i) for i, r in enumerate(reader, start=2)]  # line 1: the header
+    if not rows:  # a header alone: a report cut short, or a copy that stopped
+        raise LaminarError(
+            f"'{path}' holds no layer's row: pass the folder of a finished laminar report."
+        )
+    return rows
 
 
 def parsed(row: dict[str, str], path: Path, line: int) -> dict[str, Any]:
@@ -174,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="report folders, 2 or more")
     parser.add_argument("--labels", nargs="+", help="names of the runs (default: folder names)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/compare"))
+    parser.add_argument("--out", default="artifacts/compare")
     args = parser.parse_args(argv)
     try:
+        if not args.out.strip():  # an unset shell variable: Path('') is the working directory
+            raise LaminarError(
+                "--out is empty: give the folder the comparison is written in (the default is "
+                "artifacts/compare)."
+            )
+        args.out = Path(args.out)
         labels = args.labels or [p.name for p in args.reports]
         if len(args.reports) < 2 or len(labels) != len(args.reports):
             raise LaminarError("give at least two report folders and one --labels per folder.")

@@ -69,6 +69,8 @@ def test_runs_it_cannot_tell_apart_or_read_are_one_sentence_and_exit_2(tmp_path:
     (text / "metrics.csv").write_text(csv_text)
     torn = write_run(tmp_path / "torn", [1.0, 2.0])
     (torn / "provenance.json").write_text('{"software": {')
+    cut = write_run(tmp_path / "cut", [1.0, 2.0])  # a copy stopped after the header
+    (cut / "metrics.csv").write_text((cut / "metrics.csv").read_text().splitlines()[0] + "\n")
     (a / "provenance.json").write_text("{}")
     cases = [
         (
@@ -96,6 +98,11 @@ def test_runs_it_cannot_tell_apart_or_read_are_one_sentence_and_exit_2(tmp_path:
         (
             [a, torn],
             f"'{torn / 'provenance.json'}' is not JSON: pass the folder of a finished "
+            "laminar report.",
+        ),
+        (  # was "the runs share no (model, layer)": the wrong reason
+            [a, cut],
+            f"'{cut / 'metrics.csv'}' holds no layer's row: pass the folder of a finished "
             "laminar report.",
         ),
     ]
@@ -136,10 +143,17 @@ def test_a_file_over_its_bound_or_unreadable_is_one_sentence(
 
 
 def test_an_out_that_cannot_be_a_folder_is_one_sentence(tmp_path: Path) -> None:
-    """--out a file, or under one: one sentence, exit 2 (it was mkdir's traceback, exit 1)."""
+    """--out empty, a file, or under one: one sentence, exit 2 (a file: mkdir's traceback, exit
+    1; empty: the working folder)."""
     a = write_run(tmp_path / "a", [1.0, 2.0])
     b = write_run(tmp_path / "b", [1.0, 3.0])
     (tmp_path / "file").write_text("mine\n")
+    empty = compare_cli(a, b, "--out", "", cwd=tmp_path)  # written in the working folder before
+    assert empty.returncode == 2 and empty.stderr == (
+        "laminar-compare: --out is empty: give the folder the comparison is written in (the "
+        "default is artifacts/compare).\n"
+    )
+    assert not (tmp_path / "compare.csv").exists()
     for out, why in [("file", "File exists"), ("file/sub", "Not a directory")]:
         result = compare_cli(a, b, "--out", tmp_path / out, cwd=tmp_path)
         assert result.returncode == 2, result.stderr[-2000:]
