@@ -4,9 +4,9 @@ laminar needs four things Prefect has no public API for: the lock files' paths a
 per-process lock table (to release a lock whose holder died), the size of the flow's thread pool,
 the Dask future under Prefect's (to say why a worker died) and the temporary API server this
 process started (its address, to point Dask workers at it; whether one runs, to let it record the
-run before it stops). Each is reached only through this
-module, and `missing()` lists the names a Prefect release has taken away: tests/test_prefect_api.py
-fails with that list, so an upgrade breaks one test, loudly, instead of laminar quietly.
+run before it stops). Each is reached only through this module, and `missing()` lists the names a
+Prefect release has taken away: tests/test_prefect_api.py fails with that list, so an upgrade
+breaks one test, loudly, instead of laminar quietly.
 
 pyproject.toml pins prefect to the minor version these were checked against (see
 docs/development.md, "Moving the Prefect pin")."""
@@ -89,18 +89,23 @@ def settle_temporary_server(flow_run_id: UUID, timeout_s: float = 10.0) -> None:
         return
 
 
-def task_run_states(client: Any, flow_run_id: UUID) -> frozenset[tuple[UUID, bool]]:
+def task_run_states(
+    client: Any, flow_run_id: UUID, page: int = 200
+) -> frozenset[tuple[UUID, bool]]:
     """(task run id, whether its state is final) for every task run the server has recorded
-    for the flow run and its subflows (a sweep's points)."""
+    for the flow run and its subflows (a sweep's points), read `page` at a time (200: the
+    server's default limit, which a sweep's points can pass)."""
     from prefect.client.schemas import filters as f
 
     under = f.FlowRunFilter(parent_flow_run_id=f.FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
     flow_runs = [flow_run_id] + [run.id for run in client.read_flow_runs(flow_run_filter=under)]
     runs = f.FlowRunFilter(id=f.FlowRunFilterId(any_=flow_runs))
-    states, page = set(), 200
+    states: set[tuple[UUID, bool]] = set()
+    offset = 0
     while True:
-        batch = client.read_task_runs(flow_run_filter=runs, limit=page, offset=len(states))
+        batch = client.read_task_runs(flow_run_filter=runs, limit=page, offset=offset)
         states |= {(run.id, bool(run.state and run.state.is_final())) for run in batch}
+        offset += len(batch)
         if len(batch) < page:
             return frozenset(states)
 

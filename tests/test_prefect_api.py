@@ -42,6 +42,7 @@ from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.cli import settled
+from tasks.prefect_api import task_run_states
 
 @task
 def one(i: int) -> int:
@@ -57,6 +58,9 @@ ours = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
 with get_client(sync_client=True) as client:
     runs = client.read_task_runs(flow_run_filter=ours)
 print(len(runs), sum(bool(run.state and run.state.is_final()) for run in runs), result["sum"])
+with get_client(sync_client=True) as client:  # paged as settled reads them, 7 at a time
+    paged = task_run_states(client, state.state_details.flow_run_id, page=7)
+print(len(paged), sum(final for _, final in paged))
 """
 
 
@@ -78,5 +82,5 @@ def test_the_temporary_server_records_the_run_before_it_stops(tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Starting temporary server" in out.stderr  # the server a user's run starts
-    assert out.stdout.split() == ["60", "60", str(sum(range(60)))]
+    assert out.stdout.split() == ["60", "60", str(sum(range(60))), "60", "60"]
     assert not [x for x in out.stderr.splitlines() if "| ERROR" in x], out.stderr[-3000:]
