@@ -182,40 +182,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="artifacts/compare")
     args = parser.parse_args(argv)
     try:
-        if not args.out.strip():  # an unset shell variable: Path('') is the working directory
-            raise LaminarError(
-                "--out is empty: give the folder the comparison is written in (the default is "
-                "artifacts/compare)."
-            )
-        args.out = Path(args.out)
-        labels = args.labels or [p.name for p in args.reports]
-        if len(args.reports) < 2 or len(labels) != len(args.reports):
-            raise LaminarError("give at least two report folders and one --labels per folder.")
-        if "" in [label.strip() for label in labels]:
-            raise LaminarError(
-                "a run has no name (an empty --labels, or a folder such as '.' with none): give "
-                "--labels with a name for each folder."
-            )
-        if (twice := first_twice(labels)) is not None:
-            raise LaminarError(
-                f"two runs are named '{twice}' (by --labels, or else by their folders' names): "
-                "give --labels with a name of its own for each folder."
-            )
-        runs = {lab: read_run(p) for lab, p in zip(labels, args.reports, strict=True)}
+        out, runs, records = checked(args.reports, args.labels, args.out)
         rows = side_by_side(runs)
         if not rows:
             raise LaminarError("the runs share no (model, layer): compare runs of one model.")
-        records = read_provenance(args.reports, labels)
-        make_out(args.out)
+        make_out(out)
     except LaminarError as exc:
         print(f"laminar-compare: {exc}", file=sys.stderr)
         return 2
-    plot(runs, args.out / "compare.png")
+    plot(runs, out / "compare.png")
     lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
-    write_bytes(args.out / "compare.csv", ("\n".join(lines) + "\n").encode())
-    print(f"compare: {args.out / 'compare.png'} and {args.out / 'compare.csv'}")
-    print("\n".join(provenance_lines(records)))
+    write_bytes(out / "compare.csv", ("\n".join(lines) + "\n").encode())
+    say([f"compare: {out / 'compare.png'} and {out / 'compare.csv'}", *provenance_lines(records)])
     return 0
+
+
+def checked(
+    folders: list[Path], labels: list[str] | None, out: str
+) -> tuple[Path, dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """The command's inputs, each checked in full before anything is written: --out, the
+    runs' names, their metrics.csv rows and provenance.json records."""
+    if not out.strip():  # an unset shell variable: Path('') is the working folder
+        raise LaminarError(
+            "--out is empty: give the folder the comparison is written in (the default is "
+            "artifacts/compare)."
+        )
+    labels = labels or [p.name for p in folders]
+    if len(folders) < 2 or len(labels) != len(folders):
+        raise LaminarError("give at least two report folders and one --labels per folder.")
+    if "" in [label.strip() for label in labels]:
+        raise LaminarError(
+            "a run has no name (an empty --labels, or a folder such as '.' with none): give "
+            "--labels with a name for each folder."
+        )
+    if (twice := first_twice(labels)) is not None:
+        raise LaminarError(
+            f"two runs are named '{twice}' (by --labels, or else by their folders' names): "
+            "give --labels with a name of its own for each folder."
+        )
+    runs = {lab: read_run(p) for lab, p in zip(labels, folders, strict=True)}
+    return Path(out), runs, read_provenance(folders, labels)
+
+
+def say(lines: list[str]) -> None:
+    """Lines on stdout; a reader that stops early (`| head -1`) ends them quietly: the files
+    are written (it was BrokenPipeError's traceback)."""
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # and at exit Python's flush of stdout would raise it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

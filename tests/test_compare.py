@@ -44,6 +44,24 @@ def test_two_runs_side_by_side(tmp_path: Path) -> None:
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_reader_that_stops_early_ends_the_output_quietly(tmp_path: Path) -> None:
+    """`laminar-compare A B | head -1`: the reader gone before the lines were written (`true`
+    reads none) was BrokenPipeError's traceback on stderr; now the files are written, exit 0,
+    and stderr stays empty."""
+    a = write_run(tmp_path / "a", [1.0, 2.0])
+    b = write_run(tmp_path / "b", [1.0, 3.0])
+    command = [str(Path(sys.executable).parent / "laminar-compare"), str(a), str(b)]
+    out = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | true', "bash", *command, "--out", "cmp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (out.returncode, out.stderr) == (0, "")
+    assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("model,layer,")
+
+
 def test_not_a_report_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write_run(tmp_path / "a", [1.0, 2.0])
     assert main([str(a), str(tmp_path)]) == 2
