@@ -148,6 +148,7 @@ def laminar(argv: list[str] | None = None) -> int:
 def _profile(cfg: Config) -> int:
     """Preflight before the flow's module (Prefect, transformers, the tasks) loads: seconds,
     not ten; then the flow, handed what preflight found."""
+    from tasks.cli import print_out
     from tasks.preflight import hand_over, preflight
     from tasks.settings import LaminarError
 
@@ -166,7 +167,7 @@ def _profile(cfg: Config) -> int:
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, LaminarError) else 1
-    print(f"report: {os.path.join(summary['report'], 'report.md')}")
+    print_out(f"report: {os.path.join(summary['report'], 'report.md')}")
     return 0
 
 
@@ -176,16 +177,17 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
     2 for a bad grid entry or flag, 1 if a point failed, each a sentence on stderr."""
     import argparse
 
+    from tasks.cli import config_from_args, print_out
+
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="laminar-sweep", add_help=False)
     parser.add_argument("--grid", action="append", default=[])
     parser.add_argument("--grid-file")
     known, rest = parser.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
-        print(SWEEP_USAGE)
+        print_out(SWEEP_USAGE)
         return 0
     from tasks import sweep as grid
-    from tasks.cli import config_from_args
     from tasks.settings import LaminarError
 
     try:
@@ -214,7 +216,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         except PointFailedError as exc:
             print(f"laminar-sweep: {exc}", file=sys.stderr)
             return 1
-    print(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
+    print_out(f"sweep: {os.path.join(summary['folder'], 'sweep.md')}")
     return 0
 
 

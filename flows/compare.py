@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tasks.cli import print_out
 from tasks.provenance import differences
 from tasks.settings import LaminarError, first_twice, plural, read_at_most
 from tasks.store import write_bytes
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(runs, out / "compare.png")
     lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
     write_bytes(out / "compare.csv", ("\n".join(lines) + "\n").encode())
-    say([f"compare: {out / 'compare.png'} and {out / 'compare.csv'}", *provenance_lines(records)])
+    said = [f"compare: {out / 'compare.png'} and {out / 'compare.csv'}", *provenance_lines(records)]
+    print_out("\n".join(said))
     return 0
 
 
@@ -222,15 +224,6 @@ def checked(
         )
     runs = {lab: read_run(p) for lab, p in zip(labels, folders, strict=True)}
     return Path(out), runs, read_provenance(folders, labels)
-
-
-def say(lines: list[str]) -> None:
-    """Lines on stdout; a reader that stops early (`| head -1`) ends them quietly: the files
-    are written (it was BrokenPipeError's traceback)."""
-    try:
-        print("\n".join(lines), flush=True)
-    except BrokenPipeError:  # and at exit Python's flush of stdout would raise it again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

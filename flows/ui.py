@@ -60,7 +60,12 @@ if not done:
 
 
 def say(message: str, err: bool = False) -> None:
-    print(f"laminar-ui: {message}", file=sys.stderr if err else sys.stdout, flush=True)
+    if err:
+        print(f"laminar-ui: {message}", file=sys.stderr, flush=True)
+    else:
+        from tasks.cli import print_out
+
+        print_out(f"laminar-ui: {message}")
 
 
 def is_loopback(host: str) -> bool:
@@ -221,7 +226,9 @@ def refusal(host: str, port_text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+        from tasks.cli import print_out
+
+        print_out(USAGE)
         return 0
     if argv:
         say(

@@ -4,6 +4,7 @@ description as its help, and a value the model refuses is one sentence naming th
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import Any, Literal
@@ -147,3 +148,13 @@ if __name__ == "__main__":  # python -m tasks.cli: write the options page of the
     from pathlib import Path
 
     Path(sys.argv[1] if len(sys.argv) > 1 else OPTIONS_PAGE).write_text(options_page())
+
+
+def print_out(text: str) -> None:
+    """`text` on stdout, for a reader that may stop early (`| head -1`, `| true`): once it is
+    gone the rest goes nowhere, where print() raised BrokenPipeError (a traceback, and exit 1,
+    after the work was done and its files written)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # and Python's own flush of stdout at exit would raise it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

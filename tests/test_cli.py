@@ -3,6 +3,10 @@ with one clear sentence naming the flag, and a config round-trips through its ar
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tasks.cli import build_parser, config_from_args, to_args
@@ -80,3 +84,19 @@ def test_args_round_trip() -> None:
     assert config_from_args(["--hook", "mlp.hook_post"]).model_fields_set == {"hook"}
     assert config_from_args(to_args(cfg)) == cfg
     assert config_from_args([*to_args(cfg), "--epochs", "9"]).epochs == 9  # last flag wins
+
+
+@pytest.mark.parametrize("command", ["laminar", "laminar-sweep", "laminar-compare", "laminar-ui"])
+def test_help_into_a_reader_that_stops_early_is_quiet(command: str, tmp_path: Path) -> None:
+    """`COMMAND --help | true`: the reader gone before the text was written (`true` reads
+    none). laminar-sweep's and laminar-ui's help were BrokenPipeError's traceback and exit 1
+    (the commands' other lines to stdout go through the same tasks.cli.print_out)."""
+    script = str(Path(sys.executable).parent / command)
+    out = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | true', "bash", script, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stderr) == (0, "")
