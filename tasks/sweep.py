@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tasks.cli import describe_validation_error
-from tasks.config import READ_BY, Config
+from tasks.config import EXECUTION_FIELDS, READ_BY, Config
 from tasks.progress import human_time
 from tasks.records import ModelFacts
 from tasks.settings import (
@@ -68,6 +68,12 @@ def _add(grid: dict[str, list[str]], name: str, values: list[str], where: str) -
         raise LaminarError(
             f"{where}: '{name}' is not a laminar setting: give one of `laminar --help`'s "
             "options (e.g. sae_arch, epochs, hook)."
+        )
+    if field in EXECUTION_FIELDS:  # its points would be one run under several labels
+        raise LaminarError(
+            f"{where}: {field} sets how a run is made, not what it computes, so every point "
+            "would give the same numbers: sweep a setting of the profile or its SAEs (e.g. "
+            f"sae_arch, epochs) and give {flag(field)} as a flag."
         )
     if not values:  # a form's or a grid file's empty list: the sweep would have no point
         raise LaminarError(f"{where} gives '{field}' no values: give at least one.")

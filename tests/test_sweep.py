@@ -217,6 +217,13 @@ def run_sweep(
             "or ']', but got '<stream end>'): write a mapping of settings to values, e.g. "
             "'sae_arch: [course, topk]'.",
         ),
+        (  # two points, one run: the matrix showed the same numbers under two labels
+            ["--grid", "progress_every=5,10"],
+            "laminar-sweep: --grid 'progress_every=5,10': progress_every sets how a run is made, "
+            "not what it computes, so every point would give the same numbers: sweep a setting "
+            "of the profile or its SAEs (e.g. sae_arch, epochs) and give --progress-every as a "
+            "flag.",
+        ),
         (  # every point took the grid's epochs and dropped the flag's
             ["--grid", "epochs=2,3", "--epochs", "5"],
             "laminar-sweep: --epochs is given (5) and swept by the grid (epochs=2,3): give "
