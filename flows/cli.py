@@ -230,7 +230,7 @@ def _refused(exc: Exception) -> int:
 SWEEP_USAGE = """usage: laminar-sweep --grid FIELD=VALUE[,VALUE...] [--grid ...]
                      [--grid-file GRID.yaml] [laminar's flags]
 
-Runs laminar at every combination of the grid's values (any laminar setting, e.g.
+Runs laminar at every combination of the grid's values (any setting of what is computed, e.g.
 --grid sae_arch=course,topk --grid epochs=75,600), the other flags setting every point's base,
 or given as a YAML mapping of settings to lists of values in --grid-file, and writes the
 verdict matrix of the claims (sweep.md, sweep.csv, sweep.parquet) under
