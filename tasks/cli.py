@@ -144,12 +144,6 @@ the rest.
 """
 
 
-if __name__ == "__main__":  # python -m tasks.cli: write the options page of the docs
-    from pathlib import Path
-
-    Path(sys.argv[1] if len(sys.argv) > 1 else OPTIONS_PAGE).write_text(options_page())
-
-
 def print_out(text: str) -> None:
     """`text` on stdout, for a reader that may stop early (`| head -1`, `| true`): once it is
     gone the rest goes nowhere, where print() raised BrokenPipeError (a traceback, and exit 1,
@@ -158,3 +152,9 @@ def print_out(text: str) -> None:
         print(text, flush=True)
     except BrokenPipeError:  # and Python's own flush of stdout at exit would raise it again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+if __name__ == "__main__":  # python -m tasks.cli: write the options page of the docs
+    from pathlib import Path
+
+    Path(sys.argv[1] if len(sys.argv) > 1 else OPTIONS_PAGE).write_text(options_page())

@@ -51,8 +51,8 @@ def parse_grid(
 
 def check_flags_not_swept(base: Config, grid: dict[str, list[str]]) -> None:
     """A setting given as a flag and swept too: every point would take the grid's values and
-    drop the flag's without a word. (A flag counts as given when it differs from its default:
-    Config.model_fields_set, as tasks.cli.config_from_args builds it.)"""
+    drop the flag's without a word. The flags given are Config.model_fields_set, as
+    tasks.cli.config_from_args builds it."""
     if both := [field for field in grid if field in base.model_fields_set]:
         field = both[0]
         raise LaminarError(

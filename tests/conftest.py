@@ -311,7 +311,8 @@ def prefect_api() -> Iterator[str]:
 
     server = SubprocessASGIServer()  # Prefect's singleton: in-process flows find the same one
     server.start()
-    with sqlite3.connect(PREFECT_HOME / "prefect.db") as db, sqlite3.connect(MIGRATED) as copy:
+    db, copy = sqlite3.connect(PREFECT_HOME / "prefect.db"), sqlite3.connect(MIGRATED)
+    with contextlib.closing(db), contextlib.closing(copy):
         db.backup(copy)  # migrated, before any run: what prefect_home() hands out
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
