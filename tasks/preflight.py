@@ -5,6 +5,8 @@ process, a config changed since) checks for itself."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,6 +57,7 @@ def preflight(cfg: Config) -> Checked:
     if family:
         families.check_family(cfg, described[0]["layers"], described[0]["d"], family)
     check_k(cfg, described)
+    check_prefect_home()  # last: the runs refused above need not load Prefect's settings
     return Checked(cfg, described, family)
 
 
@@ -89,6 +92,31 @@ def check_tokenizer_files(model: str) -> None:
             f"--models '{model}' holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save the "
             f"model's tokenizer into it too, with tokenizer.save_pretrained('{model}')."
         )
+
+
+def check_prefect_home() -> None:
+    """With no Prefect server given, the run starts a temporary one whose SQLite database lives
+    in PREFECT_HOME: a home that is a file, or under one, kept it from starting (uvicorn's
+    traceback, then Prefect's 'Timed out while attempting to connect' after the start-up
+    timeout, exit 1). Nothing to check where a server is given, or inside a flow run."""
+    with warnings.catch_warnings():  # Prefect warns on import that it cannot make the home
+        warnings.simplefilter("ignore")
+        from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    home = Path(settings.home).expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not os.access(home, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise LaminarError(
+            f"PREFECT_HOME '{home}' cannot hold the temporary Prefect server's database "
+            f"({exc.strerror}): point PREFECT_HOME at a folder you can write to, or "
+            "PREFECT_API_URL at a running Prefect server."
+        ) from None
 
 
 def check_k(cfg: Config, described: list[ModelFacts]) -> None:

@@ -116,6 +116,28 @@ def test_article_server_failure_is_one_sentence_exit_2(
     assert not list((tmp_path / "art").rglob("*.html"))  # nothing fetched, nothing kept
 
 
+def test_a_prefect_home_that_cannot_be_a_folder_is_one_sentence(
+    tmp_path: Path, tiny_model: Path, article_server: ArticleServer
+) -> None:
+    """No server given, and PREFECT_HOME a file or under one: the temporary server could not
+    start (uvicorn's traceback, then Prefect's 'Timed out while attempting to connect to
+    ephemeral Prefect API server' after its start-up timeout, exit 1). Now preflight says so."""
+    (tmp_path / "file").write_text("mine\n")
+    cfg = quick_config(tiny_model, article_server, tmp_path / "art", layers="0")
+    for home, why in [("file", "File exists"), ("file/sub", "Not a directory")]:
+        env = {"PREFECT_HOME": str(tmp_path / home), "PREFECT_API_URL": None}
+        out = run_cli(*to_args(cfg), cwd=tmp_path, env=env, timeout=120)
+        assert (out.returncode, out.stderr.splitlines()) == (
+            2,
+            [
+                f"laminar: PREFECT_HOME '{tmp_path / home}' cannot hold the temporary Prefect "
+                f"server's database ({why}): point PREFECT_HOME at a folder you can write to, "
+                "or PREFECT_API_URL at a running Prefect server."
+            ],
+        ), out.stderr[-3000:]
+    assert (tmp_path / "file").read_text() == "mine\n"
+
+
 def test_hub_model_neither_cached_nor_reachable(
     tmp_path: Path, article_server: ArticleServer
 ) -> None:
