@@ -188,6 +188,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
         print_out(SWEEP_USAGE)
         return 0
     from tasks import sweep as grid
+    from tasks.preflight import check_prefect_home
     from tasks.settings import LaminarError
 
     try:
@@ -200,6 +201,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
     with ended_by_signals("laminar-sweep", base.root):  # from the points to the matrix
         try:
             points = grid.points(base, entries)
+            check_prefect_home()
             print(
                 f"laminar-sweep: {grid.count(entries, points)}, each a laminar run sharing its "
                 f"cached tasks with the others: {grid.cost([cfg for *_, cfg in points])}.",

@@ -6,12 +6,16 @@ model in the hub cache) without the user setting HF_HUB_OFFLINE."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import (
     ARTICLE,
+    ROOT,
     ArticleServer,
     free_port,
     quick_config,
@@ -121,20 +125,35 @@ def test_a_prefect_home_that_cannot_be_a_folder_is_one_sentence(
 ) -> None:
     """No server given, and PREFECT_HOME a file or under one: the temporary server could not
     start (uvicorn's traceback, then Prefect's 'Timed out while attempting to connect to
-    ephemeral Prefect API server' after its start-up timeout, exit 1). Now preflight says so."""
+    ephemeral Prefect API server' after its start-up timeout, exit 1). Now preflight says so,
+    and laminar-sweep before its flow."""
     (tmp_path / "file").write_text("mine\n")
-    cfg = quick_config(tiny_model, article_server, tmp_path / "art", layers="0")
-    for home, why in [("file", "File exists"), ("file/sub", "Not a directory")]:
-        env = {"PREFECT_HOME": str(tmp_path / home), "PREFECT_API_URL": None}
-        out = run_cli(*to_args(cfg), cwd=tmp_path, env=env, timeout=120)
-        assert (out.returncode, out.stderr.splitlines()) == (
+    args = to_args(quick_config(tiny_model, article_server, tmp_path / "art", layers="0"))
+    sweep = [str(Path(sys.executable).parent / "laminar-sweep"), "--grid", "sae_arch=course,topk"]
+    for home, why, command in [
+        ("file", "File exists", [sys.executable, str(ROOT / "flows" / "laminar.py")]),
+        ("file/sub", "Not a directory", [sys.executable, str(ROOT / "flows" / "laminar.py")]),
+        ("file", "File exists", sweep),
+    ]:
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        out = subprocess.run(
+            [*command, *args],
+            cwd=tmp_path,
+            env={**env, "PREFECT_HOME": str(tmp_path / home)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        prog = "laminar-sweep" if command is sweep else "laminar"
+        assert (out.returncode, out.stderr.splitlines()[-1:]) == (
             2,
             [
-                f"laminar: PREFECT_HOME '{tmp_path / home}' cannot hold the temporary Prefect "
+                f"{prog}: PREFECT_HOME '{tmp_path / home}' cannot hold the temporary Prefect "
                 f"server's database ({why}): point PREFECT_HOME at a folder you can write to, "
                 "or PREFECT_API_URL at a running Prefect server."
             ],
         ), out.stderr[-3000:]
+        assert "Traceback" not in out.stderr and "temporary server" not in out.stderr
     assert (tmp_path / "file").read_text() == "mine\n"
 
 
