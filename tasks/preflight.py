@@ -98,7 +98,7 @@ def check_prefect_home() -> None:
     """With no Prefect server given, the run starts a temporary one whose SQLite database lives
     in PREFECT_HOME: a home that is a file, or under one, kept it from starting (uvicorn's
     traceback, then Prefect's 'Timed out while attempting to connect' after the start-up
-    timeout, exit 1). Nothing to check where a server is given, or inside a flow run."""
+    timeout, exit 1). Where a server is given there is nothing to check."""
     with warnings.catch_warnings():  # Prefect warns on import that it cannot make the home
         warnings.simplefilter("ignore")
         from prefect.settings import get_current_settings
