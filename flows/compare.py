@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tasks.cli import print_out
 from tasks.provenance import differences
-from tasks.settings import LaminarError, first_twice, plural, read_at_most
+from tasks.settings import LaminarError, first_twice, plural, read_at_most, unwritable
 from tasks.store import write_bytes
 
 METRICS = ["density_pct", "final_loss", "fvu"]
@@ -166,14 +165,8 @@ def provenance_lines(records: dict[str, dict[str, Any]]) -> list[str]:
 
 def make_out(out: Path) -> None:
     """--out as a folder this process can write, made once every input has been checked."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        raise LaminarError(
-            f"--out '{out}' cannot be a folder to write in ({exc.strerror}): choose another."
-        ) from None
+    if why := unwritable(out):
+        raise LaminarError(f"--out '{out}' cannot be a folder to write in ({why}): choose another.")
 
 
 def main(argv: list[str] | None = None) -> int:

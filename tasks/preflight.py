@@ -5,7 +5,6 @@ process, a config changed since) checks for itself."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +17,7 @@ from tasks.costs import check_splice_memory
 from tasks.records import ModelFacts
 from tasks.saelens import Entry
 from tasks.security import check_deployment_targets, dask_client
-from tasks.settings import LaminarError, resolve_device
+from tasks.settings import LaminarError, resolve_device, unwritable
 from tasks.store import check_writable
 
 
@@ -107,16 +106,12 @@ def check_prefect_home() -> None:
     if settings.api.url:
         return
     home = Path(settings.home).expanduser()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        if not os.access(home, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as exc:
+    if why := unwritable(home):
         raise LaminarError(
             f"PREFECT_HOME '{home}' cannot hold the temporary Prefect server's database "
-            f"({exc.strerror}): point PREFECT_HOME at a folder you can write to, or "
-            "PREFECT_API_URL at a running Prefect server."
-        ) from None
+            f"({why}): point PREFECT_HOME at a folder you can write to, or PREFECT_API_URL at "
+            "a running Prefect server."
+        )
 
 
 def check_k(cfg: Config, described: list[ModelFacts]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,6 +52,16 @@ def read_at_most(path: Path, limit: int, name: str, what: str) -> bytes:
     if len(raw) > limit:
         raise LaminarError(f"{name} is over {limit:,} bytes: not {what}.")
     return raw
+
+
+def unwritable(folder: Path) -> str:
+    """Why `folder` cannot be made a folder this process writes in (the system's words: 'File
+    exists', 'Not a directory', 'Permission denied'), or '' once it is one."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return "" if os.access(folder, os.W_OK | os.X_OK) else "Permission denied"
 
 
 def first_twice(values: list[Any]) -> Any:
