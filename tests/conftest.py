@@ -285,9 +285,10 @@ os.environ["PREFECT_HOME"] = str(PREFECT_HOME)
 atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 
 
-# The session server's database as its start left it, migrated and holding no run: a private
-# Prefect home seeded with it starts its server without SQLite's migrations (7 s of CPU, 8 s of
-# a 15 s start on 2 cores). `ui` (laminar-ui.sh, as a user first starts it) migrates its own.
+# The database of the test process's own server as its start left it, migrated and holding no
+# run: a private Prefect home seeded with it starts its server without SQLite's migrations (7 s
+# of CPU, 8 s of a 15 s start on 2 cores). `ui` (laminar-ui.sh, as a user first starts it)
+# migrates its own.
 MIGRATED = PREFECT_HOME.parent / f"{PREFECT_HOME.name}-migrated.db"
 atexit.register(MIGRATED.unlink, missing_ok=True)
 
