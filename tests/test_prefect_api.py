@@ -84,3 +84,16 @@ def test_the_temporary_server_records_the_run_before_it_stops(tmp_path: Path) ->
     assert "Starting temporary server" in out.stderr  # the server a user's run starts
     assert out.stdout.split() == ["60", "60", str(sum(range(60))), "60", "60"]
     assert not [x for x in out.stderr.splitlines() if "| ERROR" in x], out.stderr[-3000:]
+
+
+def test_a_process_that_started_no_server_does_not_import_one() -> None:
+    """With a server given, `settled` learns that no temporary server runs without importing
+    Prefect's server (1.5 s of CPU after each command's run)."""
+    code = (
+        "import sys; from tasks.prefect_api import temporary_server_url as url; "
+        "print(repr(url()), 'prefect.server.api.server' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["''", "False"]
