@@ -13,11 +13,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefect.states import State
-
     from tasks.config import Config
 
 # Ctrl-C, a closed terminal and `kill` (or `timeout`, a batch scheduler): each ends a run
@@ -114,16 +112,6 @@ def ended_by_signals(prog: str, root: Path) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def settled(state: State[dict[str, Any]]) -> dict[str, Any]:
-    """The flow run's result, or its exception raised, once a temporary Prefect server has
-    recorded the run (tasks/prefect_api.py: settle_temporary_server): Prefect stops that server
-    as the command exits."""
-    from tasks.prefect_api import settle_temporary_server
-
-    settle_temporary_server(state.state_details.flow_run_id)
-    return state.result()
-
-
 def laminar(argv: list[str] | None = None) -> int:
     """`laminar ARGS` (and `python flows/laminar.py ARGS`): check the flags, then preflight
     before Prefect's server starts (bad input fails in seconds), then the flow, handed what
@@ -163,7 +151,7 @@ def _profile(cfg: Config) -> int:
 
     _no_tracebacks_for_user_errors()
     try:
-        summary = settled(flow(hand_over(cfg, checked), return_state=True))
+        summary = flow(hand_over(cfg, checked))
     except (LaminarError, LayerFailedError) as exc:
         print(f"laminar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, LaminarError) else 1
@@ -214,7 +202,7 @@ def laminar_sweep(argv: list[str] | None = None) -> int:
 
         _no_tracebacks_for_user_errors()
         try:
-            summary = settled(sweep(Sweep(base=base, grid=entries), return_state=True))
+            summary = sweep(Sweep(base=base, grid=entries))
         except PointFailedError as exc:
             print(f"laminar-sweep: {exc}", file=sys.stderr)
             return 1

@@ -28,6 +28,7 @@ from tasks.config import Config
 from tasks.costs import announce
 from tasks.extract import extract_activations
 from tasks.latents import latent_cards, publish_cards
+from tasks.prefect_api import record_before_exit
 from tasks.preflight import checked_for
 from tasks.published import profile_sae
 from tasks.recipes import train_recipe
@@ -60,6 +61,7 @@ class LayerFailedError(Exception):
     log_prints=True,
     persist_result=True,  # the run's result (where the report is) shows in the UI
     result_serializer="json",
+    on_running=[record_before_exit],  # a temporary server records the run before it stops
 )
 def laminar(config: Config = Config()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Profile SAE density and loss across the depth of each model."""

@@ -27,6 +27,7 @@ from tasks import sweep_matrix as matrix
 from tasks.cluster import shared_cluster
 from tasks.config import Config
 from tasks.figures import DRAWING, for_the_ui, save_png, subplots
+from tasks.prefect_api import record_before_exit
 from tasks.settings import LaminarError, plural, refuse, stable_hash
 
 
@@ -162,7 +163,13 @@ def failure_sentence(failed: list[str], n_points: int, md: Path) -> str:
     )
 
 
-@flow(name="sweep", log_prints=True, persist_result=True, result_serializer="json")
+@flow(
+    name="sweep",
+    log_prints=True,
+    persist_result=True,
+    result_serializer="json",
+    on_running=[record_before_exit],  # a temporary server records the run before it stops
+)
 def sweep(sweep: Sweep = Sweep()) -> dict[str, Any]:  # noqa: B008 (Prefect reads the default)
     """Run laminar at every point of the grid; the verdict matrix of the claims. A failed point
     is named in the matrix, and fails the sweep's run once the matrix is published. A base

@@ -3,16 +3,17 @@
 laminar needs four things Prefect has no public API for: the lock files' paths and Prefect's
 per-process lock table (to release a lock whose holder died), the size of the flow's thread pool,
 the Dask future under Prefect's (to say why a worker died) and the temporary API server this
-process started (its address, to point Dask workers at it; whether one runs, to let it record the
-run before it stops). Each is reached only through this module, and `missing()` lists the names a
-Prefect release has taken away: tests/test_prefect_api.py fails with that list, so an upgrade
-breaks one test, loudly, instead of laminar quietly.
+process started (its address, to point Dask workers at it; whether one runs, to let it record
+the run before it stops at exit). Each is reached only through this module, and `missing()` lists
+the names a Prefect release has taken away: tests/test_prefect_api.py fails with that list, so an
+upgrade breaks one test, loudly, instead of laminar quietly.
 
 pyproject.toml pins prefect to the minor version these were checked against (see
 docs/development.md, "Moving the Prefect pin")."""
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import sys
 import time
@@ -61,6 +62,21 @@ def temporary_server_url() -> str:
         return ""
     server = module.SubprocessASGIServer()  # a singleton: the one the flow already talks to
     return server.api_url if server.port is not None else ""
+
+
+def record_before_exit(flow: Any, flow_run: Any, state: Any) -> None:
+    """A flow's on_running hook: when the run is a top-level one on a temporary server this
+    process started, the process waits at exit until that server has recorded the run (see
+    `settle_temporary_server`), whoever called the flow: a command, a script, a notebook.
+    Registered as the run starts, so it runs before the server's own stop at exit, which Prefect
+    registered as the server started (atexit runs last in, first out). A sweep's points are
+    subflows: their parent's wait reads them."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or flow_run.parent_task_run_id is not None:
+        return
+    if temporary_server_url():
+        atexit.register(settle_temporary_server, flow_run.id)
 
 
 def settle_temporary_server(flow_run_id: UUID, timeout_s: float = 10.0) -> None:

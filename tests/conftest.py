@@ -319,6 +319,13 @@ def prefect_api() -> Iterator[str]:
     try:
         yield server.api_url
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        # What the last in-process flows left queued, sent while the server runs: drained at
+        # exit instead, to a stopped server, it held the process for a minute of retries.
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
