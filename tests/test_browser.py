@@ -221,6 +221,28 @@ def test_custom_run_from_the_ui_completes(
     page.screenshot(path=str(UI_CARDS_SHOT), full_page=False)
 
 
+def test_a_value_the_form_lets_through_fails_its_run_with_the_sentence(
+    browser,
+    ui: UI,
+    tiny_model: Path,
+    article_server: ArticleServer,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The form checks the schema's types; what the config model checks beyond them (here an
+    empty hook, a cleared field) fails the run as it starts: Failed, laminar's sentence in the
+    run's log on its page, and nothing fetched or computed."""
+    from test_deployments import run_config
+
+    config = run_config(tiny_model, article_server, tmp_path) | {"hook": ""}
+    page = custom_run(browser, ui, "quick", ("Sequences per batch.",), {"config": config})
+    assert wait_final(ui, run_id_of(page)).state.is_failed()
+    page.reload()
+    page.get_by_text("Failed", exact=True).first.wait_for()
+    sentence = "config.hook: --hook is empty: give the hook inside each block to read, e.g."
+    page.get_by_text(sentence).first.wait_for()
+    assert not (tmp_path / "pages").exists() and not (tmp_path / ".cache").exists()
+
+
 def test_a_sweep_from_the_ui_form_publishes_its_matrix(
     browser,
     ui: UI,
