@@ -94,7 +94,7 @@ def test_the_temporary_server_records_the_run_before_it_stops(tmp_path: Path) ->
     assert recorded(home) == ["COMPLETED"] * 60
 
 
-def test_task_run_states_reads_every_page(tmp_path: Path) -> None:
+def test_task_run_states_reads_every_page() -> None:
     """The task runs of a flow run and of its subflows, read a page at a time: 5 + 4, and the
     task run Prefect makes in the parent for the subflow's call."""
     from prefect import flow, task
