@@ -70,12 +70,9 @@ def record_before_exit(flow: Any, flow_run: Any, state: Any) -> None:
     `settle_temporary_server`), whoever called the flow: a command, a script, a notebook.
     Registered as the run starts, so it runs before the server's own stop at exit, which Prefect
     registered as the server started (atexit runs last in, first out). A sweep's points are
-    subflows: their parent's wait reads them."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value() or flow_run.parent_task_run_id is not None:
-        return
-    if temporary_server_url():
+    subflows: their parent's wait reads them. With a server given, Prefect starts none, so
+    `temporary_server_url` is '' and nothing is registered."""
+    if flow_run.parent_task_run_id is None and temporary_server_url():
         atexit.register(settle_temporary_server, flow_run.id)
 
 
